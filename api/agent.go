@@ -1,0 +1,85 @@
+package api
+
+// Gossip status of a node, as memberlist sees it.
+const (
+	StatusAlive   = "alive"
+	StatusSuspect = "suspect"
+	StatusDead    = "dead"
+	StatusLeft    = "left"
+)
+
+// Registry role of a node.
+const (
+	RoleVoter   = "voter"
+	RoleLearner = "learner"
+	RoleNone    = "none"
+)
+
+// Member is one node of the cluster as GET /v1/members reports it.
+type Member struct {
+	Name string `json:"name"`
+	// ID is the node's identity, kept in its data dir.
+	ID          string `json:"id,omitempty"`
+	Address     string `json:"address"`
+	GossipPort  int    `json:"gossip_port"`
+	GatewayPort int    `json:"gateway_port,omitempty"`
+	APIPort     int    `json:"api_port,omitempty"`
+	ServicePort int    `json:"service_port,omitempty"`
+	ClientURL   string `json:"client_url,omitempty"`
+	PeerURL     string `json:"peer_url,omitempty"`
+	// Status is the gossip status: alive, suspect, dead or left.
+	Status string `json:"status"`
+	// Role is the registry role: voter, learner or none.
+	Role string `json:"role"`
+	// Leader is true for the node whose member leads the registry's Raft group.
+	Leader bool `json:"leader"`
+	// MemberID is the etcd member ID in hex, when the node has one.
+	MemberID string `json:"member_id,omitempty"`
+	Version  string `json:"version,omitempty"`
+}
+
+// MembersResponse is the body of GET /v1/members.
+type MembersResponse struct {
+	// Members are sorted by name. Registry members not known to gossip are
+	// listed too, with status "unknown".
+	Members []Member `json:"members"`
+	// Leader is the name of the registry leader, "" when there is none.
+	Leader string `json:"leader"`
+	// Error says why registry roles could not be read, when they could not.
+	Error string `json:"error,omitempty"`
+}
+
+// ServiceSummary is one entry of GET /v1/services.
+type ServiceSummary struct {
+	Name      string `json:"name"`
+	Instances int    `json:"instances"`
+}
+
+// ServicesResponse is the body of GET /v1/services.
+type ServicesResponse struct {
+	Services []ServiceSummary `json:"services"`
+	// Revision is the registry revision the catalog reflects.
+	Revision int64 `json:"revision"`
+}
+
+// ServiceResponse is the body of GET /v1/services/{name}.
+type ServiceResponse struct {
+	Name      string     `json:"name"`
+	Instances []Instance `json:"instances"`
+	Revision  int64      `json:"revision"`
+}
+
+// Error is the body of every error answer of the agent API and the gateway.
+type Error struct {
+	Error string `json:"error"`
+	// Field names the request field that was rejected, for 400s.
+	Field string `json:"field,omitempty"`
+	// Reason is a short machine-readable cause.
+	Reason string `json:"reason,omitempty"`
+}
+
+// Readiness is the body of GET /readyz.
+type Readiness struct {
+	Status string `json:"status"` // "ready", "degraded" or "starting"/"stopping"
+	Reason string `json:"reason,omitempty"`
+}

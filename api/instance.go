@@ -1,0 +1,155 @@
+package api
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"regexp"
+	"strings"
+)
+
+// Instance is one registered endpoint of a service, stored in the registry at
+// /herd/services/<service>/<id> under the lease of the node that owns it.
+type Instance struct {
+	// ID is unique within the service (a DNS label).
+	ID string `json:"id"`
+	// Service is the service name (a DNS label).
+	Service string `json:"service"`
+	// Node is the name of the herd node whose lease holds the instance.
+	Node string `json:"node"`
+	// Address is the IP peers' gateways dial.
+	Address string `json:"address"`
+	// Port is the TCP port on Address, 1-65535.
+	Port int `json:"port"`
+	// Path is prepended to the request path when proxying ("" or "/x/y").
+	Path string `json:"path,omitempty"`
+	// Tags are free-form labels.
+	Tags []string `json:"tags,omitempty"`
+	// Meta is free-form key/value metadata.
+	Meta map[string]string `json:"meta,omitempty"`
+	// Weight is the relative share of traffic, 1-1000; 0 means 1.
+	Weight int `json:"weight,omitempty"`
+	// Health is "passing" for every instance registered today; reserved for
+	// health checks.
+	Health string `json:"health,omitempty"`
+}
+
+// Limits on instance fields. They keep a registry value well under etcd's
+// request size limit and stop one registration from bloating every catalog.
+const (
+	MaxWeight     = 1000
+	MaxTags       = 64
+	MaxTagLen     = 256
+	MaxMetaPairs  = 64
+	MaxMetaKeyLen = 128
+	MaxMetaValLen = 512
+	MaxPathLen    = 1024
+)
+
+// HealthPassing is the health of an instance that is serving.
+const HealthPassing = "passing"
+
+// ErrInvalid is wrapped by every validation error; FieldError says which
+// field was wrong.
+var ErrInvalid = errors.New("invalid")
+
+// FieldError names the field of a request that was rejected and why.
+type FieldError struct {
+	Field  string
+	Reason string
+}
+
+func (e *FieldError) Error() string { return fmt.Sprintf("invalid %s: %s", e.Field, e.Reason) }
+
+// Unwrap makes errors.Is(err, ErrInvalid) true for every FieldError.
+func (e *FieldError) Unwrap() error { return ErrInvalid }
+
+var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
+
+// ValidName reports whether s is a DNS label: lower-case letters, digits and
+// '-', 1-63 characters, not starting or ending with '-'. Service names,
+// instance IDs and node names are all DNS labels.
+func ValidName(s string) bool { return dnsLabel.MatchString(s) }
+
+// ValidateName returns a FieldError naming field when s is not a DNS label.
+func ValidateName(field, s string) error {
+	if !ValidName(s) {
+		return &FieldError{Field: field, Reason: fmt.Sprintf("%q is not a DNS label (lower-case letters, digits and '-', 1-63 characters, starting and ending with a letter or digit)", s)}
+	}
+	return nil
+}
+
+// Validate checks every field of the instance and returns the first problem
+// as a *FieldError. It does not fill defaults; see Normalize.
+func (in *Instance) Validate() error {
+	if err := ValidateName("service", in.Service); err != nil {
+		return err
+	}
+	if err := ValidateName("id", in.ID); err != nil {
+		return err
+	}
+	if in.Node != "" {
+		if err := ValidateName("node", in.Node); err != nil {
+			return err
+		}
+	}
+	ip := net.ParseIP(in.Address)
+	if ip == nil {
+		return &FieldError{Field: "address", Reason: fmt.Sprintf("%q is not an IP address", in.Address)}
+	}
+	if ip.IsUnspecified() || ip.IsMulticast() {
+		return &FieldError{Field: "address", Reason: fmt.Sprintf("%s cannot be dialled", in.Address)}
+	}
+	if in.Port < 1 || in.Port > 65535 {
+		return &FieldError{Field: "port", Reason: fmt.Sprintf("%d is not in 1-65535", in.Port)}
+	}
+	if in.Path != "" {
+		if !strings.HasPrefix(in.Path, "/") || strings.HasSuffix(in.Path, "/") {
+			return &FieldError{Field: "path", Reason: fmt.Sprintf("%q must start with '/' and not end with '/'", in.Path)}
+		}
+		if len(in.Path) > MaxPathLen || strings.ContainsAny(in.Path, "?#% \t\r\n") {
+			return &FieldError{Field: "path", Reason: fmt.Sprintf("%q must be a plain path of at most %d bytes without '?', '#', '%%' or spaces", in.Path, MaxPathLen)}
+		}
+	}
+	if in.Weight < 0 || in.Weight > MaxWeight {
+		return &FieldError{Field: "weight", Reason: fmt.Sprintf("%d is not in 0-%d", in.Weight, MaxWeight)}
+	}
+	if len(in.Tags) > MaxTags {
+		return &FieldError{Field: "tags", Reason: fmt.Sprintf("%d tags, at most %d allowed", len(in.Tags), MaxTags)}
+	}
+	for _, t := range in.Tags {
+		if t == "" || len(t) > MaxTagLen {
+			return &FieldError{Field: "tags", Reason: fmt.Sprintf("each tag must be 1-%d bytes", MaxTagLen)}
+		}
+	}
+	if len(in.Meta) > MaxMetaPairs {
+		return &FieldError{Field: "meta", Reason: fmt.Sprintf("%d keys, at most %d allowed", len(in.Meta), MaxMetaPairs)}
+	}
+	for k, v := range in.Meta {
+		if k == "" || len(k) > MaxMetaKeyLen || len(v) > MaxMetaValLen {
+			return &FieldError{Field: "meta", Reason: fmt.Sprintf("keys must be 1-%d bytes and values at most %d bytes", MaxMetaKeyLen, MaxMetaValLen)}
+		}
+	}
+	return nil
+}
+
+// Normalize fills defaults: weight 1 and health passing.
+func (in *Instance) Normalize() {
+	if in.Weight == 0 {
+		in.Weight = 1
+	}
+	if in.Health == "" {
+		in.Health = HealthPassing
+	}
+}
+
+// RegisterRequest is the body of PUT /v1/services/{name}/instances/{id}.
+// Unknown fields are rejected.
+type RegisterRequest struct {
+	Address string            `json:"address"`
+	Port    int               `json:"port"`
+	Path    string            `json:"path,omitempty"`
+	Tags    []string          `json:"tags,omitempty"`
+	Meta    map[string]string `json:"meta,omitempty"`
+	Weight  int               `json:"weight,omitempty"`
+}

@@ -1,0 +1,155 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/herdcluster/herd/node"
+	"github.com/spf13/cobra"
+)
+
+func newAgentCmd() *cobra.Command {
+	cfg := node.DefaultConfig()
+	var (
+		join, services, cors []string
+		logLevel, logFormat  string
+	)
+	cmd := &cobra.Command{
+		Use:   "agent",
+		Short: "Run a herd node",
+		Long: `Run a herd node: an embedded etcd member, gossip, the built-in services and the gateway.
+
+Without --join and without data, the node bootstraps a new cluster. With --join it joins the
+cluster of the given node(s). With data in --data-dir it restarts as the member it was.
+Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_JOIN.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := bindEnv(cmd.Flags()); err != nil {
+				return err
+			}
+			logger, err := newLogger(logLevel, logFormat)
+			if err != nil {
+				return err
+			}
+			cfg.Join = flattenList(join)
+			cfg.Services = flattenList(services)
+			cfg.CORSOrigins = flattenList(cors)
+			if !cmd.Flags().Changed("data-dir") && os.Getenv("HERD_DATA_DIR") == "" {
+				cfg.DataDir = filepath.Join("data", cfg.Name)
+			}
+			cfg.Version = version
+			cfg.Logger = logger
+			return runAgent(cfg, logger)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Name, "name", cfg.Name, "node name, a DNS label unique in the cluster (default: the host name)")
+	f.StringVar(&cfg.BindIP, "bind", cfg.BindIP, "IP address every listener binds")
+	f.StringVar(&cfg.AdvertiseIP, "advertise", "", "IP address peers use to reach this node (default: --bind)")
+	f.StringVar(&cfg.DataDir, "data-dir", "", "data directory (default: ./data/<name>)")
+	f.StringSliceVar(&join, "join", nil, "gossip address (host or host:port) of a node to join; repeatable and comma-separated")
+	f.DurationVar(&cfg.RetryJoinTimeout, "retry-join-timeout", 0, "give up and exit if joining takes longer than this (0: keep trying)")
+	f.IntVar(&cfg.GossipPort, "gossip-port", cfg.GossipPort, "gossip port (TCP and UDP)")
+	f.IntVar(&cfg.ClientPort, "client-port", cfg.ClientPort, "etcd client port")
+	f.IntVar(&cfg.PeerPort, "peer-port", cfg.PeerPort, "etcd peer (Raft) port")
+	f.IntVar(&cfg.GatewayPort, "gateway-port", cfg.GatewayPort, "gateway port: public service traffic")
+	f.IntVar(&cfg.APIPort, "api-port", cfg.APIPort, "agent HTTP API port")
+	f.IntVar(&cfg.ServicePort, "service-port", cfg.ServicePort, "port of the service handlers this node hosts")
+	f.StringSliceVar(&services, "services", cfg.Services, "built-in services this node hosts (empty: none)")
+	f.StringSliceVar(&cors, "cors-origins", nil, "origins the gateway allows for CORS (default: none, no CORS headers)")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	return cmd
+}
+
+// flattenList splits every comma-separated item of a repeated flag.
+func flattenList(items []string) []string {
+	out := []string{}
+	for _, it := range items {
+		out = append(out, splitList(it)...)
+	}
+	return out
+}
+
+func newLogger(level, format string) (*slog.Logger, error) {
+	var l slog.Level
+	switch strings.ToLower(level) {
+	case "debug":
+		l = slog.LevelDebug
+	case "info":
+		l = slog.LevelInfo
+	case "warn", "warning":
+		l = slog.LevelWarn
+	case "error":
+		l = slog.LevelError
+	default:
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: l}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(os.Stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(os.Stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: want text or json", format)
+}
+
+// runAgent runs the node until SIGINT or SIGTERM, then stops it gracefully;
+// a second signal forces the exit.
+func runAgent(cfg node.Config, logger *slog.Logger) error {
+	n, err := node.New(cfg)
+	if err != nil {
+		return err
+	}
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	started := make(chan error, 1)
+	go func() { started <- n.Start(ctx) }()
+
+	var runErr error
+	select {
+	case err := <-started:
+		if err != nil {
+			return err
+		}
+	case sig := <-sigs:
+		logger.Info("signal received while starting; stopping", "signal", sig.String())
+		cancel()
+		if err := <-started; err != nil && !errors.Is(err, context.Canceled) {
+			return err
+		}
+		return nil
+	}
+
+	select {
+	case sig := <-sigs:
+		logger.Info("signal received; stopping gracefully (send it again to force)", "signal", sig.String())
+	case err := <-n.Err():
+		logger.Error("fatal node error; stopping", "err", err)
+		runErr = err
+	}
+	go func() {
+		sig := <-sigs
+		logger.Error("second signal: forcing exit", "signal", sig.String())
+		os.Exit(1)
+	}()
+	stopCtx, stopCancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer stopCancel()
+	if err := n.Close(stopCtx); err != nil {
+		logger.Warn("stopped with errors", "err", err)
+	}
+	return runErr
+}

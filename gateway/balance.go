@@ -1,0 +1,170 @@
+package gateway
+
+import (
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+
+	"github.com/herdcluster/herd/api"
+)
+
+// selector chooses which of n usable instances of a service gets the next
+// request. Implementations are safe for concurrent use, never block and take
+// no lock shared between services; n is at least 1 and the result must be in
+// [0, n). Per-service state lives in serviceState so that a policy needs no
+// map of its own.
+type selector interface {
+	pick(st *serviceState, n int) int
+}
+
+// roundRobin hands requests to the usable instances in turn. When the set of
+// usable instances changes the rotation simply continues over the new set.
+type roundRobin struct{}
+
+var _ selector = roundRobin{}
+
+func (roundRobin) pick(st *serviceState, n int) int {
+	return int((st.next.Add(1) - 1) % uint64(n))
+}
+
+// serviceState is the gateway's per-service state.
+type serviceState struct {
+	// next counts the requests routed to the service (round-robin cursor).
+	next atomic.Uint64
+	// hosts caches "address:port" of the service's instances, copy on
+	// write, so the request path does not format it every time.
+	hosts atomic.Pointer[map[hostKey]string]
+}
+
+type hostKey struct {
+	addr string
+	port int
+}
+
+// maxCachedHosts bounds serviceState.hosts: instances come and go with new
+// ports, and the cache must not grow with every one ever seen.
+const maxCachedHosts = 256
+
+// hostport returns inst's "address:port". Concurrent misses may each store
+// a new map and lose the other's entry; that only costs a later miss.
+func (st *serviceState) hostport(inst *api.Instance) string {
+	k := hostKey{inst.Address, inst.Port}
+	old := st.hosts.Load()
+	if old != nil {
+		if hp, ok := (*old)[k]; ok {
+			return hp
+		}
+	}
+	hp := net.JoinHostPort(inst.Address, strconv.Itoa(inst.Port))
+	m := make(map[hostKey]string, 1+lenOf(old))
+	if old != nil && len(*old) < maxCachedHosts {
+		for k, v := range *old {
+			m[k] = v
+		}
+	}
+	m[k] = hp
+	st.hosts.Store(&m)
+	return hp
+}
+
+// serviceStates maps service names to their state. Reads are a lock-free
+// map lookup on an immutable snapshot; the first request to a service copies
+// the map under mu. Entries are only created for services the catalog knows,
+// so the map is bounded by the number of services ever registered.
+type serviceStates struct {
+	snap atomic.Pointer[map[string]*serviceState]
+	mu   sync.Mutex // serialises writers only
+}
+
+func (s *serviceStates) get(service string) *serviceState {
+	if m := s.snap.Load(); m != nil {
+		if st, ok := (*m)[service]; ok {
+			return st
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.snap.Load()
+	if old != nil {
+		if st, ok := (*old)[service]; ok {
+			return st
+		}
+	}
+	m := make(map[string]*serviceState, 1+lenOf(old))
+	if old != nil {
+		for k, v := range *old {
+			m[k] = v
+		}
+	}
+	st := &serviceState{}
+	m[service] = st
+	s.snap.Store(&m)
+	return st
+}
+
+func lenOf[K comparable, V any](m *map[K]V) int {
+	if m == nil {
+		return 0
+	}
+	return len(*m)
+}
+
+// Liveness classes of an instance, from the gossip status of its node.
+const (
+	classSkip    uint8 = iota // dead or left: never routed to
+	classAlive                // alive or unknown to gossip
+	classSuspect              // used only when no alive instance is left
+)
+
+func classify(status string) uint8 {
+	switch status {
+	case api.StatusDead, api.StatusLeft:
+		return classSkip
+	case api.StatusSuspect:
+		return classSuspect
+	default:
+		// alive, "" (gossip has not heard of the node yet) and anything
+		// newer than this code count as alive: refusing traffic on an
+		// unknown status would turn a gossip hiccup into an outage.
+		return classAlive
+	}
+}
+
+// choose picks the instance of insts that gets the request: instances on
+// alive (or unknown) nodes first, suspect ones only when no alive one is
+// left, never those on dead or departed nodes. It returns nil when none is
+// usable. It does not allocate for services of up to 64 instances.
+func choose(sel selector, st *serviceState, live Liveness, insts []api.Instance) *api.Instance {
+	var buf [64]uint8
+	classes := buf[:0]
+	alive, suspect := 0, 0
+	for i := range insts {
+		c := classify(live.NodeStatus(insts[i].Node))
+		classes = append(classes, c)
+		switch c {
+		case classAlive:
+			alive++
+		case classSuspect:
+			suspect++
+		}
+	}
+	want, n := classAlive, alive
+	if n == 0 {
+		want, n = classSuspect, suspect
+	}
+	if n == 0 {
+		return nil
+	}
+	k := sel.pick(st, n)
+	for i, c := range classes {
+		if c != want {
+			continue
+		}
+		if k == 0 {
+			return &insts[i]
+		}
+		k--
+	}
+	return nil // unreachable while pick honours its contract
+}

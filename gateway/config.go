@@ -1,0 +1,152 @@
+package gateway
+
+import (
+	"errors"
+	"fmt"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// ErrInvalidConfig is wrapped by every error Config.Validate returns.
+var ErrInvalidConfig = errors.New("invalid gateway config")
+
+// Defaults used by DefaultConfig and for zero fields of a Config given to New.
+const (
+	DefaultDialTimeout           = 500 * time.Millisecond
+	DefaultResponseHeaderTimeout = 15 * time.Second
+	DefaultReadHeaderTimeout     = 5 * time.Second
+	DefaultIdleTimeout           = 120 * time.Second
+	DefaultMaxIdleConnsPerHost   = 256
+)
+
+// Config tunes one gateway. The zero value of every field means "use the
+// default" (see the constants above), except CORSOrigins, whose zero value
+// means "no CORS". Fields are filled by cmd/herd from flags; DefaultConfig is
+// the starting point.
+type Config struct {
+	// CORSOrigins lists the browser origins allowed to call services through
+	// the gateway, each exactly as a browser sends it in the Origin header
+	// ("https://app.example.com", "http://localhost:3000": lower-case scheme
+	// and host, an optional port, no path). "*" alone allows every origin.
+	// Empty (the default) means the gateway adds no CORS headers at all and
+	// leaves CORS, preflights included, to the services themselves.
+	CORSOrigins []string
+
+	// DialTimeout bounds one TCP connect to an upstream instance. Zero means
+	// DefaultDialTimeout (500ms): instances are on the same LAN, so a slow
+	// connect means a dead or overloaded peer.
+	DialTimeout time.Duration
+
+	// ResponseHeaderTimeout bounds the wait for an upstream's response
+	// headers once the request is written; bodies (streams, SSE) are not
+	// bounded. Zero means DefaultResponseHeaderTimeout (15s).
+	ResponseHeaderTimeout time.Duration
+
+	// ReadHeaderTimeout bounds how long a client may take to send request
+	// headers (slowloris protection). Zero means DefaultReadHeaderTimeout (5s).
+	ReadHeaderTimeout time.Duration
+
+	// IdleTimeout is how long an idle client keep-alive connection is kept
+	// open. Zero means DefaultIdleTimeout (120s).
+	IdleTimeout time.Duration
+
+	// MaxIdleConnsPerHost is how many idle keep-alive connections are kept
+	// per upstream address. Zero means DefaultMaxIdleConnsPerHost (256); Go's
+	// own default of 2 exhausts ephemeral ports under load (golang/go#13801).
+	MaxIdleConnsPerHost int
+}
+
+// DefaultConfig returns the configuration herd nodes run with unless told
+// otherwise: no CORS and the default timeouts and pool size.
+func DefaultConfig() Config {
+	return Config{
+		DialTimeout:           DefaultDialTimeout,
+		ResponseHeaderTimeout: DefaultResponseHeaderTimeout,
+		ReadHeaderTimeout:     DefaultReadHeaderTimeout,
+		IdleTimeout:           DefaultIdleTimeout,
+		MaxIdleConnsPerHost:   DefaultMaxIdleConnsPerHost,
+	}
+}
+
+// Validate reports the first problem with c. Every error wraps
+// ErrInvalidConfig and names the field.
+func (c Config) Validate() error {
+	durations := []struct {
+		name string
+		d    time.Duration
+	}{
+		{"DialTimeout", c.DialTimeout},
+		{"ResponseHeaderTimeout", c.ResponseHeaderTimeout},
+		{"ReadHeaderTimeout", c.ReadHeaderTimeout},
+		{"IdleTimeout", c.IdleTimeout},
+	}
+	for _, f := range durations {
+		if f.d < 0 {
+			return fmt.Errorf("%w: %s must not be negative, got %s", ErrInvalidConfig, f.name, f.d)
+		}
+	}
+	if c.MaxIdleConnsPerHost < 0 {
+		return fmt.Errorf("%w: MaxIdleConnsPerHost must not be negative, got %d", ErrInvalidConfig, c.MaxIdleConnsPerHost)
+	}
+	for i, o := range c.CORSOrigins {
+		if o == "*" {
+			if len(c.CORSOrigins) > 1 {
+				return fmt.Errorf("%w: CORSOrigins: \"*\" allows every origin and cannot be combined with others", ErrInvalidConfig)
+			}
+			continue
+		}
+		if err := validateOrigin(o); err != nil {
+			return fmt.Errorf("%w: CORSOrigins[%d] %q: %v", ErrInvalidConfig, i, o, err)
+		}
+	}
+	return nil
+}
+
+// validateOrigin checks that o is written the way browsers serialise an
+// origin, so that the exact match at request time can succeed.
+func validateOrigin(o string) error {
+	if o == "" {
+		return errors.New("empty origin")
+	}
+	if o == "null" {
+		// Sandboxed iframes and file: pages all send "null"; allowing it
+		// allows all of them.
+		return errors.New(`"null" cannot be allowed safely`)
+	}
+	u, err := url.Parse(o)
+	if err != nil {
+		return err
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return errors.New("must start with http:// or https://")
+	}
+	if u.Host == "" || u.User != nil || u.Path != "" || u.RawQuery != "" || u.Fragment != "" || u.ForceQuery || strings.HasSuffix(o, "#") {
+		return errors.New("must be scheme://host[:port] with nothing after the host")
+	}
+	if o != strings.ToLower(o) {
+		return errors.New("must be lower-case, as browsers send it")
+	}
+	return nil
+}
+
+// withDefaults returns c with every zero field set to its default.
+func (c Config) withDefaults() Config {
+	d := DefaultConfig()
+	if c.DialTimeout == 0 {
+		c.DialTimeout = d.DialTimeout
+	}
+	if c.ResponseHeaderTimeout == 0 {
+		c.ResponseHeaderTimeout = d.ResponseHeaderTimeout
+	}
+	if c.ReadHeaderTimeout == 0 {
+		c.ReadHeaderTimeout = d.ReadHeaderTimeout
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = d.IdleTimeout
+	}
+	if c.MaxIdleConnsPerHost == 0 {
+		c.MaxIdleConnsPerHost = d.MaxIdleConnsPerHost
+	}
+	return c
+}

@@ -1,0 +1,11 @@
+// Package gateway is herd's data plane: it routes http://<node>:8080/<service>/<rest>
+// to a live instance of <service> on any node through one shared, tuned
+// reverse proxy.
+//
+// It reads instances from a Catalog and node liveness from a Liveness view,
+// both small interfaces declared here and answered from memory by the node.
+// It never imports gossip and never talks to etcd, so the data plane keeps
+// routing from the last catalog snapshot while the control plane is in
+// trouble. Balancing beyond round-robin, outlier ejection, retries, hedging
+// and metrics are not here yet.
+package gateway

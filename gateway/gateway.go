@@ -1,0 +1,234 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"sync"
+	"sync/atomic"
+
+	"github.com/gin-gonic/gin"
+)
+
+// maxHeaderBytes bounds a client's request line and headers.
+const maxHeaderBytes = 64 << 10
+
+// Gateway routes /<service>/<rest> to a live instance of <service>. It is
+// safe for concurrent use. Create it with New, serve with Serve (or mount
+// Handler in a server of your own), stop it with Shutdown.
+type Gateway struct {
+	cfg      Config
+	cat      Catalog
+	live     Liveness
+	log      *slog.Logger
+	sel      selector
+	services serviceStates
+	cors     corsPolicy
+
+	transport *http.Transport
+	proxy     *httputil.ReverseProxy
+	engine    *gin.Engine
+	srv       *http.Server
+
+	// baseCtx is the parent of every request context; cancelBase aborts
+	// whatever is still running when Shutdown gives up waiting.
+	baseCtx    context.Context
+	cancelBase context.CancelFunc
+	// tunnels counts upgraded (WebSocket and the like) connections, which
+	// http.Server stops tracking once they are hijacked.
+	tunnels tunnelTracker
+
+	stopping atomic.Bool
+	stopped  chan struct{} // closed when the first Shutdown returns
+	stopErr  error         // what the first Shutdown returned
+}
+
+// New builds a gateway that routes with cat and live and logs to logger (nil
+// discards). cfg is validated first; zero fields take their defaults. New
+// starts nothing: no goroutine runs until Serve.
+//
+// New puts gin in release mode. gin's mode is process-wide; release mode
+// only silences gin's debug printing, which no herd component wants.
+func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cat == nil {
+		return nil, errors.New("gateway: nil Catalog")
+	}
+	if live == nil {
+		return nil, errors.New("gateway: nil Liveness")
+	}
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	cfg = cfg.withDefaults()
+	g := &Gateway{
+		cfg:       cfg,
+		cat:       cat,
+		live:      live,
+		log:       logger.With("component", "gateway"),
+		sel:       roundRobin{},
+		cors:      newCORSPolicy(cfg.CORSOrigins),
+		transport: newTransport(cfg),
+		stopped:   make(chan struct{}),
+	}
+	g.proxy = g.newProxy()
+	engine, err := g.newEngine()
+	if err != nil {
+		return nil, err
+	}
+	g.engine = engine
+	g.baseCtx, g.cancelBase = context.WithCancel(context.Background())
+	g.srv = &http.Server{
+		Handler:           engine,
+		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
+		IdleTimeout:       cfg.IdleTimeout,
+		MaxHeaderBytes:    maxHeaderBytes,
+		// No ReadTimeout or WriteTimeout: they would cut uploads, streams
+		// and SSE that are legitimately long (Kratos #3775).
+		ErrorLog:    slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
+		BaseContext: func(net.Listener) context.Context { return g.baseCtx },
+	}
+	return g, nil
+}
+
+// newEngine builds the gin engine: every method on /<service> and
+// /<service>/*, and the same handler for anything else (methods gin does not
+// enumerate, "/"), which it answers 404 when the path names no service.
+func (g *Gateway) newEngine() (*gin.Engine, error) {
+	gin.SetMode(gin.ReleaseMode)
+	e := gin.New()
+	// The gateway never redirects: a redirect built from the request
+	// (X-Forwarded-Prefix included) is an open redirect.
+	e.RedirectTrailingSlash = false
+	e.RedirectFixedPath = false
+	e.HandleMethodNotAllowed = false
+	// Inbound forwarding headers are not trusted yet.
+	e.ForwardedByClientIP = false
+	if err := e.SetTrustedProxies(nil); err != nil {
+		return nil, fmt.Errorf("gateway: gin trusted proxies: %w", err)
+	}
+	h := g.serveGin
+	e.Any("/:service", h)
+	e.Any("/:service/*rest", h)
+	e.NoRoute(h)
+	return e, nil
+}
+
+// Handler returns the gateway's http.Handler (the gin engine), for callers
+// that run their own server. Shutdown does not drain requests served that way.
+func (g *Gateway) Handler() http.Handler { return g.engine }
+
+// Serve answers requests on ln, which the caller has bound, until Shutdown.
+// It closes ln when it returns. It returns nil after Shutdown (including when
+// Shutdown ran before Serve) and the accept error otherwise.
+func (g *Gateway) Serve(ln net.Listener) error {
+	err := g.srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return fmt.Errorf("gateway: serve on %s: %w", ln.Addr(), err)
+}
+
+// Shutdown stops the gateway. It is safe to call more than once and before
+// Serve; later calls wait for the first to finish (or for their own ctx) and
+// return its result. In order, it:
+//
+//  1. closes the listeners, so no new connection is accepted, and closes
+//     idle client connections;
+//  2. waits for in-flight requests, then for upgraded connections
+//     (WebSockets), to finish, until ctx is done;
+//  3. if ctx ended first: cancels every remaining request's context (which
+//     aborts its upstream exchange and tunnels) and closes every client
+//     connection, then returns ctx's error;
+//  4. closes the idle upstream connections.
+func (g *Gateway) Shutdown(ctx context.Context) error {
+	if !g.stopping.CompareAndSwap(false, true) {
+		select {
+		case <-g.stopped:
+			return g.stopErr
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	defer close(g.stopped)
+	g.stopErr = g.shutdown(ctx)
+	return g.stopErr
+}
+
+func (g *Gateway) shutdown(ctx context.Context) error {
+	err := g.srv.Shutdown(ctx) // steps 1 and 2 for ordinary requests
+	if err == nil {
+		err = g.waitTunnels(ctx) // step 2 for upgraded connections
+	}
+	g.cancelBase() // step 3; after a full drain it only releases the context
+	if err != nil {
+		if cerr := g.srv.Close(); cerr != nil {
+			g.log.Warn("closing client connections", "err", cerr)
+		}
+	}
+	g.transport.CloseIdleConnections() // step 4
+	if err != nil {
+		return fmt.Errorf("gateway: shutdown: %w", err)
+	}
+	return nil
+}
+
+// waitTunnels waits until every upgraded connection has closed or ctx is
+// done.
+func (g *Gateway) waitTunnels(ctx context.Context) error {
+	idle := g.tunnels.idle()
+	if idle == nil {
+		return nil
+	}
+	select {
+	case <-idle:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// tunnelTracker counts upgraded connections. Only upgrade requests touch
+// it, so its mutex is not on the ordinary request path. Unlike a WaitGroup it
+// tolerates new tunnels while somebody waits (a server of the caller's own
+// may still be running Handler).
+type tunnelTracker struct {
+	mu   sync.Mutex
+	n    int
+	zero chan struct{} // closed when n drops to 0; nil while n == 0
+}
+
+func (t *tunnelTracker) add() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == 0 {
+		t.zero = make(chan struct{})
+	}
+	t.n++
+}
+
+func (t *tunnelTracker) done() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.n--
+	if t.n == 0 {
+		close(t.zero)
+		t.zero = nil
+	}
+}
+
+// idle returns a channel closed once no tunnel is open, or nil if none is.
+func (t *tunnelTracker) idle() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.zero == nil {
+		return nil
+	}
+	return t.zero
+}

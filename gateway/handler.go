@@ -1,0 +1,157 @@
+package gateway
+
+import (
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+
+	"github.com/gin-gonic/gin"
+	"github.com/herdcluster/herd/api"
+)
+
+// serveGin adapts serve to gin. Routing is done by serve itself, on the
+// request URL, so that escaped paths survive (gin matches on the decoded path).
+func (g *Gateway) serveGin(c *gin.Context) { g.serve(c.Writer, c.Request) }
+
+// serve routes one request: name the service, pick a live instance, proxy.
+func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
+	id, idOK := inboundRequestID(r.Header)
+	if !idOK {
+		id = newRequestID()
+	}
+	origin, cors := g.cors.allow(r)
+
+	service, decRest, escRest, ok := splitPath(r.URL)
+	if !ok {
+		g.reject(w, id, origin, cors, http.StatusNotFound, ReasonNoService,
+			"no service in path: use /<service>/..., where <service> is a DNS label (lower-case letters, digits and '-')")
+		return
+	}
+	if cors && isPreflight(r) {
+		h := w.Header()
+		h.Set("X-Request-Id", id)
+		g.cors.setHeaders(h, origin)
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	if hasDotDotSegment(decRest) {
+		g.reject(w, id, origin, cors, http.StatusBadRequest, ReasonInvalidPath,
+			fmt.Sprintf("path of service %q contains a \"..\" segment", service))
+		return
+	}
+	insts := g.cat.Instances(service)
+	if len(insts) == 0 {
+		g.reject(w, id, origin, cors, http.StatusNotFound, ReasonUnknownService,
+			fmt.Sprintf("service %q has no registered instances", service))
+		return
+	}
+	st := g.services.get(service)
+	inst := choose(g.sel, st, g.live, insts)
+	if inst == nil {
+		g.reject(w, id, origin, cors, http.StatusServiceUnavailable, ReasonNoLiveInstance,
+			fmt.Sprintf("service %q has %d registered instances, none on a live node", service, len(insts)))
+		return
+	}
+
+	rt := &route{
+		Context:  r.Context(),
+		inst:     inst,
+		hostport: st.hostport(inst),
+		origin:   origin,
+		cors:     cors,
+	}
+	rt.path, rt.rawPath = upstreamPath(inst.Path, decRest, escRest)
+	rt.requestID[0] = id
+	rt.upstream[0] = inst.Node
+	if !idOK {
+		// The outbound request is cloned from this one.
+		if r.Header == nil {
+			r.Header = make(http.Header)
+		}
+		r.Header["X-Request-Id"] = rt.requestID[:]
+	}
+	if r.Header.Get("Upgrade") != "" {
+		// Once hijacked, the connection is invisible to http.Server.Shutdown.
+		g.tunnels.add()
+		defer g.tunnels.done()
+	}
+	g.proxy.ServeHTTP(w, r.WithContext(rt))
+}
+
+// reject answers a request the gateway cannot route.
+func (g *Gateway) reject(w http.ResponseWriter, id, origin string, cors bool, status int, reason, msg string) {
+	h := w.Header()
+	h.Set("X-Request-Id", id)
+	if cors {
+		g.cors.setHeaders(h, origin)
+	}
+	writeError(w, status, reason, msg)
+}
+
+// splitPath splits the request path /<service>[/<rest>] into the service
+// name and the rest, both decoded and escaped (escRest is "" when the request
+// path needs no escaping beyond the default, see url.URL.RawPath). ok is
+// false when the path names no valid service.
+func splitPath(u *url.URL) (service, decRest, escRest string, ok bool) {
+	service, decRest, ok = cutFirstSegment(u.Path)
+	if !ok || !api.ValidName(service) {
+		return "", "", "", false
+	}
+	if u.RawPath == "" {
+		return service, decRest, "", true
+	}
+	seg, rest, ok := cutFirstSegment(u.EscapedPath())
+	if !ok {
+		return "", "", "", false
+	}
+	if seg != service {
+		// The first segment was escaped: it must decode to the very same
+		// name, and not hide a '/' ("/a%2Fb/..." is not service "a").
+		if d, err := url.PathUnescape(seg); err != nil || d != service {
+			return "", "", "", false
+		}
+	}
+	return service, decRest, rest, true
+}
+
+// cutFirstSegment splits "/seg/rest" into "seg" and "/rest".
+func cutFirstSegment(p string) (seg, rest string, ok bool) {
+	if len(p) < 2 || p[0] != '/' {
+		return "", "", false
+	}
+	seg = p[1:]
+	if i := strings.IndexByte(seg, '/'); i >= 0 {
+		seg, rest = seg[:i], seg[i:]
+	}
+	return seg, rest, seg != ""
+}
+
+// upstreamPath joins the instance's path prefix and the rest of the request
+// path: ("/hello", "/") -> "/hello/", ("/hello", "") -> "/hello",
+// ("", "") -> "/". raw is the escaped form when the request carried one.
+func upstreamPath(prefix, decRest, escRest string) (path, raw string) {
+	if prefix == "" && decRest == "" {
+		return "/", ""
+	}
+	path = prefix + decRest
+	if escRest != "" {
+		raw = prefix + escRest
+	}
+	return path, raw
+}
+
+// hasDotDotSegment reports whether p has a ".." segment, which upstream
+// servers resolve against the instance's path prefix and could climb out of
+// it to another service on the same host.
+func hasDotDotSegment(p string) bool {
+	if !strings.Contains(p, "..") {
+		return false
+	}
+	for seg := range strings.SplitSeq(p, "/") {
+		if seg == ".." {
+			return true
+		}
+	}
+	return false
+}

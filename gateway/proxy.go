@@ -1,0 +1,192 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httputil"
+	"sync"
+	"time"
+
+	"github.com/herdcluster/herd/api"
+)
+
+// Transport settings that are not worth a Config field.
+const (
+	upstreamIdleConnTimeout = 90 * time.Second
+	upstreamKeepAlive       = 30 * time.Second
+	// minMaxIdleConns is the floor of the transport's total idle pool; it
+	// is raised to MaxIdleConnsPerHost when that is larger.
+	minMaxIdleConns = 4096
+	copyBufferSize  = 32 << 10
+)
+
+// route is what the handler decided for one request. It travels to Rewrite,
+// ModifyResponse and the ErrorHandler as the request's context, so the one
+// shared ReverseProxy needs no per-request state of its own. route is itself
+// the context (its parent plus one value) to save an allocation per request.
+type route struct {
+	context.Context // the inbound request's context
+
+	inst     *api.Instance // read-only: shared with the catalog
+	hostport string        // inst.Address:inst.Port
+	path     string        // upstream URL.Path
+	rawPath  string        // upstream URL.RawPath, "" when Path needs no special escaping
+	origin   string        // Origin to answer for CORS, when cors
+	cors     bool          // the gateway handles CORS for this request
+
+	// Single-value header slices the response headers point into, so that
+	// setting them costs no allocation.
+	requestID [1]string
+	upstream  [1]string
+}
+
+var _ context.Context = (*route)(nil)
+
+type routeKey struct{}
+
+// Value returns the route itself for routeKey and defers to the parent
+// otherwise, which keeps cancellation and deadlines the parent's.
+func (rt *route) Value(key any) any {
+	if key == (routeKey{}) {
+		return rt
+	}
+	return rt.Context.Value(key)
+}
+
+func routeFrom(ctx context.Context) *route {
+	rt, _ := ctx.Value(routeKey{}).(*route)
+	return rt
+}
+
+// bufferPool recycles the proxy's copy buffers (the stock proxy allocates
+// 32 KiB per response).
+type bufferPool struct{ p sync.Pool }
+
+var _ httputil.BufferPool = (*bufferPool)(nil)
+
+// The pool holds array pointers, not slices: converting a slice back to an
+// array pointer in Put costs nothing, where boxing a slice would allocate.
+func newBufferPool() *bufferPool {
+	return &bufferPool{p: sync.Pool{New: func() any { return new([copyBufferSize]byte) }}}
+}
+
+// Get returns a 32 KiB buffer.
+func (bp *bufferPool) Get() []byte { return bp.p.Get().(*[copyBufferSize]byte)[:] }
+
+// Put recycles b. Buffers of another size are dropped.
+func (bp *bufferPool) Put(b []byte) {
+	if cap(b) != copyBufferSize {
+		return
+	}
+	bp.p.Put((*[copyBufferSize]byte)(b[:copyBufferSize]))
+}
+
+// newTransport builds the one transport shared by every upstream request.
+func newTransport(cfg Config) *http.Transport {
+	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: upstreamKeepAlive}
+	return &http.Transport{
+		// Proxy is nil on purpose: cluster traffic never goes through
+		// HTTP_PROXY from the environment.
+		DialContext:           dialer.DialContext,
+		MaxIdleConns:          max(minMaxIdleConns, cfg.MaxIdleConnsPerHost),
+		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
+		IdleConnTimeout:       upstreamIdleConnTimeout,
+		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
+		ExpectContinueTimeout: time.Second,
+		// The client negotiates its own compression end to end; the
+		// gateway must not decompress and re-frame bodies.
+		DisableCompression: true,
+		ForceAttemptHTTP2:  false,
+	}
+}
+
+// newProxy builds the one reverse proxy shared by every request.
+func (g *Gateway) newProxy() *httputil.ReverseProxy {
+	return &httputil.ReverseProxy{
+		Rewrite:        rewrite,
+		Transport:      g.transport,
+		BufferPool:     newBufferPool(),
+		ModifyResponse: g.modifyResponse,
+		ErrorHandler:   g.proxyError,
+		ErrorLog:       slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
+	}
+}
+
+// rewrite points the outbound request at the instance the handler chose.
+// ReverseProxy has already stripped hop-by-hop headers and every inbound
+// Forwarded/X-Forwarded-* header (they are not trusted yet).
+func rewrite(pr *httputil.ProxyRequest) {
+	rt := routeFrom(pr.In.Context())
+	u := pr.Out.URL
+	u.Scheme = "http"
+	u.Host = rt.hostport
+	u.Opaque = ""
+	u.User = nil
+	u.Path = rt.path
+	u.RawPath = rt.rawPath
+	// ReverseProxy drops query parameters Go cannot parse (";", bad
+	// escapes) to avoid a parser differential between a proxy that routes
+	// on parameters and its upstream. The gateway never looks at the query,
+	// so the upstream gets exactly what the client sent.
+	u.RawQuery = pr.In.URL.RawQuery
+	// The Host header follows the URL: the instance, not the gateway.
+	pr.Out.Host = ""
+	pr.SetXForwarded()
+}
+
+// modifyResponse replaces what the upstream said about the gateway's own
+// headers with the gateway's values.
+func (g *Gateway) modifyResponse(res *http.Response) error {
+	rt := routeFrom(res.Request.Context())
+	h := res.Header
+	h["X-Request-Id"] = rt.requestID[:]
+	if rt.upstream[0] != "" {
+		h["X-Herd-Upstream"] = rt.upstream[:]
+	} else {
+		delete(h, "X-Herd-Upstream")
+	}
+	if rt.cors {
+		g.cors.setHeaders(h, rt.origin)
+	}
+	return nil
+}
+
+// proxyError answers a request whose upstream exchange failed before any
+// response header reached the client.
+func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) {
+	rt := routeFrom(r.Context())
+	if r.Context().Err() != nil {
+		// The client went away (or Shutdown gave up on the request):
+		// nobody is left to answer and nothing failed upstream.
+		w.WriteHeader(statusClientClosedRequest)
+		return
+	}
+	h := w.Header()
+	h["X-Request-Id"] = rt.requestID[:]
+	if rt.upstream[0] != "" {
+		h["X-Herd-Upstream"] = rt.upstream[:]
+	}
+	if rt.cors {
+		g.cors.setHeaders(h, rt.origin)
+	}
+	status, reason := http.StatusBadGateway, ReasonUpstreamError
+	if isTimeout(err) {
+		status, reason = http.StatusGatewayTimeout, ReasonUpstreamTimeout
+	}
+	g.log.Warn("upstream request failed",
+		"service", rt.inst.Service, "instance", rt.inst.ID, "node", rt.inst.Node,
+		"addr", rt.hostport, "reason", reason, "err", err)
+	writeError(w, status, reason, fmt.Sprintf("upstream %s (%s) failed: %v", rt.inst.Node, rt.hostport, err))
+}
+
+func isTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -1,0 +1,15 @@
+// Package gossip wraps hashicorp/memberlist for herd: joining through
+// --join addresses with per-address reasons for failure, each node's
+// metadata (its ID, ports, registry URLs and role), and a live view of every
+// node's status (alive, suspect, dead, left) that the gateway and the API
+// read from memory.
+//
+// memberlist does not expose its suspicion state, so suspect is derived
+// here from the one signal memberlist's own probes rely on: a node that has
+// sent nothing for longer than its probe period plus a margin is suspect
+// until memberlist declares it dead or it is heard again. A node that says it
+// is leaving (through its metadata) before it goes is reported as left, not
+// dead.
+//
+// It knows nothing of etcd, the gateway or the services.
+package gossip

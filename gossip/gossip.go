@@ -1,0 +1,476 @@
+package gossip
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Status of a node in the gossip view.
+const (
+	StatusAlive   = "alive"
+	StatusSuspect = "suspect"
+	StatusDead    = "dead"
+	StatusLeft    = "left"
+)
+
+// Node is one node of the view.
+type Node struct {
+	Name   string
+	Addr   string // gossip host:port
+	IP     string
+	Port   int
+	Meta   Meta
+	Status string
+	// Since is when Status last changed.
+	Since time.Time
+}
+
+// entry is the view's record of a node.
+type entry struct {
+	node      Node
+	lastHeard time.Time
+}
+
+// Gossip is a node's membership in the cluster's gossip pool.
+type Gossip struct {
+	cfg    Config
+	logger *slog.Logger
+	ml     *memberlist.Memberlist
+	tr     *observingTransport
+
+	meta atomic.Pointer[[]byte]
+
+	mu    sync.Mutex
+	nodes map[string]*entry // by name
+	// heard is the last packet time by gossip address.
+	heard map[string]time.Time
+	// conflicts holds addresses of live nodes that use this node's name.
+	conflicts []string
+
+	// statuses is the lock-free snapshot read by Status.
+	statuses atomic.Pointer[map[string]string]
+
+	changedMu sync.Mutex
+	changed   chan struct{}
+
+	stop      chan struct{}
+	wg        sync.WaitGroup
+	closeOnce sync.Once
+}
+
+// New binds the gossip listeners and starts memberlist with meta as this
+// node's metadata. The node is alone until Join.
+func New(cfg Config, meta Meta) (*Gossip, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	logger = logger.With("component", "gossip")
+	g := &Gossip{
+		cfg:     cfg,
+		logger:  logger,
+		nodes:   map[string]*entry{},
+		heard:   map[string]time.Time{},
+		changed: make(chan struct{}),
+		stop:    make(chan struct{}),
+	}
+	empty := map[string]string{}
+	g.statuses.Store(&empty)
+	if err := g.setMeta(meta); err != nil {
+		return nil, err
+	}
+
+	mlLogger := log.New(&logWriter{logger: logger}, "", 0)
+	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
+		BindAddrs: []string{cfg.BindIP},
+		BindPort:  cfg.BindPort,
+		Logger:    mlLogger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("gossip: listen on %s: %w", net.JoinHostPort(cfg.BindIP, fmt.Sprint(cfg.BindPort)), err)
+	}
+	g.tr = newObservingTransport(nt, g.heardFrom)
+
+	mc := memberlist.DefaultLANConfig()
+	mc.Name = cfg.Name
+	mc.BindAddr = cfg.BindIP
+	mc.BindPort = cfg.BindPort
+	mc.AdvertiseAddr = cfg.advertise()
+	mc.AdvertisePort = cfg.BindPort
+	mc.ProbeInterval = cfg.ProbeInterval
+	mc.Transport = g.tr
+	mc.Delegate = (*delegate)(g)
+	mc.Events = (*events)(g)
+	mc.Conflict = (*conflicts)(g)
+	mc.Logger = mlLogger
+	mc.SecretKey = cfg.SecretKey
+	// A node rebuilt with the same name may take over a dead node's entry.
+	mc.DeadNodeReclaimTime = 10 * time.Second
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		g.tr.Shutdown()
+		return nil, fmt.Errorf("gossip: start memberlist: %w", err)
+	}
+	g.ml = ml
+	g.wg.Add(1)
+	go g.refreshLoop()
+	return g, nil
+}
+
+// LocalAddr is the gossip address peers use for this node.
+func (g *Gossip) LocalAddr() string {
+	return net.JoinHostPort(g.cfg.advertise(), fmt.Sprint(g.cfg.BindPort))
+}
+
+func (g *Gossip) setMeta(m Meta) error {
+	b, err := m.encode()
+	if err != nil {
+		return err
+	}
+	g.meta.Store(&b)
+	return nil
+}
+
+// SetMeta replaces this node's metadata and gossips it.
+func (g *Gossip) SetMeta(m Meta) error {
+	if err := g.setMeta(m); err != nil {
+		return err
+	}
+	if err := g.ml.UpdateNode(5 * time.Second); err != nil {
+		return fmt.Errorf("gossip: update metadata: %w", err)
+	}
+	return nil
+}
+
+// LocalMeta returns this node's metadata.
+func (g *Gossip) LocalMeta() Meta {
+	m, _ := decodeMeta(*g.meta.Load())
+	return m
+}
+
+// Nodes returns every node in the view, this one included, sorted by name.
+func (g *Gossip) Nodes() []Node {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	out := make([]Node, 0, len(g.nodes))
+	for _, e := range g.nodes {
+		out = append(out, e.node)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// NodeStatus returns a node's gossip status, "" when the node is unknown. It
+// reads a snapshot without locking and is safe on the request path.
+func (g *Gossip) NodeStatus(name string) string {
+	return (*g.statuses.Load())[name]
+}
+
+// Changed returns a channel closed at the next change of the view.
+func (g *Gossip) Changed() <-chan struct{} {
+	g.changedMu.Lock()
+	defer g.changedMu.Unlock()
+	return g.changed
+}
+
+// NameConflict returns the addresses of live nodes that use this node's
+// name, as memberlist reported them.
+func (g *Gossip) NameConflict() []string {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]string(nil), g.conflicts...)
+}
+
+// heardFrom records a packet from addr.
+func (g *Gossip) heardFrom(addr string, at time.Time) {
+	g.mu.Lock()
+	g.heard[addr] = at
+	g.mu.Unlock()
+}
+
+// refreshLoop recomputes suspect statuses from silence and reaps old dead
+// nodes.
+func (g *Gossip) refreshLoop() {
+	defer g.wg.Done()
+	t := time.NewTicker(g.cfg.ProbeInterval / 4)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-t.C:
+			g.mu.Lock()
+			changed := g.refreshLocked(time.Now())
+			g.mu.Unlock()
+			if changed {
+				g.publish()
+			}
+		}
+	}
+}
+
+// suspectAfter is how long a node may be silent before it is suspect: the
+// time memberlist takes to probe every other node once, plus the margin.
+func (g *Gossip) suspectAfterLocked() time.Duration {
+	others := max(len(g.nodes)-1, 1)
+	return time.Duration(others)*g.cfg.ProbeInterval + g.cfg.SuspectMargin
+}
+
+func (g *Gossip) refreshLocked(now time.Time) bool {
+	changed := false
+	limit := g.suspectAfterLocked()
+	for name, e := range g.nodes {
+		if name == g.cfg.Name {
+			continue
+		}
+		last := e.lastHeard
+		if h, ok := g.heard[e.node.Addr]; ok && h.After(last) {
+			last = h
+			e.lastHeard = h
+		}
+		switch e.node.Status {
+		case StatusAlive:
+			if now.Sub(last) > limit {
+				e.node.Status, e.node.Since = StatusSuspect, now
+				changed = true
+				g.logger.Info("node is suspect: nothing heard from it", "node", name, "silent_for", now.Sub(last).Round(time.Millisecond))
+			}
+		case StatusSuspect:
+			if now.Sub(last) <= limit {
+				e.node.Status, e.node.Since = StatusAlive, now
+				changed = true
+				g.logger.Info("node is alive again", "node", name)
+			}
+		case StatusDead, StatusLeft:
+			if g.cfg.ReapAfter > 0 && now.Sub(e.node.Since) > g.cfg.ReapAfter {
+				delete(g.nodes, name)
+				delete(g.heard, e.node.Addr)
+				changed = true
+			}
+		}
+	}
+	return changed
+}
+
+// publish stores a new status snapshot and wakes waiters.
+func (g *Gossip) publish() {
+	g.mu.Lock()
+	m := make(map[string]string, len(g.nodes))
+	for name, e := range g.nodes {
+		m[name] = e.node.Status
+	}
+	g.mu.Unlock()
+	g.statuses.Store(&m)
+	g.changedMu.Lock()
+	close(g.changed)
+	g.changed = make(chan struct{})
+	g.changedMu.Unlock()
+}
+
+// upsert records memberlist's view of n with status.
+func (g *Gossip) upsert(n *memberlist.Node, status string) {
+	meta, err := decodeMeta(n.Meta)
+	addr := n.Address()
+	now := time.Now()
+	g.mu.Lock()
+	e, ok := g.nodes[n.Name]
+	if !ok {
+		e = &entry{}
+		g.nodes[n.Name] = e
+	}
+	if err != nil && n.Name != g.cfg.Name {
+		g.logger.Warn("gossip peer is not a herd node (its metadata is not herd's)", "node", n.Name, "addr", addr)
+	}
+	if status == StatusDead && meta.Leaving {
+		status = StatusLeft
+	}
+	if e.node.Status != status || e.node.Addr != addr {
+		e.node.Since = now
+	}
+	if status == StatusAlive && e.node.Status != StatusAlive && e.node.Status != StatusSuspect {
+		e.lastHeard = now // a (re)joining node starts with a clean slate
+	}
+	e.node = Node{Name: n.Name, Addr: addr, IP: n.Addr.String(), Port: int(n.Port), Meta: meta, Status: status, Since: e.node.Since}
+	if e.node.Since.IsZero() {
+		e.node.Since = now
+	}
+	g.mu.Unlock()
+	g.publish()
+}
+
+// Join contacts each of addrs (host or host:port; the port defaults to
+// 7946) and joins the pool through every one that answers. It makes one
+// attempt per address; the caller retries. The error, when no address
+// worked, names each address and why it failed.
+func (g *Gossip) Join(ctx context.Context, addrs []string) (int, error) {
+	var failures []string
+	joined := 0
+	for _, a := range addrs {
+		if ctx.Err() != nil {
+			return joined, ctx.Err()
+		}
+		addr, err := normalizeAddr(a)
+		if err != nil {
+			failures = append(failures, err.Error())
+			continue
+		}
+		if addr == g.LocalAddr() {
+			continue
+		}
+		if err := probeTCP(ctx, addr); err != nil {
+			failures = append(failures, fmt.Sprintf("%s: %v", addr, err))
+			continue
+		}
+		n, err := g.ml.Join([]string{addr})
+		if err != nil || n == 0 {
+			failures = append(failures, fmt.Sprintf("%s: answers on TCP but is not a herd gossip endpoint (%v)", addr, err))
+			continue
+		}
+		joined += n
+	}
+	if joined == 0 {
+		if len(failures) == 0 {
+			return 0, fmt.Errorf("gossip: no address to join but this node's own (%s)", g.LocalAddr())
+		}
+		return 0, fmt.Errorf("gossip: join failed: %s", strings.Join(failures, "; "))
+	}
+	return joined, nil
+}
+
+// normalizeAddr turns "host" or "host:port" into "host:port".
+func normalizeAddr(a string) (string, error) {
+	a = strings.TrimSpace(a)
+	if a == "" {
+		return "", fmt.Errorf("empty join address")
+	}
+	host, port, err := net.SplitHostPort(a)
+	if err != nil {
+		// No port: the whole thing is the host.
+		host, port = strings.Trim(a, "[]"), fmt.Sprint(DefaultPort)
+	}
+	if host == "" {
+		return "", fmt.Errorf("join address %q has no host", a)
+	}
+	var p int
+	if _, err := fmt.Sscanf(port, "%d", &p); err != nil || p < 1 || p > 65535 || fmt.Sprint(p) != port {
+		return "", fmt.Errorf("join address %q: port %q is not in 1-65535", a, port)
+	}
+	return net.JoinHostPort(host, port), nil
+}
+
+// ValidateJoinAddr checks one --join address without contacting it.
+func ValidateJoinAddr(a string) error {
+	_, err := normalizeAddr(a)
+	return err
+}
+
+// probeTCP says whether anything listens at addr, with a reason a person
+// can act on when nothing does.
+func probeTCP(ctx context.Context, addr string) error {
+	d := net.Dialer{Timeout: 2 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return fmt.Errorf("nothing answers (%w)", err)
+	}
+	return c.Close()
+}
+
+// Leave tells the pool this node is leaving (its metadata first, so peers
+// report it as left rather than dead) and waits up to timeout for the
+// message to spread.
+func (g *Gossip) Leave(timeout time.Duration) error {
+	m := g.LocalMeta()
+	m.Leaving = true
+	if err := g.SetMeta(m); err != nil {
+		g.logger.Warn("could not announce leaving", "err", err)
+	}
+	if err := g.ml.Leave(timeout); err != nil {
+		return fmt.Errorf("gossip: leave: %w", err)
+	}
+	return nil
+}
+
+// Close stops memberlist and every goroutine of the package. Safe to call
+// more than once.
+func (g *Gossip) Close() error {
+	var err error
+	g.closeOnce.Do(func() {
+		close(g.stop)
+		err = g.ml.Shutdown()
+		g.wg.Wait()
+	})
+	return err
+}
+
+// delegate answers memberlist's metadata questions.
+type delegate Gossip
+
+func (d *delegate) NodeMeta(limit int) []byte {
+	b := *(*Gossip)(d).meta.Load()
+	if len(b) > limit {
+		return nil
+	}
+	return b
+}
+func (d *delegate) NotifyMsg([]byte)                           {}
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
+func (d *delegate) LocalState(join bool) []byte                { return nil }
+func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
+
+// events keeps the view in step with memberlist.
+type events Gossip
+
+func (e *events) NotifyJoin(n *memberlist.Node)   { (*Gossip)(e).upsert(n, StatusAlive) }
+func (e *events) NotifyUpdate(n *memberlist.Node) { (*Gossip)(e).upsert(n, StatusAlive) }
+func (e *events) NotifyLeave(n *memberlist.Node) {
+	g := (*Gossip)(e)
+	g.upsert(n, StatusDead)
+	g.logger.Info("node left the gossip pool", "node", n.Name, "status", g.NodeStatus(n.Name))
+}
+
+// conflicts records live nodes that use this node's name.
+type conflicts Gossip
+
+func (c *conflicts) NotifyConflict(existing, other *memberlist.Node) {
+	g := (*Gossip)(c)
+	if existing.Name != g.cfg.Name {
+		g.logger.Warn("two nodes claim the same name", "node", existing.Name, "addr", existing.Address(), "other_addr", other.Address())
+		return
+	}
+	g.mu.Lock()
+	g.conflicts = append(g.conflicts, other.Address())
+	g.mu.Unlock()
+	g.logger.Error("another live node uses this node's name", "name", existing.Name, "other_addr", other.Address())
+}
+
+// logWriter turns memberlist's "[LEVEL] memberlist: msg" lines into slog
+// records.
+type logWriter struct{ logger *slog.Logger }
+
+func (w *logWriter) Write(p []byte) (int, error) {
+	line := string(bytes.TrimSpace(p))
+	level := slog.LevelInfo
+	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[INFO]": slog.LevelInfo, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError} {
+		if rest, ok := strings.CutPrefix(line, prefix); ok {
+			level, line = l, strings.TrimSpace(rest)
+			break
+		}
+	}
+	line = strings.TrimPrefix(line, "memberlist: ")
+	w.logger.Log(context.Background(), level, line)
+	return len(p), nil
+}

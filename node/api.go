@@ -1,0 +1,298 @@
+package node
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/herdcluster/herd/api"
+	"github.com/herdcluster/herd/registry"
+)
+
+// maxBodyBytes is the largest request body the agent API reads.
+const maxBodyBytes = 1 << 20
+
+// apiServer is the agent HTTP API: /v1/..., /healthz, /readyz.
+type apiServer struct {
+	n   *Node
+	srv *http.Server
+}
+
+func newAPIServer(n *Node) *apiServer {
+	s := &apiServer{n: n}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", s.healthz)
+	mux.HandleFunc("GET /readyz", s.readyz)
+	mux.HandleFunc("GET /v1/members", s.members)
+	mux.HandleFunc("GET /v1/services", s.services)
+	mux.HandleFunc("GET /v1/services/{name}", s.service)
+	mux.HandleFunc("PUT /v1/services/{name}/instances/{id}", s.register)
+	mux.HandleFunc("DELETE /v1/services/{name}/instances/{id}", s.deregister)
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), Reason: "not_found"})
+	})
+	s.srv = &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		MaxHeaderBytes:    64 << 10,
+	}
+	return s
+}
+
+func (s *apiServer) serve(ln net.Listener) error {
+	if err := s.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("agent API: %w", err)
+	}
+	return nil
+}
+
+func (s *apiServer) shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	_ = enc.Encode(v)
+}
+
+func (s *apiServer) healthz(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ok", "node": s.n.cfg.Name})
+}
+
+// readiness says whether the node serves with a live registry.
+func (n *Node) readiness() api.Readiness {
+	switch phase := *n.phase.Load(); phase {
+	case "starting":
+		return api.Readiness{Status: "starting", Reason: "the node is starting (joining the cluster or waiting for the registry)"}
+	case "stopping":
+		return api.Readiness{Status: "stopping", Reason: "the node is shutting down"}
+	}
+	if ok, reason := n.catalog.Synced(); !ok {
+		return api.Readiness{Status: "degraded", Reason: reason}
+	}
+	if n.registrar.LeaseID() == 0 {
+		return api.Readiness{Status: "degraded", Reason: "this node holds no registry lease (no quorum?); its instances are being registered again"}
+	}
+	return api.Readiness{Status: "ready"}
+}
+
+func (s *apiServer) readyz(w http.ResponseWriter, r *http.Request) {
+	rd := s.n.readiness()
+	code := http.StatusOK
+	if rd.Status != "ready" {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, rd)
+}
+
+func (s *apiServer) running(w http.ResponseWriter) bool {
+	if *s.n.phase.Load() != "running" {
+		writeJSON(w, http.StatusServiceUnavailable, api.Error{Error: "the node is " + *s.n.phase.Load(), Reason: "not_running"})
+		return false
+	}
+	return true
+}
+
+func (s *apiServer) members(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, s.n.Members(r.Context()))
+}
+
+// Members combines the gossip view with the registry's member list.
+func (n *Node) Members(ctx context.Context) api.MembersResponse {
+	var resp api.MembersResponse
+	byName := map[string]*api.Member{}
+	for _, g := range n.gossip.Nodes() {
+		m := &api.Member{
+			Name: g.Name, ID: g.Meta.ID, Address: g.IP, GossipPort: g.Port,
+			GatewayPort: g.Meta.GatewayPort, APIPort: g.Meta.APIPort, ServicePort: g.Meta.ServicePort,
+			ClientURL: g.Meta.ClientURL, PeerURL: g.Meta.PeerURL,
+			Status: g.Status, Role: g.Meta.Role, Version: g.Meta.Version,
+		}
+		if m.Role == "" {
+			m.Role = api.RoleNone
+		}
+		byName[g.Name] = m
+	}
+	if n.client != nil {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		list, leader, err := registry.Members(cctx, n.client)
+		cancel()
+		if err != nil {
+			resp.Error = "registry roles are from gossip: " + err.Error()
+		} else {
+			inRegistry := map[string]bool{}
+			for _, rm := range list {
+				name := rm.Name
+				if name == "" {
+					name = "(unstarted " + fmt.Sprintf("%x", rm.ID) + ")"
+				}
+				inRegistry[name] = true
+				m, ok := byName[name]
+				if !ok {
+					m = &api.Member{Name: name, Status: "unknown"}
+					if len(rm.PeerURLs) > 0 {
+						m.PeerURL = rm.PeerURLs[0]
+					}
+					if len(rm.ClientURLs) > 0 {
+						m.ClientURL = rm.ClientURLs[0]
+					}
+					byName[name] = m
+				}
+				m.MemberID = fmt.Sprintf("%x", rm.ID)
+				m.Role = api.RoleVoter
+				if rm.IsLearner {
+					m.Role = api.RoleLearner
+				}
+				if rm.ID == leader && leader != 0 {
+					m.Leader = true
+					resp.Leader = m.Name
+				}
+			}
+			for name, m := range byName {
+				if !inRegistry[name] {
+					m.Role = api.RoleNone
+				}
+			}
+		}
+	}
+	for _, m := range byName {
+		resp.Members = append(resp.Members, *m)
+	}
+	sort.Slice(resp.Members, func(i, j int) bool { return resp.Members[i].Name < resp.Members[j].Name })
+	return resp
+}
+
+func (s *apiServer) services(w http.ResponseWriter, r *http.Request) {
+	if !s.running(w) {
+		return
+	}
+	writeJSON(w, http.StatusOK, api.ServicesResponse{Services: s.n.catalog.Services(), Revision: s.n.catalog.Revision()})
+}
+
+func (s *apiServer) service(w http.ResponseWriter, r *http.Request) {
+	if !s.running(w) {
+		return
+	}
+	name := r.PathValue("name")
+	if err := api.ValidateName("service", name); err != nil {
+		writeFieldError(w, err)
+		return
+	}
+	ins := s.n.catalog.Instances(name)
+	if len(ins) == 0 {
+		writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("service %q has no registered instances", name), Reason: "unknown_service"})
+		return
+	}
+	writeJSON(w, http.StatusOK, api.ServiceResponse{Name: name, Instances: ins, Revision: s.n.catalog.Revision()})
+}
+
+func writeFieldError(w http.ResponseWriter, err error) {
+	var fe *api.FieldError
+	if errors.As(err, &fe) {
+		writeJSON(w, http.StatusBadRequest, api.Error{Error: fe.Error(), Field: fe.Field, Reason: "invalid_field"})
+		return
+	}
+	writeJSON(w, http.StatusBadRequest, api.Error{Error: err.Error(), Reason: "bad_request"})
+}
+
+func writeRegistryError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, api.ErrInvalid):
+		writeFieldError(w, err)
+	case errors.Is(err, registry.ErrUnavailable):
+		writeJSON(w, http.StatusServiceUnavailable, api.Error{Error: err.Error(), Reason: "registry_unavailable"})
+	case errors.Is(err, registry.ErrConflict):
+		writeJSON(w, http.StatusConflict, api.Error{Error: err.Error(), Reason: "conflict"})
+	case errors.Is(err, registry.ErrNotFound):
+		writeJSON(w, http.StatusNotFound, api.Error{Error: err.Error(), Reason: "not_found"})
+	default:
+		writeJSON(w, http.StatusInternalServerError, api.Error{Error: err.Error(), Reason: "internal"})
+	}
+}
+
+func (s *apiServer) register(w http.ResponseWriter, r *http.Request) {
+	if !s.running(w) {
+		return
+	}
+	name, id := r.PathValue("name"), r.PathValue("id")
+	if err := api.ValidateName("service", name); err != nil {
+		writeFieldError(w, err)
+		return
+	}
+	if err := api.ValidateName("id", id); err != nil {
+		writeFieldError(w, err)
+		return
+	}
+	var req api.RegisterRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		var tooBig *http.MaxBytesError
+		var syntax *json.SyntaxError
+		var typ *json.UnmarshalTypeError
+		switch {
+		case errors.As(err, &tooBig):
+			writeJSON(w, http.StatusRequestEntityTooLarge, api.Error{Error: "request body is over 1 MiB", Reason: "body_too_large"})
+		case errors.As(err, &typ):
+			writeJSON(w, http.StatusBadRequest, api.Error{Error: fmt.Sprintf("invalid %s: want %s, got %s", typ.Field, typ.Type, typ.Value), Field: typ.Field, Reason: "invalid_field"})
+		case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF):
+			writeJSON(w, http.StatusBadRequest, api.Error{Error: "body is not valid JSON: " + err.Error(), Reason: "bad_json"})
+		case errors.Is(err, io.EOF):
+			writeJSON(w, http.StatusBadRequest, api.Error{Error: "body is empty: send a JSON instance", Reason: "bad_json"})
+		default:
+			// json names an unknown field as `json: unknown field "x"`.
+			field := ""
+			if _, after, ok := strings.Cut(err.Error(), "unknown field "); ok {
+				field = strings.Trim(after, `"`)
+			}
+			writeJSON(w, http.StatusBadRequest, api.Error{Error: err.Error(), Field: field, Reason: "invalid_field"})
+		}
+		return
+	}
+	if dec.More() {
+		writeJSON(w, http.StatusBadRequest, api.Error{Error: "body holds more than one JSON value", Reason: "bad_json"})
+		return
+	}
+	in := api.Instance{
+		ID: id, Service: name, Address: req.Address, Port: req.Port, Path: req.Path,
+		Tags: req.Tags, Meta: req.Meta, Weight: req.Weight,
+	}
+	if err := s.n.registrar.Register(r.Context(), in); err != nil {
+		writeRegistryError(w, err)
+		return
+	}
+	in.Node = s.n.cfg.Name
+	in.Normalize()
+	writeJSON(w, http.StatusOK, in)
+}
+
+func (s *apiServer) deregister(w http.ResponseWriter, r *http.Request) {
+	if !s.running(w) {
+		return
+	}
+	name, id := r.PathValue("name"), r.PathValue("id")
+	if err := api.ValidateName("service", name); err != nil {
+		writeFieldError(w, err)
+		return
+	}
+	if err := api.ValidateName("id", id); err != nil {
+		writeFieldError(w, err)
+		return
+	}
+	if err := s.n.registrar.Deregister(r.Context(), name, id); err != nil {
+		writeRegistryError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"deregistered": name + "/" + id})
+}

@@ -1,0 +1,183 @@
+package node
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/herdcluster/herd/api"
+	"github.com/herdcluster/herd/gossip"
+	"github.com/herdcluster/herd/services"
+)
+
+// Config is everything a node needs. cmd/herd fills it from flags and
+// environment variables; nothing else does.
+type Config struct {
+	// Name is the node name, a DNS label unique in the cluster.
+	Name string
+	// BindIP is the IP every listener binds.
+	BindIP string
+	// AdvertiseIP is the IP peers use to reach this node; empty means BindIP.
+	AdvertiseIP string
+	// DataDir holds the node's identity and its registry member.
+	DataDir string
+	// Join lists gossip addresses (host or host:port) of nodes to join.
+	Join []string
+	// RetryJoinTimeout bounds how long joining may take before the node
+	// gives up and exits; zero means keep trying forever.
+	RetryJoinTimeout time.Duration
+
+	GossipPort  int
+	ClientPort  int
+	PeerPort    int
+	GatewayPort int
+	APIPort     int
+	ServicePort int
+
+	// Services are the built-in services this node hosts.
+	Services []string
+	// CORSOrigins are the origins the gateway allows; empty means no CORS.
+	CORSOrigins []string
+
+	// DrainDelay is how long a stopping node keeps serving after revoking
+	// its lease, so peers' catalogs drop it before it stops answering
+	// (default 1s).
+	DrainDelay time.Duration
+	// ShutdownTimeout bounds the graceful drain of in-flight requests
+	// (default 10s).
+	ShutdownTimeout time.Duration
+
+	// Version is reported in gossip and the API.
+	Version string
+	// Logger receives every log line of the node.
+	Logger *slog.Logger
+}
+
+// DefaultConfig returns the defaults of `herd agent`.
+func DefaultConfig() Config {
+	return Config{
+		Name:            DefaultName(),
+		BindIP:          "127.0.0.1",
+		GossipPort:      gossip.DefaultPort,
+		ClientPort:      2379,
+		PeerPort:        2380,
+		GatewayPort:     8080,
+		APIPort:         8500,
+		ServicePort:     9000,
+		Services:        services.Builtin(),
+		DrainDelay:      time.Second,
+		ShutdownTimeout: 10 * time.Second,
+		Version:         "dev",
+	}
+}
+
+// DefaultName is the host name made into a DNS label: its first label,
+// lower-cased, with anything else replaced by '-'.
+func DefaultName() string {
+	h, err := os.Hostname()
+	if err != nil || h == "" {
+		return "herd"
+	}
+	h, _, _ = strings.Cut(strings.ToLower(h), ".")
+	b := []byte(h)
+	for i, c := range b {
+		if (c < 'a' || c > 'z') && (c < '0' || c > '9') {
+			b[i] = '-'
+		}
+	}
+	s := strings.Trim(string(b), "-")
+	if len(s) > 63 {
+		s = s[:63]
+	}
+	if !api.ValidName(s) {
+		return "herd"
+	}
+	return s
+}
+
+// Validate checks the configuration; each error names the flag.
+func (c *Config) Validate() error {
+	if !api.ValidName(c.Name) {
+		return fmt.Errorf("--name %q is not a DNS label (lower-case letters, digits and '-', 1-63 characters)", c.Name)
+	}
+	ip := net.ParseIP(c.BindIP)
+	if ip == nil {
+		return fmt.Errorf("--bind %q is not an IP address", c.BindIP)
+	}
+	if c.AdvertiseIP != "" {
+		aip := net.ParseIP(c.AdvertiseIP)
+		if aip == nil {
+			return fmt.Errorf("--advertise %q is not an IP address", c.AdvertiseIP)
+		}
+		if aip.IsUnspecified() {
+			return fmt.Errorf("--advertise %s cannot be dialled by peers; give the node's own address", c.AdvertiseIP)
+		}
+	} else if ip.IsUnspecified() {
+		return fmt.Errorf("--bind %s needs --advertise: peers cannot dial %s", c.BindIP, c.BindIP)
+	}
+	if c.DataDir == "" {
+		return errors.New("--data-dir is empty")
+	}
+	ports := []struct {
+		flag string
+		v    int
+	}{
+		{"--gossip-port", c.GossipPort}, {"--client-port", c.ClientPort}, {"--peer-port", c.PeerPort},
+		{"--gateway-port", c.GatewayPort}, {"--api-port", c.APIPort}, {"--service-port", c.ServicePort},
+	}
+	seen := map[int]string{}
+	for _, p := range ports {
+		if p.v < 1 || p.v > 65535 {
+			return fmt.Errorf("%s %d is not in 1-65535", p.flag, p.v)
+		}
+		if other, ok := seen[p.v]; ok {
+			return fmt.Errorf("%s and %s are both %d", other, p.flag, p.v)
+		}
+		seen[p.v] = p.flag
+	}
+	for _, j := range c.Join {
+		if err := gossip.ValidateJoinAddr(j); err != nil {
+			return fmt.Errorf("--join: %w", err)
+		}
+	}
+	if c.RetryJoinTimeout < 0 {
+		return fmt.Errorf("--retry-join-timeout %s is negative", c.RetryJoinTimeout)
+	}
+	for _, s := range c.Services {
+		if !contains(services.Builtin(), s) {
+			return fmt.Errorf("--services: unknown service %q (built-in: %s)", s, strings.Join(services.Builtin(), ", "))
+		}
+	}
+	for _, o := range c.CORSOrigins {
+		if o != "*" && !strings.HasPrefix(o, "http://") && !strings.HasPrefix(o, "https://") {
+			return fmt.Errorf("--cors-origins: %q is not an origin (scheme://host[:port]) or *", o)
+		}
+	}
+	if c.DrainDelay < 0 || c.ShutdownTimeout <= 0 {
+		return errors.New("drain delay must be >= 0 and shutdown timeout > 0")
+	}
+	return nil
+}
+
+func (c *Config) advertise() string {
+	if c.AdvertiseIP != "" {
+		return c.AdvertiseIP
+	}
+	return c.BindIP
+}
+
+func (c *Config) etcdDir() string { return filepath.Join(c.DataDir, "etcd") }
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,491 @@
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/herdcluster/herd/api"
+	"github.com/herdcluster/herd/gateway"
+	"github.com/herdcluster/herd/gossip"
+	"github.com/herdcluster/herd/registry"
+	"github.com/herdcluster/herd/services"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ErrNameTaken: a live node already uses this node's name.
+var ErrNameTaken = errors.New("node name is taken by a live node")
+
+// ErrJoinTimeout: --retry-join-timeout passed before the node could join.
+var ErrJoinTimeout = errors.New("gave up joining")
+
+// Node is one running herd node.
+type Node struct {
+	cfg    Config
+	logger *slog.Logger
+
+	dir       *dataDir
+	gatewayLn net.Listener
+	apiLn     net.Listener
+	serviceLn net.Listener
+
+	gossip    *gossip.Gossip
+	member    *registry.Member
+	client    *clientv3.Client
+	registrar *registry.Registrar
+	catalog   *registry.Catalog
+	host      *services.Host
+	gateway   *gateway.Gateway
+	api       *apiServer
+
+	// phase is "starting", "running" or "stopping", for /readyz.
+	phase atomic.Pointer[string]
+
+	errc      chan error
+	bgCtx     context.Context
+	bgCancel  context.CancelFunc
+	bg        sync.WaitGroup
+	closeOnce sync.Once
+	closeErr  error
+}
+
+// New checks cfg and returns a node that Start runs.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	n := &Node{cfg: cfg, logger: cfg.Logger, errc: make(chan error, 4)}
+	n.bgCtx, n.bgCancel = context.WithCancel(context.Background())
+	n.setPhase("starting")
+	return n, nil
+}
+
+func (n *Node) setPhase(p string) { n.phase.Store(&p) }
+
+// Err delivers fatal errors that happen after Start returned (the registry
+// member failing, a listener dying). The caller should Close the node.
+func (n *Node) Err() <-chan error { return n.errc }
+
+func (n *Node) fail(err error) {
+	select {
+	case n.errc <- err:
+	default:
+	}
+}
+
+// goBackground runs f on a goroutine that Close cancels and waits for.
+func (n *Node) goBackground(f func(ctx context.Context)) {
+	n.bg.Add(1)
+	go func() {
+		defer n.bg.Done()
+		f(n.bgCtx)
+	}()
+}
+
+// Start brings the node up, in this order:
+//  1. open and lock the data dir; read or create the node ID;
+//  2. bind the gateway, API and service listeners (a port in use fails here,
+//     before anything else has happened) and check the etcd ports are free;
+//  3. start gossip and the agent API (which answers /healthz at once and
+//     /readyz with "starting");
+//  4. start the registry member: restart from the data dir if it holds one,
+//     bootstrap a new cluster when there is nothing to join, or join the
+//     cluster found through --join as a learner and get promoted;
+//  5. start the registry client, the node's lease and the catalog;
+//  6. serve the built-in services and register them, and serve the gateway.
+//
+// Cancelling ctx aborts a start that is still joining. A failed Start
+// undoes what it did; the caller need not Close.
+func (n *Node) Start(ctx context.Context) (err error) {
+	defer func() {
+		if err != nil {
+			n.Close(context.Background())
+		}
+	}()
+	cfg := &n.cfg
+	if n.dir, err = openDataDir(cfg.DataDir); err != nil {
+		return err
+	}
+	n.logger.Info("starting herd node", "name", cfg.Name, "id", n.dir.id, "version", cfg.Version,
+		"bind", cfg.BindIP, "advertise", cfg.advertise(), "data_dir", cfg.DataDir)
+
+	if n.gatewayLn, err = listen("--gateway-port", cfg.BindIP, cfg.GatewayPort); err != nil {
+		return err
+	}
+	if n.apiLn, err = listen("--api-port", cfg.BindIP, cfg.APIPort); err != nil {
+		return err
+	}
+	if n.serviceLn, err = listen("--service-port", cfg.BindIP, cfg.ServicePort); err != nil {
+		return err
+	}
+	for _, p := range []struct {
+		flag string
+		port int
+	}{{"--client-port", cfg.ClientPort}, {"--peer-port", cfg.PeerPort}} {
+		ln, err := listen(p.flag, cfg.BindIP, p.port)
+		if err != nil {
+			return err
+		}
+		ln.Close()
+	}
+
+	gcfg := gossip.DefaultConfig(cfg.Name)
+	gcfg.BindIP, gcfg.BindPort, gcfg.AdvertiseIP = cfg.BindIP, cfg.GossipPort, cfg.AdvertiseIP
+	gcfg.Logger = n.logger
+	if n.gossip, err = gossip.New(gcfg, n.meta(api.RoleNone)); err != nil {
+		return fmt.Errorf("--gossip-port: %w", err)
+	}
+
+	n.api = newAPIServer(n)
+	n.goBackground(func(context.Context) {
+		if err := n.api.serve(n.apiLn); err != nil {
+			n.fail(err)
+		}
+	})
+
+	if err := n.startMember(ctx); err != nil {
+		return err
+	}
+
+	if n.client, err = registry.NewClient([]string{n.member.ClientURL()}, n.logger); err != nil {
+		return err
+	}
+	rcfg := registry.DefaultRegistrarConfig(cfg.Name)
+	rcfg.Logger = n.logger
+	if n.registrar, err = registry.NewRegistrar(n.client, rcfg); err != nil {
+		return err
+	}
+	n.registrar.Start()
+	n.catalog = registry.NewCatalog(n.client, 0, n.logger)
+	n.catalog.Start()
+	n.goBackground(n.followMember)
+
+	hcfg := services.Config{Node: cfg.Name, AdvertiseIP: cfg.advertise(), Port: cfg.ServicePort, Services: cfg.Services}
+	if n.host, err = services.NewHost(hcfg, n.registrar, n.logger); err != nil {
+		return err
+	}
+	n.goBackground(func(context.Context) {
+		if err := n.host.Serve(n.serviceLn); err != nil {
+			n.fail(err)
+		}
+	})
+	n.goBackground(func(ctx context.Context) { _ = n.host.RegisterAll(ctx) })
+
+	gwcfg := gateway.DefaultConfig()
+	gwcfg.CORSOrigins = cfg.CORSOrigins
+	if n.gateway, err = gateway.New(gwcfg, n.catalog, n.gossip, n.logger); err != nil {
+		return err
+	}
+	n.goBackground(func(context.Context) {
+		if err := n.gateway.Serve(n.gatewayLn); err != nil {
+			n.fail(err)
+		}
+	})
+	n.setPhase("running")
+	n.logger.Info("herd node started", "gateway", addr(cfg.advertise(), cfg.GatewayPort),
+		"api", addr(cfg.advertise(), cfg.APIPort), "services", strings.Join(cfg.Services, ","))
+	return nil
+}
+
+func addr(ip string, port int) string { return net.JoinHostPort(ip, strconv.Itoa(port)) }
+
+func listen(flag, ip string, port int) (net.Listener, error) {
+	ln, err := net.Listen("tcp", addr(ip, port))
+	if err != nil {
+		return nil, fmt.Errorf("%s %d: cannot listen on %s: %w", flag, port, addr(ip, port), err)
+	}
+	return ln, nil
+}
+
+func (n *Node) meta(role string) gossip.Meta {
+	m := gossip.Meta{
+		ID: n.dir.id, Version: n.cfg.Version, Role: role,
+		GatewayPort: n.cfg.GatewayPort, APIPort: n.cfg.APIPort, ServicePort: n.cfg.ServicePort,
+	}
+	if n.member != nil {
+		m.ClientURL, m.PeerURL = n.member.ClientURL(), n.member.PeerURL()
+	}
+	return m
+}
+
+func (n *Node) memberConfig() registry.MemberConfig {
+	mc := registry.DefaultMemberConfig(n.cfg.Name, n.cfg.etcdDir())
+	mc.BindIP, mc.AdvertiseIP = n.cfg.BindIP, n.cfg.AdvertiseIP
+	mc.ClientPort, mc.PeerPort = n.cfg.ClientPort, n.cfg.PeerPort
+	mc.Logger = n.logger
+	return mc
+}
+
+// startMember restarts, bootstraps or joins, as the data dir and --join say.
+func (n *Node) startMember(ctx context.Context) error {
+	mc := n.memberConfig()
+	var err error
+	switch {
+	case registry.HasData(mc.Dir):
+		n.logger.Info("data dir holds a registry member: restarting it", "dir", mc.Dir)
+		if n.member, err = registry.Restart(ctx, mc); err != nil {
+			return err
+		}
+		if len(n.cfg.Join) > 0 {
+			// Join flags only help a restarted member find its peers'
+			// gossip; failing to reach them is not fatal.
+			n.goBackground(func(ctx context.Context) { _ = n.joinGossip(ctx, time.Time{}) })
+		}
+	case len(n.cfg.Join) == 0:
+		n.logger.Info("no --join and no data: bootstrapping a new one-member cluster")
+		if n.member, err = registry.Bootstrap(ctx, mc); err != nil {
+			return err
+		}
+	default:
+		if n.member, err = n.join(ctx, mc); err != nil {
+			return err
+		}
+	}
+	role := api.RoleVoter
+	if n.member.IsLearner() {
+		role = api.RoleLearner
+	}
+	if err := n.gossip.SetMeta(n.meta(role)); err != nil {
+		n.logger.Warn("could not gossip the registry URLs", "err", err)
+	}
+	n.goBackground(func(ctx context.Context) {
+		select {
+		case err := <-n.member.Err():
+			n.fail(fmt.Errorf("registry member failed: %w", err))
+		case <-ctx.Done():
+		}
+	})
+	return nil
+}
+
+// join joins gossip through --join, then the registry through the client
+// URLs that gossip reveals, retrying both with jittered backoff until
+// --retry-join-timeout (forever when zero).
+func (n *Node) join(ctx context.Context, mc registry.MemberConfig) (*registry.Member, error) {
+	var deadline time.Time
+	if n.cfg.RetryJoinTimeout > 0 {
+		deadline = time.Now().Add(n.cfg.RetryJoinTimeout)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	if err := n.joinGossip(ctx, deadline); err != nil {
+		return nil, err
+	}
+	b := newBackoff()
+	var last error
+	for attempt := 1; ; attempt++ {
+		urls := n.memberClientURLs()
+		if len(urls) == 0 {
+			last = errors.New("no node in the gossip pool runs a registry member yet")
+		} else {
+			m, err := registry.Join(ctx, mc, urls)
+			if err == nil {
+				return m, nil
+			}
+			if errors.Is(err, registry.ErrNameTaken) || errors.Is(err, registry.ErrPeerURLTaken) || errors.Is(err, registry.ErrHasData) {
+				return nil, err
+			}
+			last = err
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		n.logger.Warn("cannot join the registry yet; retrying", "attempt", attempt, "client_urls", urls, "err", last)
+		if sleep(ctx, b.next()) != nil {
+			break
+		}
+	}
+	if !deadline.IsZero() && time.Now().After(deadline) {
+		return nil, fmt.Errorf("%w after --retry-join-timeout %s: registry join via gossip peers %v: %v", ErrJoinTimeout, n.cfg.RetryJoinTimeout, n.memberClientURLs(), last)
+	}
+	return nil, fmt.Errorf("join the registry: %w (last: %v)", ctx.Err(), last)
+}
+
+// joinGossip joins the gossip pool through --join until it succeeds, ctx is
+// done or deadline passes, logging every failed attempt with each address
+// and why it failed. It fails at once if a live node already has this
+// node's name.
+func (n *Node) joinGossip(ctx context.Context, deadline time.Time) error {
+	b := newBackoff()
+	var last error
+	for attempt := 1; ; attempt++ {
+		_, err := n.gossip.Join(ctx, n.cfg.Join)
+		if err == nil {
+			if others := n.gossip.NameConflict(); len(others) > 0 {
+				return fmt.Errorf("--name %q: %w at %s", n.cfg.Name, ErrNameTaken, strings.Join(others, ", "))
+			}
+			n.logger.Info("joined the gossip pool", "via", n.cfg.Join)
+			return nil
+		}
+		last = err
+		if ctx.Err() != nil {
+			break
+		}
+		n.logger.Warn("cannot join yet; retrying", "attempt", attempt, "err", err)
+		if sleep(ctx, b.next()) != nil {
+			break
+		}
+	}
+	if !deadline.IsZero() && !time.Now().Before(deadline) {
+		return fmt.Errorf("%w after --retry-join-timeout %s: %v", ErrJoinTimeout, n.cfg.RetryJoinTimeout, last)
+	}
+	return fmt.Errorf("join: %w (last: %v)", ctx.Err(), last)
+}
+
+// memberClientURLs are the client URLs of alive gossip peers that run a
+// registry member.
+func (n *Node) memberClientURLs() []string {
+	var urls []string
+	for _, g := range n.gossip.Nodes() {
+		if g.Name != n.cfg.Name && g.Status == gossip.StatusAlive && g.Meta.ClientURL != "" && g.Meta.Role != api.RoleLearner {
+			urls = append(urls, g.Meta.ClientURL)
+		}
+	}
+	return urls
+}
+
+// followMember finishes an interrupted promotion and keeps the gossiped
+// role in step with the member.
+func (n *Node) followMember(ctx context.Context) {
+	if n.member.IsLearner() {
+		if err := n.member.PromoteSelf(ctx, n.client); err != nil && ctx.Err() == nil {
+			n.logger.Warn("could not promote this learner", "err", err)
+		}
+	}
+	t := time.NewTicker(2 * time.Second)
+	defer t.Stop()
+	for {
+		role := api.RoleVoter
+		if n.member.IsLearner() {
+			role = api.RoleLearner
+		}
+		if n.gossip.LocalMeta().Role != role {
+			if err := n.gossip.SetMeta(n.meta(role)); err != nil {
+				n.logger.Warn("could not gossip the registry role", "err", err)
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// Close stops the node gracefully, in this order:
+//  1. /readyz says "stopping";
+//  2. the lease is revoked: every instance of this node leaves the registry
+//     and peers stop routing here at once;
+//  3. after DrainDelay (peers' catalogs catch up), the gateway stops
+//     accepting and drains its in-flight requests, then the service host;
+//  4. background work stops; the catalog, the registry client and the API
+//     server close;
+//  5. the node leaves gossip (peers see it as left, not dead);
+//  6. the registry member stops (a leader hands leadership over first).
+//     Raft membership is not changed;
+//  7. the data dir lock is released.
+//
+// ctx bounds the drains. Safe to call more than once, and after a failed
+// Start.
+func (n *Node) Close(ctx context.Context) error {
+	n.closeOnce.Do(func() { n.closeErr = n.close(ctx) })
+	return n.closeErr
+}
+
+func (n *Node) close(ctx context.Context) error {
+	n.setPhase("stopping")
+	var errs []error
+	if n.registrar != nil {
+		if err := n.registrar.Close(ctx); err != nil {
+			errs = append(errs, err)
+		} else if n.cfg.DrainDelay > 0 && n.gateway != nil {
+			n.logger.Info("lease revoked; draining before stopping", "delay", n.cfg.DrainDelay)
+			_ = sleep(ctx, n.cfg.DrainDelay)
+		}
+	}
+	dctx, cancel := context.WithTimeout(ctx, n.cfg.ShutdownTimeout)
+	defer cancel()
+	if n.gateway != nil {
+		if err := n.gateway.Shutdown(dctx); err != nil {
+			errs = append(errs, err)
+		}
+	} else if n.gatewayLn != nil {
+		n.gatewayLn.Close()
+	}
+	if n.host != nil {
+		if err := n.host.Shutdown(dctx); err != nil {
+			errs = append(errs, err)
+		}
+	} else if n.serviceLn != nil {
+		n.serviceLn.Close()
+	}
+	n.bgCancel()
+	if n.catalog != nil {
+		n.catalog.Close()
+	}
+	if n.api != nil {
+		if err := n.api.shutdown(dctx); err != nil {
+			errs = append(errs, err)
+		}
+	} else if n.apiLn != nil {
+		n.apiLn.Close()
+	}
+	if n.client != nil {
+		n.client.Close()
+	}
+	if n.gossip != nil {
+		if n.member != nil || len(n.gossip.Nodes()) > 1 {
+			// A leave that no peer acknowledged in time (they may be
+			// stopping too) is not a failure: they will mark us dead.
+			if err := n.gossip.Leave(2 * time.Second); err != nil {
+				n.logger.Info("gossip leave not acknowledged", "err", err)
+			}
+		}
+		if err := n.gossip.Close(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if n.member != nil {
+		n.member.Close()
+	}
+	n.bg.Wait()
+	if n.dir != nil {
+		n.dir.close()
+	}
+	n.logger.Info("herd node stopped")
+	return errors.Join(errs...)
+}
+
+// backoff is a capped exponential backoff with full jitter for joins.
+type backoff struct{ cur time.Duration }
+
+func newBackoff() *backoff { return &backoff{cur: 250 * time.Millisecond} }
+
+func (b *backoff) next() time.Duration {
+	d := b.cur/2 + rand.N(b.cur/2+1)
+	b.cur = min(2*b.cur, 10*time.Second)
+	return d
+}
+
+func sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}

@@ -1,0 +1,358 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/herdcluster/herd/api"
+	"go.etcd.io/etcd/api/v3/mvccpb"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// Catalog is a watch-backed, in-memory copy of every instance in the
+// registry. Lookups read an immutable snapshot through an atomic pointer:
+// no lock and no network call on the request path. The catalog lists the
+// prefix, then watches from the listed revision on; on compaction or a
+// broken watch it lists again and replaces its snapshot, so deletes missed
+// meanwhile are not kept. While the registry is unreachable it keeps
+// serving its last snapshot.
+type Catalog struct {
+	cli    *clientv3.Client
+	logger *slog.Logger
+	// staleAfter is how long a watch may stay silent before the catalog
+	// takes it for stuck and lists again.
+	staleAfter time.Duration
+
+	snap atomic.Pointer[catalogSnapshot]
+	// state says whether the watch is live, and why not.
+	state atomic.Pointer[catalogState]
+	// relists counts full re-lists after the first, for tests and metrics.
+	relists atomic.Int64
+
+	changedMu sync.Mutex
+	changed   chan struct{} // closed and replaced on every new snapshot
+
+	cancel    context.CancelFunc
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+type catalogSnapshot struct {
+	rev      int64
+	services map[string][]api.Instance // sorted by ID; never modified once stored
+}
+
+type catalogState struct {
+	synced bool
+	reason string
+}
+
+// DefaultStaleAfter is how long a catalog watch may go without any event or
+// progress notification before it is taken for stuck: three of the members'
+// default progress intervals.
+const DefaultStaleAfter = 6 * time.Second
+
+// NewCatalog returns a catalog reading from cli. staleAfter (zero means
+// DefaultStaleAfter) bounds how long its watch may stay silent: members send
+// a progress notification every WatchProgressInterval, so a longer silence
+// means the connection is gone even if the client has not said so. Start
+// runs it.
+func NewCatalog(cli *clientv3.Client, staleAfter time.Duration, logger *slog.Logger) *Catalog {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	if staleAfter <= 0 {
+		staleAfter = DefaultStaleAfter
+	}
+	c := &Catalog{
+		cli:        cli,
+		staleAfter: staleAfter,
+		logger:     logger.With("component", "catalog"),
+		done:       make(chan struct{}),
+		changed:    make(chan struct{}),
+	}
+	c.snap.Store(&catalogSnapshot{services: map[string][]api.Instance{}})
+	c.state.Store(&catalogState{reason: "catalog has not listed the registry yet"})
+	return c
+}
+
+// Start runs the list-and-watch loop in the background until Close.
+func (c *Catalog) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	go func() {
+		defer close(c.done)
+		c.run(ctx)
+	}()
+}
+
+// Close stops the loop and waits for it. Safe to call more than once, and
+// without Start.
+func (c *Catalog) Close() {
+	c.closeOnce.Do(func() {
+		if c.cancel != nil {
+			c.cancel()
+			<-c.done
+		}
+	})
+}
+
+// Instances returns the instances of service, sorted by ID. The slice is
+// shared: callers must not modify it.
+func (c *Catalog) Instances(service string) []api.Instance {
+	return c.snap.Load().services[service]
+}
+
+// Services returns each service name with its instance count, sorted.
+func (c *Catalog) Services() []api.ServiceSummary {
+	s := c.snap.Load()
+	out := make([]api.ServiceSummary, 0, len(s.services))
+	for name, ins := range s.services {
+		out = append(out, api.ServiceSummary{Name: name, Instances: len(ins)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Revision is the registry revision the snapshot reflects.
+func (c *Catalog) Revision() int64 { return c.snap.Load().rev }
+
+// Synced reports whether the catalog follows the registry live; when it
+// does not, reason says why (it then serves its last snapshot).
+func (c *Catalog) Synced() (bool, string) {
+	s := c.state.Load()
+	return s.synced, s.reason
+}
+
+// Relists reports how many times the catalog listed the registry again
+// after its first list (compaction, broken watch, lost leader).
+func (c *Catalog) Relists() int64 { return c.relists.Load() }
+
+// Changed returns a channel closed at the next snapshot change.
+func (c *Catalog) Changed() <-chan struct{} {
+	c.changedMu.Lock()
+	defer c.changedMu.Unlock()
+	return c.changed
+}
+
+func (c *Catalog) publish(s *catalogSnapshot) {
+	c.snap.Store(s)
+	c.changedMu.Lock()
+	close(c.changed)
+	c.changed = make(chan struct{})
+	c.changedMu.Unlock()
+}
+
+func (c *Catalog) setState(synced bool, reason string) {
+	old := c.state.Load()
+	if old.synced == synced && old.reason == reason {
+		return
+	}
+	c.state.Store(&catalogState{synced: synced, reason: reason})
+	if synced {
+		c.logger.Info("catalog in sync with the registry", "revision", c.Revision())
+	} else if old.synced {
+		c.logger.Warn("catalog lost the registry; serving the last snapshot", "reason", reason, "revision", c.Revision())
+	}
+}
+
+func (c *Catalog) run(ctx context.Context) {
+	b := newBackoff(100*time.Millisecond, 2*time.Second)
+	first := true
+	for ctx.Err() == nil {
+		rev, err := c.list(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			c.setState(false, "cannot list the registry: "+err.Error())
+			_ = sleepCtx(ctx, b.next())
+			continue
+		}
+		if !first {
+			c.relists.Add(1)
+		}
+		first = false
+		b.reset()
+		c.setState(true, "")
+		reason := c.watch(ctx, rev)
+		if ctx.Err() != nil {
+			return
+		}
+		c.setState(false, reason)
+		c.logger.Info("catalog watch ended; listing again", "reason", reason)
+		_ = sleepCtx(ctx, b.next())
+	}
+}
+
+// list reads every instance at one revision and publishes the snapshot.
+func (c *Catalog) list(ctx context.Context) (int64, error) {
+	lctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 5*time.Second)
+	defer cancel()
+	resp, err := c.cli.Get(lctx, ServicesPrefix, clientv3.WithPrefix())
+	if err != nil {
+		return 0, err
+	}
+	services := map[string][]api.Instance{}
+	for _, kv := range resp.Kvs {
+		in, ok := c.decode(kv)
+		if ok {
+			services[in.Service] = append(services[in.Service], in)
+		}
+	}
+	for _, ins := range services {
+		sortByID(ins)
+	}
+	c.publish(&catalogSnapshot{rev: resp.Header.Revision, services: services})
+	return resp.Header.Revision, nil
+}
+
+// watch applies events after rev until the watch ends, and says why it
+// ended.
+func (c *Catalog) watch(ctx context.Context, rev int64) string {
+	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+	defer cancel()
+	// Watch from rev itself, not rev+1: etcd sends progress notifications
+	// only to watchers whose start revision it has reached, so on a quiet
+	// registry a watch from rev+1 would stay silent. Events at rev are
+	// already in the snapshot and apply drops them.
+	wch := c.cli.Watch(wctx, ServicesPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev),
+		clientv3.WithPrevKV(), clientv3.WithProgressNotify())
+	stale := time.NewTimer(c.staleAfter)
+	defer stale.Stop()
+	for {
+		var wr clientv3.WatchResponse
+		var ok bool
+		select {
+		case wr, ok = <-wch:
+		case <-stale.C:
+			return fmt.Sprintf("watch silent for %s (registry unreachable?)", c.staleAfter)
+		}
+		if !ok {
+			return "watch closed"
+		}
+		stale.Reset(c.staleAfter)
+		if wr.CompactRevision != 0 {
+			return "watch revision was compacted"
+		}
+		if err := wr.Err(); err != nil {
+			if errors.Is(err, rpctypes.ErrCompacted) {
+				return "watch revision was compacted"
+			}
+			return "watch failed: " + err.Error()
+		}
+		if wr.Canceled {
+			return "watch canceled"
+		}
+		c.apply(wr.Header.Revision, wr.Events)
+	}
+}
+
+// apply makes a new snapshot from the current one and events. Events at or
+// below the snapshot's revision are dropped (a resumed watch may repeat
+// them).
+func (c *Catalog) apply(headerRev int64, events []*clientv3.Event) {
+	cur := c.snap.Load()
+	var touched map[string]map[string]*api.Instance // service -> id -> instance (nil: deleted)
+	maxRev := cur.rev
+	for _, ev := range events {
+		if ev.Kv.ModRevision <= cur.rev {
+			continue
+		}
+		maxRev = max(maxRev, ev.Kv.ModRevision)
+		service, id, ok := splitKey(string(ev.Kv.Key))
+		if !ok {
+			continue
+		}
+		if touched == nil {
+			touched = map[string]map[string]*api.Instance{}
+		}
+		if touched[service] == nil {
+			touched[service] = map[string]*api.Instance{}
+		}
+		switch ev.Type {
+		case mvccpb.PUT:
+			in, ok := c.decode(ev.Kv)
+			if !ok {
+				touched[service][id] = nil
+				continue
+			}
+			touched[service][id] = &in
+		case mvccpb.DELETE:
+			touched[service][id] = nil
+		}
+	}
+	if touched == nil {
+		// A progress notification or only old events: just move the
+		// revision on.
+		if headerRev > cur.rev && len(events) == 0 {
+			c.snap.Store(&catalogSnapshot{rev: headerRev, services: cur.services})
+		}
+		return
+	}
+	services := make(map[string][]api.Instance, len(cur.services)+len(touched))
+	for name, ins := range cur.services {
+		services[name] = ins
+	}
+	for name, changes := range touched {
+		var next []api.Instance
+		for _, in := range cur.services[name] {
+			if _, changed := changes[in.ID]; !changed {
+				next = append(next, in)
+			}
+		}
+		for _, in := range changes {
+			if in != nil {
+				next = append(next, *in)
+			}
+		}
+		if len(next) == 0 {
+			delete(services, name)
+			continue
+		}
+		sortByID(next)
+		services[name] = next
+	}
+	c.publish(&catalogSnapshot{rev: max(maxRev, headerRev), services: services})
+}
+
+func (c *Catalog) decode(kv *mvccpb.KeyValue) (api.Instance, bool) {
+	var in api.Instance
+	service, id, ok := splitKey(string(kv.Key))
+	if !ok {
+		return in, false
+	}
+	if err := json.Unmarshal(kv.Value, &in); err != nil {
+		c.logger.Warn("skipping an undecodable registry value", "key", string(kv.Key), "err", err)
+		return in, false
+	}
+	// The key is the truth for service and ID.
+	in.Service, in.ID = service, id
+	return in, true
+}
+
+// splitKey parses /herd/services/<service>/<id>.
+func splitKey(key string) (service, id string, ok bool) {
+	rest, found := strings.CutPrefix(key, ServicesPrefix)
+	if !found {
+		return "", "", false
+	}
+	service, id, found = strings.Cut(rest, "/")
+	if !found || service == "" || id == "" || strings.Contains(id, "/") {
+		return "", "", false
+	}
+	return service, id, true
+}
+
+func sortByID(ins []api.Instance) {
+	sort.Slice(ins, func(i, j int) bool { return ins[i].ID < ins[j].ID })
+}

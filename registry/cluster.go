@@ -1,0 +1,42 @@
+package registry
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// MemberInfo describes one registry member.
+type MemberInfo struct {
+	ID         uint64
+	Name       string // "" until the member has started
+	PeerURLs   []string
+	ClientURLs []string
+	IsLearner  bool
+}
+
+// Members lists the registry members and the leader's member ID (0 when the
+// member cli talks to knows of no leader). ctx bounds the calls.
+func Members(ctx context.Context, cli *clientv3.Client) ([]MemberInfo, uint64, error) {
+	ms, err := listMembers(ctx, cli)
+	if err != nil {
+		return nil, 0, fmt.Errorf("list registry members: %w", unavailable(err))
+	}
+	out := make([]MemberInfo, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, MemberInfo{ID: m.ID, Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, IsLearner: m.IsLearner})
+	}
+	var leader uint64
+	for _, ep := range cli.Endpoints() {
+		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		st, err := cli.Status(sctx, ep)
+		cancel()
+		if err == nil {
+			leader = st.Leader
+			break
+		}
+	}
+	return out, leader, nil
+}

@@ -1,0 +1,13 @@
+// Package registry is herd's control plane. It owns the embedded etcd member
+// (bootstrap of a new cluster, join as a learner and promotion, restart from
+// its data dir) and the registry client: one lease per node with the node's
+// instances under it, re-granted and re-registered forever after any loss, and
+// a watch-backed in-memory Catalog that answers every lookup without a network
+// call.
+//
+// It knows nothing of gossip, the gateway or the services: the node hands it
+// what it learned from gossip (the peers' client URLs) and reads back what it
+// needs (catalog snapshots, member roles).
+//
+// Keys: /herd/services/<service>/<instance-id> -> JSON api.Instance.
+package registry

@@ -1,0 +1,393 @@
+package registry
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/herdcluster/herd/api"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+// ServicesPrefix is the key prefix of every instance.
+const ServicesPrefix = "/herd/services/"
+
+// InstanceKey is the registry key of an instance.
+func InstanceKey(service, id string) string { return ServicesPrefix + service + "/" + id }
+
+// RegistrarConfig configures a node's registrar.
+type RegistrarConfig struct {
+	// Node is the name written into every instance this registrar holds.
+	Node string
+	// TTL is the lease time-to-live (default 10s). Keepalives go out every
+	// TTL/3; a node that stops sending them loses its instances after TTL.
+	TTL time.Duration
+	// RequestTimeout bounds each write (default 5s); a write that cannot
+	// reach a quorum in that time fails with ErrUnavailable.
+	RequestTimeout time.Duration
+	// Logger receives the registrar's log lines.
+	Logger *slog.Logger
+}
+
+// DefaultRegistrarConfig returns the defaults for node.
+func DefaultRegistrarConfig(node string) RegistrarConfig {
+	return RegistrarConfig{Node: node, TTL: 10 * time.Second, RequestTimeout: 5 * time.Second}
+}
+
+// Validate checks the configuration.
+func (c *RegistrarConfig) Validate() error {
+	if err := api.ValidateName("node", c.Node); err != nil {
+		return err
+	}
+	if c.TTL < 2*time.Second {
+		return fmt.Errorf("lease TTL %s is under 2s", c.TTL)
+	}
+	if c.RequestTimeout <= 0 {
+		return fmt.Errorf("request timeout %s must be positive", c.RequestTimeout)
+	}
+	return nil
+}
+
+// Registrar holds one lease for the node and every instance of the node
+// under it. When the lease is lost (expired while the registry was
+// unreachable, revoked, or its keepalive stream broke for longer than the
+// TTL) it grants a new one and writes every instance again, forever, until
+// Close.
+type Registrar struct {
+	cli    *clientv3.Client
+	cfg    RegistrarConfig
+	logger *slog.Logger
+
+	// opMu serialises writes: Register, Deregister and the re-registration
+	// after a lease loss, so no instance is written under a dead lease
+	// after the loop has re-registered the rest.
+	opMu sync.Mutex
+	// mu guards desired and lease.
+	mu      sync.Mutex
+	desired map[string]api.Instance // by key
+	lease   clientv3.LeaseID        // 0 while no lease is held
+	// leaseGen counts leases granted, for tests and logs.
+	leaseGen int
+
+	cancel    context.CancelFunc
+	done      chan struct{}
+	closeOnce sync.Once
+	started   bool
+	// changed is signalled when a lease is granted or lost.
+	changed chan struct{}
+}
+
+// NewRegistrar returns a registrar using cli. Start runs it.
+func NewRegistrar(cli *clientv3.Client, cfg RegistrarConfig) (*Registrar, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	return &Registrar{
+		cli:     cli,
+		cfg:     cfg,
+		logger:  logger.With("component", "registrar"),
+		desired: make(map[string]api.Instance),
+		done:    make(chan struct{}),
+		changed: make(chan struct{}, 1),
+	}, nil
+}
+
+// Start runs the lease loop in the background until Close.
+func (r *Registrar) Start() {
+	ctx, cancel := context.WithCancel(context.Background())
+	r.mu.Lock()
+	r.cancel = cancel
+	r.started = true
+	r.mu.Unlock()
+	go func() {
+		defer close(r.done)
+		r.loop(ctx)
+	}()
+}
+
+// LeaseID returns the lease currently held, 0 when none is.
+func (r *Registrar) LeaseID() clientv3.LeaseID {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lease
+}
+
+// Leases reports how many leases have been granted so far.
+func (r *Registrar) Leases() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.leaseGen
+}
+
+// Instances returns the instances this registrar holds, sorted by key.
+func (r *Registrar) Instances() []api.Instance {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	keys := make([]string, 0, len(r.desired))
+	for k := range r.desired {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	out := make([]api.Instance, 0, len(keys))
+	for _, k := range keys {
+		out = append(out, r.desired[k])
+	}
+	return out
+}
+
+func (r *Registrar) loop(ctx context.Context) {
+	backoff := newBackoff(200*time.Millisecond, 5*time.Second)
+	failures := 0
+	for ctx.Err() == nil {
+		lease, ka, stopKeepAlive, err := r.grantAndRegister(ctx)
+		if err != nil {
+			failures++
+			// Log the first failure and then every tenth, so a long outage
+			// is visible without flooding the log.
+			if failures == 1 || failures%10 == 0 {
+				r.logger.Warn("cannot hold the node lease; retrying", "attempt", failures, "err", err)
+			}
+			_ = sleepCtx(ctx, backoff.next())
+			continue
+		}
+		if failures > 0 {
+			r.logger.Info("node lease granted and instances registered again", "lease", fmt.Sprintf("%x", lease), "after_attempts", failures)
+		}
+		failures = 0
+		backoff.reset()
+		// Drain keepalive responses until the channel closes: the lease
+		// expired, was revoked, or its keepalives failed for a whole TTL.
+		for range ka {
+		}
+		stopKeepAlive()
+		r.mu.Lock()
+		if r.lease == lease {
+			r.lease = 0
+		}
+		r.mu.Unlock()
+		r.signal()
+		if ctx.Err() == nil {
+			r.logger.Warn("node lease lost; granting a new one and registering again", "lease", fmt.Sprintf("%x", lease))
+		}
+	}
+}
+
+// grantAndRegister grants a lease, starts its keepalive and writes every
+// desired instance under it.
+// The returned cancel stops the keepalive.
+func (r *Registrar) grantAndRegister(ctx context.Context) (clientv3.LeaseID, <-chan *clientv3.LeaseKeepAliveResponse, context.CancelFunc, error) {
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	gctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), r.cfg.RequestTimeout)
+	grant, err := r.cli.Grant(gctx, int64(r.cfg.TTL/time.Second))
+	cancel()
+	if err != nil {
+		return 0, nil, nil, fmt.Errorf("grant lease: %w", unavailable(err))
+	}
+	kactx, kacancel := context.WithCancel(ctx)
+	ka, err := r.cli.KeepAlive(kactx, grant.ID)
+	if err != nil {
+		kacancel()
+		return 0, nil, nil, fmt.Errorf("keep lease alive: %w", err)
+	}
+	r.mu.Lock()
+	want := make([]api.Instance, 0, len(r.desired))
+	for _, in := range r.desired {
+		want = append(want, in)
+	}
+	r.mu.Unlock()
+	for _, in := range want {
+		if err := r.put(ctx, grant.ID, in); err != nil {
+			kacancel()
+			r.revoke(grant.ID)
+			if errors.Is(err, ErrConflict) {
+				// Another node took the key meanwhile; it is theirs now.
+				r.logger.Warn("instance now belongs to another node; dropping it", "service", in.Service, "id", in.ID)
+				r.mu.Lock()
+				delete(r.desired, InstanceKey(in.Service, in.ID))
+				r.mu.Unlock()
+			}
+			return 0, nil, nil, fmt.Errorf("register %s/%s: %w", in.Service, in.ID, err)
+		}
+	}
+	r.mu.Lock()
+	r.lease = grant.ID
+	r.leaseGen++
+	r.mu.Unlock()
+	r.signal()
+	return grant.ID, ka, kacancel, nil
+}
+
+func (r *Registrar) signal() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+// Register writes in under the node's lease and keeps it there (across lease
+// losses) until Deregister or Close. It fails with ErrUnavailable when the
+// registry cannot take the write (no lease held, no quorum) within the
+// request timeout, and ErrConflict when the key belongs to another node. A
+// failed Register is forgotten: it is not written again later.
+func (r *Registrar) Register(ctx context.Context, in api.Instance) error {
+	in.Node = r.cfg.Node
+	in.Normalize()
+	if err := in.Validate(); err != nil {
+		return err
+	}
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	lease := r.LeaseID()
+	if lease == 0 {
+		return fmt.Errorf("%w: this node holds no lease yet (the registry has no quorum or is unreachable)", ErrUnavailable)
+	}
+	if err := r.put(ctx, lease, in); err != nil {
+		return err
+	}
+	r.mu.Lock()
+	r.desired[InstanceKey(in.Service, in.ID)] = in
+	r.mu.Unlock()
+	return nil
+}
+
+// Deregister removes the instance service/id of this node from the registry
+// and from the set kept registered. ErrNotFound when the node holds no such
+// instance.
+func (r *Registrar) Deregister(ctx context.Context, service, id string) error {
+	r.opMu.Lock()
+	defer r.opMu.Unlock()
+	key := InstanceKey(service, id)
+	r.mu.Lock()
+	_, held := r.desired[key]
+	r.mu.Unlock()
+	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), r.cfg.RequestTimeout)
+	defer cancel()
+	resp, err := r.cli.Get(cctx, key)
+	if err != nil {
+		return unavailable(err)
+	}
+	if len(resp.Kvs) == 0 {
+		if !held {
+			return fmt.Errorf("%s/%s: %w", service, id, ErrNotFound)
+		}
+	} else {
+		var cur api.Instance
+		if err := json.Unmarshal(resp.Kvs[0].Value, &cur); err == nil && cur.Node != r.cfg.Node {
+			return fmt.Errorf("%s/%s is registered by node %q: %w", service, id, cur.Node, ErrConflict)
+		}
+		txn, err := r.cli.Txn(cctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)).
+			Then(clientv3.OpDelete(key)).Commit()
+		if err != nil {
+			return unavailable(err)
+		}
+		if !txn.Succeeded {
+			return fmt.Errorf("%s/%s changed while deregistering; try again: %w", service, id, ErrConflict)
+		}
+	}
+	r.mu.Lock()
+	delete(r.desired, key)
+	r.mu.Unlock()
+	return nil
+}
+
+// put writes in under lease unless the key belongs to another node.
+func (r *Registrar) put(ctx context.Context, lease clientv3.LeaseID, in api.Instance) error {
+	key := InstanceKey(in.Service, in.ID)
+	val, err := json.Marshal(in)
+	if err != nil {
+		return fmt.Errorf("encode instance: %w", err)
+	}
+	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), r.cfg.RequestTimeout)
+	defer cancel()
+	for {
+		// Create if absent; otherwise read who owns it.
+		txn, err := r.cli.Txn(cctx).
+			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
+			Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease))).
+			Else(clientv3.OpGet(key)).Commit()
+		if err != nil {
+			return unavailable(err)
+		}
+		if txn.Succeeded {
+			return nil
+		}
+		kvs := txn.Responses[0].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			continue // deleted in between
+		}
+		var cur api.Instance
+		if err := json.Unmarshal(kvs[0].Value, &cur); err == nil && cur.Node != r.cfg.Node {
+			return fmt.Errorf("%s/%s is registered by node %q: %w", in.Service, in.ID, cur.Node, ErrConflict)
+		}
+		txn, err = r.cli.Txn(cctx).
+			If(clientv3.Compare(clientv3.ModRevision(key), "=", kvs[0].ModRevision)).
+			Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease))).Commit()
+		if err != nil {
+			return unavailable(err)
+		}
+		if txn.Succeeded {
+			return nil
+		}
+	}
+}
+
+func (r *Registrar) revoke(lease clientv3.LeaseID) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	_, _ = r.cli.Revoke(ctx, lease)
+}
+
+// Close stops the lease loop and revokes the lease, so every instance of the
+// node leaves the registry (and peers stop routing here) at once rather than
+// after the TTL. ctx bounds the revoke. Safe to call more than once.
+func (r *Registrar) Close(ctx context.Context) error {
+	var err error
+	r.closeOnce.Do(func() {
+		r.mu.Lock()
+		started, cancel := r.started, r.cancel
+		r.mu.Unlock()
+		r.opMu.Lock()
+		lease := r.LeaseID()
+		if lease != 0 {
+			cctx, c := context.WithTimeout(ctx, r.cfg.RequestTimeout)
+			_, err = r.cli.Revoke(cctx, lease)
+			c()
+			if err != nil {
+				err = fmt.Errorf("revoke lease %x: %w", lease, unavailable(err))
+			}
+		}
+		r.opMu.Unlock()
+		if started {
+			cancel()
+			<-r.done
+		}
+	})
+	return err
+}
+
+// backoff is a capped exponential backoff with full jitter.
+type backoff struct {
+	base, max, cur time.Duration
+}
+
+func newBackoff(base, max time.Duration) *backoff { return &backoff{base: base, max: max, cur: base} }
+
+func (b *backoff) next() time.Duration {
+	d := b.cur/2 + rand.N(b.cur/2+1)
+	b.cur = min(2*b.cur, b.max)
+	return d
+}
+
+func (b *backoff) reset() { b.cur = b.base }

@@ -1,0 +1,260 @@
+package registry
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/herdcluster/herd/api"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+func newTestRegistrar(t *testing.T, cli *clientv3.Client, node string) *Registrar {
+	t.Helper()
+	cfg := DefaultRegistrarConfig(node)
+	cfg.TTL = 3 * time.Second
+	cfg.Logger = testLogger(t)
+	r, err := NewRegistrar(cli, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	t.Cleanup(func() { _ = r.Close(context.Background()) })
+	waitFor(t, 10*time.Second, "a lease", func() bool { return r.LeaseID() != 0 })
+	return r
+}
+
+func newTestCatalog(t *testing.T, cli *clientv3.Client) *Catalog {
+	t.Helper()
+	c := NewCatalog(cli, 2*time.Second, testLogger(t))
+	c.Start()
+	t.Cleanup(c.Close)
+	waitFor(t, 10*time.Second, "catalog sync", func() bool { ok, _ := c.Synced(); return ok })
+	return c
+}
+
+func instance(service, id string, port int) api.Instance {
+	return api.Instance{Service: service, ID: id, Address: "127.0.0.1", Port: port}
+}
+
+func hasInstance(c *Catalog, service, id string) bool {
+	for _, in := range c.Instances(service) {
+		if in.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRegisterDeregisterCatalog(t *testing.T) {
+	_, cli := startSingle(t)
+	r := newTestRegistrar(t, cli, "node-a")
+	c := newTestCatalog(t, cli)
+	ctx := context.Background()
+
+	if err := r.Register(ctx, instance("web", "web-1", 9001)); err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	if err := r.Register(ctx, instance("web", "web-2", 9002)); err != nil {
+		t.Fatalf("register: %v", err)
+	}
+	waitFor(t, 5*time.Second, "both instances in the catalog", func() bool {
+		return len(c.Instances("web")) == 2
+	})
+	got := c.Instances("web")
+	if got[0].ID != "web-1" || got[0].Node != "node-a" || got[0].Weight != 1 || got[0].Health != api.HealthPassing {
+		t.Fatalf("first instance = %+v", got[0])
+	}
+	if s := c.Services(); len(s) != 1 || s[0] != (api.ServiceSummary{Name: "web", Instances: 2}) {
+		t.Fatalf("services = %+v", s)
+	}
+
+	if err := r.Deregister(ctx, "web", "web-1"); err != nil {
+		t.Fatalf("deregister: %v", err)
+	}
+	waitFor(t, 5*time.Second, "web-1 gone", func() bool { return !hasInstance(c, "web", "web-1") })
+	if err := r.Deregister(ctx, "web", "web-1"); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("second deregister: got %v, want ErrNotFound", err)
+	}
+	if err := r.Deregister(ctx, "web", "web-2"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "service gone", func() bool { return len(c.Services()) == 0 })
+}
+
+func TestRegisterRejectsInvalidAndForeign(t *testing.T) {
+	_, cli := startSingle(t)
+	a := newTestRegistrar(t, cli, "node-a")
+	b := newTestRegistrar(t, cli, "node-b")
+	ctx := context.Background()
+
+	for _, tc := range []struct {
+		in    api.Instance
+		field string
+	}{
+		{instance("Bad_Name", "x", 1), "service"},
+		{instance("web", "-x", 1), "id"},
+		{api.Instance{Service: "web", ID: "x", Address: "nope", Port: 1}, "address"},
+		{instance("web", "x", 70000), "port"},
+	} {
+		var fe *api.FieldError
+		if err := a.Register(ctx, tc.in); !errors.As(err, &fe) || fe.Field != tc.field {
+			t.Errorf("register %+v: got %v, want a FieldError on %s", tc.in, err, tc.field)
+		}
+	}
+
+	if err := a.Register(ctx, instance("web", "shared", 1)); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Register(ctx, instance("web", "shared", 2)); !errors.Is(err, ErrConflict) {
+		t.Fatalf("foreign overwrite: got %v, want ErrConflict", err)
+	}
+	if err := b.Deregister(ctx, "web", "shared"); !errors.Is(err, ErrConflict) {
+		t.Fatalf("foreign delete: got %v, want ErrConflict", err)
+	}
+}
+
+// The registrar must notice a lost lease by itself, grant a new one and put
+// every instance back, without anyone calling Register again.
+func TestLeaseLossReRegisters(t *testing.T) {
+	_, cli := startSingle(t)
+	r := newTestRegistrar(t, cli, "node-a")
+	c := newTestCatalog(t, cli)
+	ctx := context.Background()
+	for i := range 3 {
+		if err := r.Register(ctx, instance("web", fmt.Sprintf("web-%d", i), 9000+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 5*time.Second, "3 instances", func() bool { return len(c.Instances("web")) == 3 })
+
+	for round := range 2 {
+		old := r.LeaseID()
+		gens := r.Leases()
+		// An outside revoke is what an expiry looks like to the node.
+		if _, err := cli.Revoke(ctx, old); err != nil {
+			t.Fatal(err)
+		}
+		waitFor(t, 5*time.Second, "instances gone with the lease", func() bool { return len(c.Instances("web")) < 3 })
+		waitFor(t, 10*time.Second, "instances back under a new lease", func() bool {
+			return r.Leases() > gens && len(c.Instances("web")) == 3
+		})
+		if r.LeaseID() == old {
+			t.Fatalf("round %d: lease not replaced", round)
+		}
+		ttl, err := cli.TimeToLive(ctx, r.LeaseID(), clientv3.WithAttachedKeys())
+		if err != nil || len(ttl.Keys) != 3 {
+			t.Fatalf("round %d: new lease has %d keys (%v), want 3", round, len(ttl.Keys), err)
+		}
+	}
+}
+
+// Close revokes the lease: the instances leave the registry at once, not
+// after the TTL.
+func TestCloseRevokes(t *testing.T) {
+	_, cli := startSingle(t)
+	r := newTestRegistrar(t, cli, "node-a")
+	c := newTestCatalog(t, cli)
+	if err := r.Register(context.Background(), instance("web", "w", 1)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "instance", func() bool { return hasInstance(c, "web", "w") })
+	start := time.Now()
+	if err := r.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Close(context.Background()); err != nil {
+		t.Fatalf("second close: %v", err)
+	}
+	waitFor(t, 2*time.Second, "instance gone after close", func() bool { return !hasInstance(c, "web", "w") })
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("instance lingered %s after close", d)
+	}
+}
+
+// Without a reachable registry, Register fails with ErrUnavailable within
+// the request timeout instead of hanging.
+func TestRegisterWithoutRegistryFailsFast(t *testing.T) {
+	m, cli := startSingle(t)
+	cfg := DefaultRegistrarConfig("node-a")
+	cfg.RequestTimeout = time.Second
+	r, err := NewRegistrar(cli, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	t.Cleanup(func() { _ = r.Close(context.Background()) })
+	waitFor(t, 10*time.Second, "a lease", func() bool { return r.LeaseID() != 0 })
+	m.Close()
+	start := time.Now()
+	err = r.Register(context.Background(), instance("web", "w", 1))
+	if !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("register without registry: got %v, want ErrUnavailable", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("register took %s", d)
+	}
+}
+
+// A catalog whose watch falls behind a compaction must list again: deletes
+// and puts made while it was cut off are all reflected afterwards.
+func TestCatalogRelistsAfterCompaction(t *testing.T) {
+	m, cli := startSingle(t)
+	proxy := newTCPProxy(t, m.ClientURL()[len("http://"):])
+	catCli := newTestClient(t, "http://"+proxy.addr())
+	c := newTestCatalog(t, catCli)
+	ctx := context.Background()
+
+	put := func(service, id string) {
+		t.Helper()
+		in := instance(service, id, 80)
+		in.Node = "writer"
+		in.Normalize()
+		if _, err := cli.Put(ctx, InstanceKey(service, id), mustJSON(t, in)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	put("web", "keep")
+	put("web", "gone")
+	waitFor(t, 5*time.Second, "both instances", func() bool { return len(c.Instances("web")) == 2 })
+	relists := c.Relists()
+
+	proxy.setCut(true)
+	waitFor(t, 10*time.Second, "catalog to notice the cut", func() bool { ok, _ := c.Synced(); return !ok })
+	if _, err := cli.Delete(ctx, InstanceKey("web", "gone")); err != nil {
+		t.Fatal(err)
+	}
+	put("api", "new")
+	for i := range 20 { // churn so the compaction point is well past the catalog
+		put("churn", fmt.Sprintf("c%d", i))
+		if _, err := cli.Delete(ctx, InstanceKey("churn", fmt.Sprintf("c%d", i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	resp, err := cli.Get(ctx, "anything")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	// Served from the last snapshot meanwhile.
+	if !hasInstance(c, "web", "gone") {
+		t.Fatal("catalog dropped its snapshot while cut off")
+	}
+	proxy.setCut(false)
+
+	waitFor(t, 15*time.Second, "catalog to converge after the cut", func() bool {
+		ok, _ := c.Synced()
+		return ok && !hasInstance(c, "web", "gone") && hasInstance(c, "web", "keep") && hasInstance(c, "api", "new") &&
+			len(c.Instances("churn")) == 0
+	})
+	if c.Relists() <= relists {
+		t.Fatal("catalog converged without listing again")
+	}
+	if c.Revision() < resp.Header.Revision {
+		t.Fatalf("catalog revision %d behind %d", c.Revision(), resp.Header.Revision)
+	}
+}

@@ -1,0 +1,95 @@
+package registry
+
+import (
+	"context"
+	"log/slog"
+	"sync/atomic"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// newZapLogger returns a zap logger that writes through logger, so etcd's own
+// log lines come out in herd's format with herd's fields. etcd is chatty at
+// info, so its records below minLevel are dropped. Once *quiet is set (the
+// member is closing, and etcd reports every listener it closes as an error)
+// records are passed on at debug level.
+func newZapLogger(logger *slog.Logger, minLevel zapcore.Level, quiet *atomic.Bool) *zap.Logger {
+	if quiet == nil {
+		quiet = new(atomic.Bool)
+	}
+	return zap.New(&slogCore{logger: logger, min: minLevel, quiet: quiet})
+}
+
+// slogCore is a zapcore.Core that hands each entry to an slog.Logger.
+type slogCore struct {
+	logger *slog.Logger
+	min    zapcore.Level
+	quiet  *atomic.Bool
+	attrs  []any
+}
+
+var _ zapcore.Core = (*slogCore)(nil)
+
+func (c *slogCore) Enabled(l zapcore.Level) bool {
+	return l >= c.min && c.logger.Enabled(context.Background(), c.level(l))
+}
+
+func (c *slogCore) level(l zapcore.Level) slog.Level {
+	if c.quiet.Load() {
+		return slog.LevelDebug
+	}
+	return slogLevel(l)
+}
+
+func (c *slogCore) With(fields []zapcore.Field) zapcore.Core {
+	clone := *c
+	clone.attrs = append(append([]any(nil), c.attrs...), fieldAttrs(fields)...)
+	return &clone
+}
+
+func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if c.Enabled(e.Level) {
+		return ce.AddCore(e, c)
+	}
+	return ce
+}
+
+func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
+	args := append(append([]any(nil), c.attrs...), fieldAttrs(fields)...)
+	if e.LoggerName != "" {
+		args = append(args, "logger", e.LoggerName)
+	}
+	c.logger.Log(context.Background(), c.level(e.Level), e.Message, args...)
+	return nil
+}
+
+func (c *slogCore) Sync() error { return nil }
+
+func slogLevel(l zapcore.Level) slog.Level {
+	switch {
+	case l >= zapcore.ErrorLevel:
+		return slog.LevelError
+	case l >= zapcore.WarnLevel:
+		return slog.LevelWarn
+	case l >= zapcore.InfoLevel:
+		return slog.LevelInfo
+	default:
+		return slog.LevelDebug
+	}
+}
+
+func fieldAttrs(fields []zapcore.Field) []any {
+	if len(fields) == 0 {
+		return nil
+	}
+	enc := zapcore.NewMapObjectEncoder()
+	for _, f := range fields {
+		f.AddTo(enc)
+	}
+	out := make([]any, 0, 2*len(enc.Fields))
+	for k, v := range enc.Fields {
+		out = append(out, k, v)
+	}
+	return out
+}
