@@ -337,7 +337,7 @@ func (g *Gossip) Join(ctx context.Context, addrs []string) (int, error) {
 		}
 		n, err := g.ml.Join([]string{addr})
 		if err != nil || n == 0 {
-			failures = append(failures, fmt.Sprintf("%s: answers on TCP but is not a herd gossip endpoint (%v)", addr, err))
+			failures = append(failures, fmt.Sprintf("%s: answers on TCP but is not a herd gossip endpoint (%s)", addr, oneLine(err)))
 			continue
 		}
 		joined += n
@@ -349,6 +349,15 @@ func (g *Gossip) Join(ctx context.Context, addrs []string) (int, error) {
 		return 0, fmt.Errorf("gossip: join failed: %s", strings.Join(failures, "; "))
 	}
 	return joined, nil
+}
+
+// oneLine flattens memberlist's multi-line errors so that a failed join is
+// one log line.
+func oneLine(err error) string {
+	if err == nil {
+		return "no node answered"
+	}
+	return strings.Join(strings.Fields(err.Error()), " ")
 }
 
 // normalizeAddr turns "host" or "host:port" into "host:port".

@@ -1,0 +1,277 @@
+package clustertest
+
+import (
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/herdcluster/herd/api"
+)
+
+// formCluster starts node1 (bootstrapping) and node2, node3 joining node1,
+// and waits until every gateway routes to instances on all three nodes.
+func formCluster(t *testing.T) (*cluster, []*node) {
+	t.Helper()
+	c := newCluster(t)
+	n1 := c.add(1)
+	n2 := c.add(2, "--join", c.ip(1))
+	n3 := c.add(3, "--join", c.ip(1)+":7946")
+	start := time.Now()
+	for _, n := range []*node{n1, n2, n3} {
+		n.start()
+	}
+	nodes := []*node{n1, n2, n3}
+	for _, n := range nodes {
+		waitUntil(t, 60*time.Second, n.Name+" ready", n.ready)
+	}
+	waitUntil(t, 30*time.Second, "every gateway routing to all three nodes", func() error {
+		for _, gw := range nodes {
+			seen := map[string]bool{}
+			for range 6 {
+				from, err := helloFrom(gw.gateway())
+				if err != nil {
+					return err
+				}
+				seen[from] = true
+			}
+			if len(seen) != 3 {
+				return fmt.Errorf("%s's gateway reached only %v", gw.Name, seen)
+			}
+		}
+		return nil
+	})
+	t.Logf("three nodes formed: %s from process start to all three gateways routing to all three nodes", time.Since(start).Round(time.Millisecond))
+	return c, nodes
+}
+
+func TestThreeNodeCluster(t *testing.T) {
+	_, nodes := formCluster(t)
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+
+	// 30 requests through each gateway reach instances on all three nodes,
+	// evenly (round-robin).
+	for _, gw := range nodes {
+		counts := map[string]int{}
+		for range 30 {
+			from, err := helloFrom(gw.gateway())
+			if err != nil {
+				t.Fatal(err)
+			}
+			counts[from]++
+		}
+		if len(counts) != 3 {
+			t.Fatalf("through %s: answers from %v, want all three nodes", gw.Name, counts)
+		}
+		for name, k := range counts {
+			if k < 5 {
+				t.Errorf("through %s: only %d of 30 answers from %s (%v)", gw.Name, k, name, counts)
+			}
+		}
+	}
+
+	// herd members: three voters, one leader, all alive.
+	out, err := runCLI(t, "members", "--api", n2.api())
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows := table(out)
+	leaders := 0
+	for _, r := range rows {
+		if r["ROLE"] != "voter" || r["STATUS"] != "alive" {
+			t.Errorf("members row %v: want an alive voter", r)
+		}
+		if r["LEADER"] == "*" {
+			leaders++
+		}
+	}
+	if len(rows) != 3 || leaders != 1 {
+		t.Fatalf("herd members:\n%s\nwant three voters and one leader", out)
+	}
+	out, err = runCLI(t, "services", "hello", "--api", n1.api())
+	if err != nil || len(table(out)) != 3 {
+		t.Fatalf("herd services hello:\n%s\n%v", out, err)
+	}
+
+	before, err := n3.members()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n3ID := memberID(before, "node3")
+
+	// Traffic through nodes 1 and 2 while node 3 stops gracefully: no
+	// request may fail.
+	load := startLoad(t, n1.gateway(), n2.gateway())
+	waitUntil(t, 10*time.Second, "load running", func() error {
+		if load.ok.Load() < 20 {
+			return fmt.Errorf("%d requests so far", load.ok.Load())
+		}
+		return nil
+	})
+	n3.signal(syscall.SIGTERM)
+	if code := n3.wait(30 * time.Second); code != 0 {
+		t.Fatalf("node3 exited %d after SIGTERM", code)
+	}
+	afterStop := load.ok.Load()
+	waitUntil(t, 10*time.Second, "traffic after node3 stopped", func() error {
+		if load.ok.Load() < afterStop+50 {
+			return fmt.Errorf("%d requests since", load.ok.Load()-afterStop)
+		}
+		return nil
+	})
+	load.stop()
+	if errs := load.errors(); len(errs) > 0 {
+		t.Fatalf("%d of %d requests failed while node3 stopped; first: %v", len(errs), load.ok.Load()+int64(len(errs)), errs[0])
+	}
+	t.Logf("%d requests through node1 and node2 while node3 stopped gracefully, 0 errors", load.ok.Load())
+	for _, n := range []*node{n1, n2} {
+		for range 10 {
+			if from, err := helloFrom(n.gateway()); err != nil || from == "node3" {
+				t.Fatalf("after node3 stopped, through %s: %q %v", n.Name, from, err)
+			}
+		}
+	}
+	waitUntil(t, 15*time.Second, "node3 reported as left", func() error {
+		m, err := n1.members()
+		if err != nil {
+			return err
+		}
+		if s := memberStatus(m, "node3"); s != api.StatusLeft {
+			return fmt.Errorf("node3 is %q", s)
+		}
+		return nil
+	})
+	// A stop does not change Raft membership: node3 is still a voter.
+	if m, err := n1.members(); err != nil || memberRole(m, "node3") != api.RoleVoter {
+		t.Fatalf("after a stop node3's role is %q (%v), want voter", memberRole(m, "node3"), err)
+	}
+
+	// node3 restarted with the same data dir and flags rejoins as the same
+	// voter and serves again.
+	n3.start()
+	waitUntil(t, 60*time.Second, "node3 ready again", n3.ready)
+	waitUntil(t, 30*time.Second, "node3 back in every gateway", func() error {
+		for _, gw := range nodes {
+			seen := map[string]bool{}
+			for range 6 {
+				from, err := helloFrom(gw.gateway())
+				if err != nil {
+					return err
+				}
+				seen[from] = true
+			}
+			if !seen["node3"] {
+				return fmt.Errorf("%s's gateway does not reach node3: %v", gw.Name, seen)
+			}
+		}
+		return nil
+	})
+	waitUntil(t, 15*time.Second, "three alive voters", func() error {
+		m, err := n1.members()
+		if err != nil {
+			return err
+		}
+		return threeVoters(m)
+	})
+	after, _ := n1.members()
+	if id := memberID(after, "node3"); id != n3ID || id == "" {
+		t.Fatalf("node3 came back as member %q, was %q", id, n3ID)
+	}
+}
+
+func threeVoters(m api.MembersResponse) error {
+	voters, leaders := 0, 0
+	for _, x := range m.Members {
+		if x.Role == api.RoleVoter && x.Status == api.StatusAlive {
+			voters++
+		}
+		if x.Leader {
+			leaders++
+		}
+	}
+	if voters != 3 || leaders != 1 || len(m.Members) != 3 {
+		return fmt.Errorf("members %+v: want 3 alive voters and 1 leader", m.Members)
+	}
+	return nil
+}
+
+func memberID(m api.MembersResponse, name string) string {
+	for _, x := range m.Members {
+		if x.Name == name {
+			return x.MemberID
+		}
+	}
+	return ""
+}
+
+func memberStatus(m api.MembersResponse, name string) string {
+	for _, x := range m.Members {
+		if x.Name == name {
+			return x.Status
+		}
+	}
+	return ""
+}
+
+func memberRole(m api.MembersResponse, name string) string {
+	for _, x := range m.Members {
+		if x.Name == name {
+			return x.Role
+		}
+	}
+	return ""
+}
+
+// load sends GET /hello/ through gateways in a loop from a few clients
+// until stop, recording every failure.
+type load struct {
+	ok   atomic.Int64
+	mu   sync.Mutex
+	errs []error
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+func startLoad(t *testing.T, gateways ...string) *load {
+	l := &load{done: make(chan struct{})}
+	for i := range 4 {
+		gw := gateways[i%len(gateways)]
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for {
+				select {
+				case <-l.done:
+					return
+				default:
+				}
+				if _, err := helloFrom(gw); err != nil {
+					l.mu.Lock()
+					l.errs = append(l.errs, fmt.Errorf("%s at %s: %w", gw, time.Now().Format("15:04:05.000"), err))
+					l.mu.Unlock()
+					continue
+				}
+				l.ok.Add(1)
+			}
+		}()
+	}
+	t.Cleanup(l.stop)
+	return l
+}
+
+func (l *load) stop() {
+	select {
+	case <-l.done:
+	default:
+		close(l.done)
+	}
+	l.wg.Wait()
+}
+
+func (l *load) errors() []error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return append([]error(nil), l.errs...)
+}

@@ -1,0 +1,376 @@
+package clustertest
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/herdcluster/herd/api"
+)
+
+// herdBin is the binary under test, built once by TestMain.
+var herdBin string
+
+func TestMain(m *testing.M) {
+	root, err := filepath.Abs("..")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	herdBin = filepath.Join(root, "bin", "herd")
+	build := exec.Command("go", "build", "-o", herdBin, "./cmd/herd")
+	build.Dir = root
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "cluster-test: building bin/herd:", err)
+		os.Exit(1)
+	}
+	os.Exit(m.Run())
+}
+
+// subnet hands each test its own 127.x.y.0/24 so tests never share an
+// address and every node can use herd's default ports.
+var subnet atomic.Int32
+
+// cluster is one test's set of node processes.
+type cluster struct {
+	t      *testing.T
+	prefix string // "127.x.y."
+	dir    string
+
+	mu    sync.Mutex
+	nodes map[string]*node
+}
+
+// node is one herd process (or the memory of one, between restarts).
+type node struct {
+	c       *cluster
+	Name    string
+	IP      string
+	DataDir string
+	Args    []string // extra agent arguments
+
+	cmd     *exec.Cmd
+	log     *bytes.Buffer
+	logMu   sync.Mutex
+	exited  chan struct{}
+	exitErr error
+	started time.Time
+}
+
+func newCluster(t *testing.T) *cluster {
+	t.Helper()
+	n := subnet.Add(1)
+	c := &cluster{
+		t:      t,
+		prefix: fmt.Sprintf("127.%d.%d.", 100+os.Getpid()%100, n),
+		dir:    t.TempDir(),
+		nodes:  map[string]*node{},
+	}
+	t.Cleanup(c.cleanup)
+	return c
+}
+
+// ip returns the address of the i-th node (1-based).
+func (c *cluster) ip(i int) string { return fmt.Sprintf("%s%d", c.prefix, i) }
+
+// add declares node i with extra agent arguments; start runs it.
+func (c *cluster) add(i int, args ...string) *node {
+	name := fmt.Sprintf("node%d", i)
+	n := &node{c: c, Name: name, IP: c.ip(i), DataDir: filepath.Join(c.dir, name), Args: args}
+	c.mu.Lock()
+	c.nodes[name] = n
+	c.mu.Unlock()
+	return n
+}
+
+// start runs the node's process.
+func (n *node) start() {
+	n.c.t.Helper()
+	args := append([]string{"agent", "--name", n.Name, "--bind", n.IP, "--data-dir", n.DataDir}, n.Args...)
+	cmd := exec.Command(herdBin, args...)
+	if n.log == nil {
+		n.log = &bytes.Buffer{}
+	}
+	fmt.Fprintf(n.logWriter(), "=== start %s %s\n", herdBin, strings.Join(args, " "))
+	cmd.Stdout, cmd.Stderr = n.logWriter(), n.logWriter()
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	n.started = time.Now()
+	if err := cmd.Start(); err != nil {
+		n.c.t.Fatalf("start %s: %v", n.Name, err)
+	}
+	n.cmd = cmd
+	n.exited = make(chan struct{})
+	go func() {
+		n.exitErr = cmd.Wait()
+		close(n.exited)
+	}()
+}
+
+type lockedWriter struct{ n *node }
+
+func (w lockedWriter) Write(p []byte) (int, error) {
+	w.n.logMu.Lock()
+	defer w.n.logMu.Unlock()
+	return w.n.log.Write(p)
+}
+
+func (n *node) logWriter() io.Writer { return lockedWriter{n} }
+
+// logs returns what the node has printed so far.
+func (n *node) logs() string {
+	n.logMu.Lock()
+	defer n.logMu.Unlock()
+	return n.log.String()
+}
+
+func (n *node) running() bool {
+	if n.cmd == nil {
+		return false
+	}
+	select {
+	case <-n.exited:
+		return false
+	default:
+		return true
+	}
+}
+
+// signal sends sig to the node's process.
+func (n *node) signal(sig syscall.Signal) {
+	n.c.t.Helper()
+	if err := n.cmd.Process.Signal(sig); err != nil {
+		n.c.t.Fatalf("signal %s to %s: %v", sig, n.Name, err)
+	}
+}
+
+// wait waits for the process to exit and returns its exit code.
+func (n *node) wait(timeout time.Duration) int {
+	n.c.t.Helper()
+	select {
+	case <-n.exited:
+	case <-time.After(timeout):
+		n.c.t.Fatalf("%s did not exit within %s", n.Name, timeout)
+	}
+	var ee *exec.ExitError
+	if errors.As(n.exitErr, &ee) {
+		return ee.ExitCode()
+	}
+	if n.exitErr != nil {
+		n.c.t.Fatalf("%s: %v", n.Name, n.exitErr)
+	}
+	return 0
+}
+
+func (c *cluster) cleanup() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, n := range c.nodes {
+		if n.running() {
+			_ = syscall.Kill(-n.cmd.Process.Pid, syscall.SIGKILL)
+			<-n.exited
+		}
+	}
+	if c.t.Failed() || testing.Verbose() {
+		for _, n := range c.nodes {
+			if n.log == nil {
+				continue
+			}
+			path := filepath.Join(artifactDir(c.t), n.Name+".log")
+			if err := os.WriteFile(path, []byte(n.logs()), 0o644); err == nil {
+				c.t.Logf("%s log: %s", n.Name, path)
+			}
+			if c.t.Failed() {
+				c.t.Logf("last lines of %s:\n%s", n.Name, tail(n.logs(), 40))
+			}
+		}
+	}
+}
+
+// artifactDir is where a test's logs are kept after it ends.
+func artifactDir(t *testing.T) string {
+	dir := filepath.Join("artifacts", strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()))
+	_ = os.MkdirAll(dir, 0o755)
+	abs, _ := filepath.Abs(dir)
+	return abs
+}
+
+func tail(s string, lines int) string {
+	all := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(all) > lines {
+		all = all[len(all)-lines:]
+	}
+	return strings.Join(all, "\n")
+}
+
+// URLs of a node.
+func (n *node) api() string     { return "http://" + n.IP + ":8500" }
+func (n *node) gateway() string { return "http://" + n.IP + ":8080" }
+
+var httpClient = &http.Client{Timeout: 5 * time.Second}
+
+// waitUntil polls cond every 50ms until it returns nil or timeout passes,
+// and fails the test with cond's last error.
+func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		select {
+		case <-deadline.C:
+			t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
+		case <-tick.C:
+		}
+	}
+}
+
+// ready reports whether the node's /readyz answers 200.
+func (n *node) ready() error {
+	if !n.running() {
+		return fmt.Errorf("%s has exited: %v", n.Name, n.exitErr)
+	}
+	resp, err := httpClient.Get(n.api() + "/readyz")
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		return fmt.Errorf("%s /readyz: %d %s", n.Name, resp.StatusCode, bytes.TrimSpace(b))
+	}
+	return nil
+}
+
+// getJSON GETs url into out and returns the status code.
+func getJSON(url string, out any) (int, error) {
+	resp, err := httpClient.Get(url)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return resp.StatusCode, err
+	}
+	if out != nil {
+		if err := json.Unmarshal(b, out); err != nil {
+			return resp.StatusCode, fmt.Errorf("%s: %w: %s", url, err, b)
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+// members returns the node's view of the cluster.
+func (n *node) members() (api.MembersResponse, error) {
+	var m api.MembersResponse
+	code, err := getJSON(n.api()+"/v1/members", &m)
+	if err == nil && code != 200 {
+		err = fmt.Errorf("GET /v1/members: %d", code)
+	}
+	return m, err
+}
+
+// helloFrom GETs /hello/ through gw and returns the node that answered.
+func helloFrom(gw string) (string, error) {
+	resp, err := httpClient.Get(gw + "/hello/")
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	var body struct {
+		Message string `json:"message"`
+		Node    string `json:"node"`
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 200 {
+		return "", fmt.Errorf("GET %s/hello/: %d %s", gw, resp.StatusCode, bytes.TrimSpace(b))
+	}
+	if err := json.Unmarshal(b, &body); err != nil || body.Message != "Hello, World!" {
+		return "", fmt.Errorf("GET %s/hello/: unexpected body %s", gw, b)
+	}
+	if up := resp.Header.Get("X-Herd-Upstream"); up != body.Node {
+		return "", fmt.Errorf("X-Herd-Upstream %q but the answer came from %q", up, body.Node)
+	}
+	return body.Node, nil
+}
+
+// runCLI runs the herd CLI with args and returns its stdout.
+func runCLI(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, herdBin, args...)
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	if err != nil {
+		return out.String(), fmt.Errorf("herd %s: %w: %s", strings.Join(args, " "), err, errb.String())
+	}
+	return out.String(), nil
+}
+
+// table parses the CLI's aligned table into rows of fields keyed by header.
+func table(out string) []map[string]string {
+	sc := bufio.NewScanner(strings.NewReader(out))
+	var header []string
+	var rows []map[string]string
+	for sc.Scan() {
+		line := sc.Text()
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		if header == nil {
+			header = strings.Fields(line)
+			continue
+		}
+		// Columns are aligned: cut the line at the header's offsets.
+		row := map[string]string{}
+		starts := columnStarts(out, header)
+		for i, h := range header {
+			end := len(line)
+			if i+1 < len(starts) && starts[i+1] < len(line) {
+				end = starts[i+1]
+			}
+			if starts[i] < len(line) {
+				row[h] = strings.TrimSpace(line[starts[i]:end])
+			}
+		}
+		rows = append(rows, row)
+	}
+	return rows
+}
+
+func columnStarts(out string, header []string) []int {
+	first, _, _ := strings.Cut(out, "\n")
+	var starts []int
+	pos := 0
+	for _, h := range header {
+		i := strings.Index(first[pos:], h)
+		starts = append(starts, pos+i)
+		pos += i + len(h)
+	}
+	return starts
+}
+
+// execHerd returns a command running the herd binary with args.
+func execHerd(args ...string) *exec.Cmd { return exec.Command(herdBin, args...) }
