@@ -1,0 +1,187 @@
+package clustertest
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/herdcluster/herd/api"
+)
+
+func do(t *testing.T, method, url, body string) (int, api.Error) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	// Writes may take the registry's full request timeout (5s) to fail.
+	resp, err := (&http.Client{Timeout: 15 * time.Second}).Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var e api.Error
+	_ = json.Unmarshal(b, &e)
+	return resp.StatusCode, e
+}
+
+// The agent API refuses bad registrations with a 4xx naming the field and
+// changes nothing; good ones are routed through every gateway.
+func TestRegistrationAPI(t *testing.T) {
+	c := newCluster(t)
+	n1 := c.add(1)
+	n1.start()
+	waitUntil(t, 30*time.Second, "node1 ready", n1.ready)
+	base := n1.api() + "/v1/services/"
+
+	for _, tc := range []struct {
+		path, body string
+		code       int
+		field      string
+	}{
+		{"Bad_Name/instances/x", `{"address":"127.0.0.1","port":1}`, 400, "service"},
+		{"web/instances/-x", `{"address":"127.0.0.1","port":1}`, 400, "id"},
+		{"web/instances/x", `{"address":"nope","port":1}`, 400, "address"},
+		{"web/instances/x", `{"address":"127.0.0.1","port":0}`, 400, "port"},
+		{"web/instances/x", `{"address":"127.0.0.1","port":"80"}`, 400, "port"},
+		{"web/instances/x", `{"address":"127.0.0.1","port":80,"colour":"red"}`, 400, "colour"},
+		{"web/instances/x", `{"address":"127.0.0.1","port":80,"path":"no-slash"}`, 400, "path"},
+		{"web/instances/x", `{"address":"127.0.0.1","port":80,"weight":-1}`, 400, "weight"},
+		{"web/instances/x", `{"address":`, 400, ""},
+		{"web/instances/x", ``, 400, ""},
+		{"web/instances/x", `{"address":"127.0.0.1","port":80} {}`, 400, ""},
+		{"web/instances/x", `{"address":"127.0.0.1","port":80,"meta":{"k":"` + strings.Repeat("v", 1<<20) + `"}}`, 413, ""},
+	} {
+		code, e := do(t, http.MethodPut, base+tc.path, tc.body)
+		if code != tc.code || e.Field != tc.field || e.Error == "" {
+			t.Errorf("PUT %s %.60q: %d %+v, want %d naming %q", tc.path, tc.body, code, e, tc.code, tc.field)
+		}
+	}
+	if code, _ := getJSON(n1.api()+"/v1/services/web", nil); code != 404 {
+		t.Fatalf("a refused registration left something behind: GET web = %d", code)
+	}
+
+	body := fmt.Sprintf(`{"address":%q,"port":9000,"path":"/echo","tags":["t"],"meta":{"k":"v"},"weight":5}`, n1.IP)
+	if code, e := do(t, http.MethodPut, base+"web/instances/web-1", body); code != 200 {
+		t.Fatalf("register: %d %+v", code, e)
+	}
+	var svc api.ServiceResponse
+	waitUntil(t, 5*time.Second, "web in the catalog", func() error {
+		code, err := getJSON(n1.api()+"/v1/services/web", &svc)
+		if err != nil || code != 200 {
+			return fmt.Errorf("%d %v", code, err)
+		}
+		return nil
+	})
+	in := svc.Instances[0]
+	if in.Node != "node1" || in.Weight != 5 || in.Meta["k"] != "v" || in.Path != "/echo" {
+		t.Fatalf("instance %+v", in)
+	}
+	resp, err := httpClient.Post(n1.gateway()+"/web/x?y=1", "text/plain", bytes.NewBufferString("hi"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var echo struct{ Path, Body string }
+	_ = json.NewDecoder(resp.Body).Decode(&echo)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || echo.Path != "/echo/x" || echo.Body != "hi" {
+		t.Fatalf("through the gateway: %d %+v", resp.StatusCode, echo)
+	}
+	if code, _ := do(t, http.MethodDelete, base+"web/instances/web-1", ""); code != 200 {
+		t.Fatalf("deregister: %d", code)
+	}
+	if code, _ := do(t, http.MethodDelete, base+"web/instances/web-1", ""); code != 404 {
+		t.Fatalf("second deregister: %d", code)
+	}
+	waitUntil(t, 5*time.Second, "web gone from the gateway", func() error {
+		resp, err := httpClient.Get(n1.gateway() + "/web/")
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 404 {
+			return fmt.Errorf("GET /web/ = %d", resp.StatusCode)
+		}
+		return nil
+	})
+}
+
+// With two of three nodes paused the survivor answers a registration with
+// 503 quickly, reports degraded, and keeps routing from its last catalog;
+// when they come back the acknowledged registrations are all there.
+func TestNoQuorum(t *testing.T) {
+	_, nodes := formCluster(t)
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	body := fmt.Sprintf(`{"address":%q,"port":9000,"path":"/hello"}`, n1.IP)
+	if code, e := do(t, http.MethodPut, n1.api()+"/v1/services/kept/instances/k1", body); code != 200 {
+		t.Fatalf("register before the fault: %d %+v", code, e)
+	}
+
+	n2.signal(syscall.SIGSTOP)
+	n3.signal(syscall.SIGSTOP)
+	resumed := false
+	resume := func() {
+		if !resumed {
+			resumed = true
+			n2.signal(syscall.SIGCONT)
+			n3.signal(syscall.SIGCONT)
+		}
+	}
+	t.Cleanup(resume)
+
+	start := time.Now()
+	code, e := do(t, http.MethodPut, n1.api()+"/v1/services/lost/instances/l1", body)
+	took := time.Since(start)
+	if code != http.StatusServiceUnavailable || e.Reason != "registry_unavailable" {
+		t.Fatalf("register without quorum: %d %+v, want 503", code, e)
+	}
+	if took > 10*time.Second {
+		t.Fatalf("register without quorum took %s", took)
+	}
+	t.Logf("registration without quorum refused with 503 after %s", took.Round(time.Millisecond))
+	waitUntil(t, 20*time.Second, "node1 degraded", func() error {
+		var rd api.Readiness
+		code, err := getJSON(n1.api()+"/readyz", &rd)
+		if err != nil {
+			return err
+		}
+		if code != 503 || rd.Status != "degraded" || rd.Reason == "" {
+			return fmt.Errorf("readyz %d %+v", code, rd)
+		}
+		return nil
+	})
+	// The data plane keeps routing from the last snapshot to node1's own
+	// instance (the paused nodes' instances fail, which later work handles).
+	for range 5 {
+		resp, err := httpClient.Get(n1.gateway() + "/kept/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("routing without quorum: %d", resp.StatusCode)
+		}
+	}
+
+	resume()
+	for _, n := range nodes {
+		waitUntil(t, 60*time.Second, n.Name+" ready after the pause", n.ready)
+	}
+	waitUntil(t, 30*time.Second, "the acknowledged registration on every node", func() error {
+		for _, n := range nodes {
+			var svc api.ServiceResponse
+			if code, err := getJSON(n.api()+"/v1/services/kept", &svc); err != nil || code != 200 || len(svc.Instances) != 1 {
+				return fmt.Errorf("%s: %d %v %+v", n.Name, code, err, svc)
+			}
+		}
+		return nil
+	})
+}
