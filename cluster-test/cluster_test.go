@@ -179,6 +179,38 @@ func TestThreeNodeCluster(t *testing.T) {
 	if id := memberID(after, "node3"); id != n3ID || id == "" {
 		t.Fatalf("node3 came back as member %q, was %q", id, n3ID)
 	}
+
+	// node1 bootstrapped the cluster and has no --join: restarted, it
+	// finds its peers again through the gossip peers its data dir recorded.
+	n1.signal(syscall.SIGTERM)
+	if code := n1.wait(30 * time.Second); code != 0 {
+		t.Fatalf("node1 exited %d after SIGTERM", code)
+	}
+	n1.start()
+	waitUntil(t, 60*time.Second, "node1 ready again", n1.ready)
+	waitUntil(t, 30*time.Second, "node1 alive and routed to from every gateway", func() error {
+		m, err := n2.members()
+		if err != nil {
+			return err
+		}
+		if err := threeVoters(m); err != nil {
+			return err
+		}
+		for _, gw := range nodes {
+			seen := map[string]bool{}
+			for range 6 {
+				from, err := helloFrom(gw.gateway())
+				if err != nil {
+					return err
+				}
+				seen[from] = true
+			}
+			if len(seen) != 3 {
+				return fmt.Errorf("%s's gateway reaches %v", gw.Name, seen)
+			}
+		}
+		return nil
+	})
 }
 
 func threeVoters(m api.MembersResponse) error {

@@ -116,6 +116,7 @@ func New(cfg Config, meta Meta) (*Gossip, error) {
 	mc.Delegate = (*delegate)(g)
 	mc.Events = (*events)(g)
 	mc.Conflict = (*conflicts)(g)
+	mc.Ping = (*pings)(g)
 	mc.Logger = mlLogger
 	mc.SecretKey = cfg.SecretKey
 	// A node rebuilt with the same name may take over a dead node's entry.
@@ -202,6 +203,17 @@ func (g *Gossip) heardFrom(addr string, at time.Time) {
 	g.mu.Unlock()
 }
 
+// heardFromNode records a probe of the named node that it acknowledged
+// (which also covers a node whose packets come from another address than
+// the one it advertises).
+func (g *Gossip) heardFromNode(name string, at time.Time) {
+	g.mu.Lock()
+	if e, ok := g.nodes[name]; ok && at.After(e.lastHeard) {
+		e.lastHeard = at
+	}
+	g.mu.Unlock()
+}
+
 // refreshLoop recomputes suspect statuses from silence and reaps old dead
 // nodes.
 func (g *Gossip) refreshLoop() {
@@ -223,11 +235,19 @@ func (g *Gossip) refreshLoop() {
 	}
 }
 
-// suspectAfter is how long a node may be silent before it is suspect: the
-// time memberlist takes to probe every other node once, plus the margin.
+// suspectAfter is how long a node may be silent before it is suspect.
+// memberlist probes the other live nodes in a shuffled round, so two probes
+// of the same node can be up to 2*others-1 intervals apart; on a quiet
+// cluster a probe and its ack are all we hear from a healthy node.
 func (g *Gossip) suspectAfterLocked() time.Duration {
-	others := max(len(g.nodes)-1, 1)
-	return time.Duration(others)*g.cfg.ProbeInterval + g.cfg.SuspectMargin
+	others := 0
+	for name, e := range g.nodes {
+		if name != g.cfg.Name && (e.node.Status == StatusAlive || e.node.Status == StatusSuspect) {
+			others++
+		}
+	}
+	others = max(others, 1)
+	return time.Duration(2*others-1)*g.cfg.ProbeInterval + g.cfg.SuspectMargin
 }
 
 func (g *Gossip) refreshLocked(now time.Time) bool {
@@ -281,8 +301,10 @@ func (g *Gossip) publish() {
 	g.changedMu.Unlock()
 }
 
-// upsert records memberlist's view of n with status.
-func (g *Gossip) upsert(n *memberlist.Node, status string) {
+// upsert records memberlist's view of n with status. A metadata update
+// (update) is news about the node, not from it: it leaves a suspect node
+// suspect.
+func (g *Gossip) upsert(n *memberlist.Node, status string, update bool) {
 	meta, err := decodeMeta(n.Meta)
 	addr := n.Address()
 	now := time.Now()
@@ -297,6 +319,9 @@ func (g *Gossip) upsert(n *memberlist.Node, status string) {
 	}
 	if status == StatusDead && meta.Leaving {
 		status = StatusLeft
+	}
+	if update && e.node.Status == StatusSuspect && status == StatusAlive {
+		status = StatusSuspect
 	}
 	if e.node.Status != status || e.node.Addr != addr {
 		e.node.Since = now
@@ -443,12 +468,20 @@ func (d *delegate) MergeRemoteState(buf []byte, join bool)     {}
 // events keeps the view in step with memberlist.
 type events Gossip
 
-func (e *events) NotifyJoin(n *memberlist.Node)   { (*Gossip)(e).upsert(n, StatusAlive) }
-func (e *events) NotifyUpdate(n *memberlist.Node) { (*Gossip)(e).upsert(n, StatusAlive) }
+func (e *events) NotifyJoin(n *memberlist.Node)   { (*Gossip)(e).upsert(n, StatusAlive, false) }
+func (e *events) NotifyUpdate(n *memberlist.Node) { (*Gossip)(e).upsert(n, StatusAlive, true) }
 func (e *events) NotifyLeave(n *memberlist.Node) {
 	g := (*Gossip)(e)
-	g.upsert(n, StatusDead)
+	g.upsert(n, StatusDead, false)
 	g.logger.Info("node left the gossip pool", "node", n.Name, "status", g.NodeStatus(n.Name))
+}
+
+// pings hears acknowledged probes.
+type pings Gossip
+
+func (p *pings) AckPayload() []byte { return nil }
+func (p *pings) NotifyPingComplete(other *memberlist.Node, rtt time.Duration, payload []byte) {
+	(*Gossip)(p).heardFromNode(other.Name, time.Now())
 }
 
 // conflicts records live nodes that use this node's name.

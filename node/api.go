@@ -124,7 +124,9 @@ func (n *Node) Members(ctx context.Context) api.MembersResponse {
 		}
 		byName[g.Name] = m
 	}
-	if n.client != nil {
+	// The phase is stored after Start has set the client: reading it first
+	// makes reading the client safe.
+	if *n.phase.Load() != "starting" && n.client != nil {
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		list, leader, err := registry.Members(cctx, n.client)
 		cancel()

@@ -2,6 +2,7 @@ package node
 
 import (
 	"crypto/rand"
+	"encoding/json"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -88,4 +89,35 @@ func (d *dataDir) close() {
 		d.lock.Close()
 		d.lock = nil
 	}
+}
+
+// peersFile keeps the gossip addresses of the nodes last seen alive, so a
+// restarted node finds its cluster again without --join (the first node of a
+// cluster is usually started without it).
+const peersFile = "gossip-peers.json"
+
+// savePeers records addrs, replacing the previous list atomically.
+func (d *dataDir) savePeers(addrs []string) error {
+	b, err := json.Marshal(addrs)
+	if err != nil {
+		return err
+	}
+	p := filepath.Join(d.path, peersFile)
+	if err := os.WriteFile(p+".tmp", b, 0o600); err != nil {
+		return err
+	}
+	return os.Rename(p+".tmp", p)
+}
+
+// loadPeers returns the recorded addresses; none when there is no record.
+func (d *dataDir) loadPeers() []string {
+	b, err := os.ReadFile(filepath.Join(d.path, peersFile))
+	if err != nil {
+		return nil
+	}
+	var addrs []string
+	if json.Unmarshal(b, &addrs) != nil {
+		return nil
+	}
+	return addrs
 }

@@ -147,6 +147,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("--gossip-port: %w", err)
 	}
 
+	n.goBackground(n.recordPeers)
+
 	n.api = newAPIServer(n)
 	n.goBackground(func(context.Context) {
 		if err := n.api.serve(n.apiLn); err != nil {
@@ -237,10 +239,11 @@ func (n *Node) startMember(ctx context.Context) error {
 		if n.member, err = registry.Restart(ctx, mc); err != nil {
 			return err
 		}
-		if len(n.cfg.Join) > 0 {
-			// Join flags only help a restarted member find its peers'
-			// gossip; failing to reach them is not fatal.
-			n.goBackground(func(ctx context.Context) { _ = n.joinGossip(ctx, time.Time{}) })
+		// Join flags and the peers seen last time only help a restarted
+		// member find its peers' gossip; failing to reach them is not
+		// fatal, and the node keeps trying in the background.
+		if addrs := n.rejoinAddrs(); len(addrs) > 0 {
+			n.goBackground(func(ctx context.Context) { _ = n.joinGossip(ctx, addrs, time.Time{}) })
 		}
 	case len(n.cfg.Join) == 0:
 		n.logger.Info("no --join and no data: bootstrapping a new one-member cluster")
@@ -280,12 +283,19 @@ func (n *Node) join(ctx context.Context, mc registry.MemberConfig) (*registry.Me
 		ctx, cancel = context.WithDeadline(ctx, deadline)
 		defer cancel()
 	}
-	if err := n.joinGossip(ctx, deadline); err != nil {
+	if err := n.joinGossip(ctx, n.cfg.Join, deadline); err != nil {
 		return nil, err
 	}
 	b := newBackoff()
 	var last error
 	for attempt := 1; ; attempt++ {
+		if registry.HasData(mc.Dir) {
+			// An attempt started the member and then failed to promote
+			// it: it is in the cluster as a learner. Restart it; the
+			// node promotes it once running.
+			n.logger.Info("an earlier join attempt left a learner member; restarting it")
+			return registry.Restart(ctx, mc)
+		}
 		urls := n.memberClientURLs()
 		if len(urls) == 0 {
 			last = errors.New("no node in the gossip pool runs a registry member yet")
@@ -294,7 +304,7 @@ func (n *Node) join(ctx context.Context, mc registry.MemberConfig) (*registry.Me
 			if err == nil {
 				return m, nil
 			}
-			if errors.Is(err, registry.ErrNameTaken) || errors.Is(err, registry.ErrPeerURLTaken) || errors.Is(err, registry.ErrHasData) {
+			if errors.Is(err, registry.ErrNameTaken) || errors.Is(err, registry.ErrPeerURLTaken) {
 				return nil, err
 			}
 			last = err
@@ -317,16 +327,16 @@ func (n *Node) join(ctx context.Context, mc registry.MemberConfig) (*registry.Me
 // done or deadline passes, logging every failed attempt with each address
 // and why it failed. It fails at once if a live node already has this
 // node's name.
-func (n *Node) joinGossip(ctx context.Context, deadline time.Time) error {
+func (n *Node) joinGossip(ctx context.Context, addrs []string, deadline time.Time) error {
 	b := newBackoff()
 	var last error
 	for attempt := 1; ; attempt++ {
-		_, err := n.gossip.Join(ctx, n.cfg.Join)
+		_, err := n.gossip.Join(ctx, addrs)
 		if err == nil {
 			if others := n.gossip.NameConflict(); len(others) > 0 {
 				return fmt.Errorf("--name %q: %w at %s", n.cfg.Name, ErrNameTaken, strings.Join(others, ", "))
 			}
-			n.logger.Info("joined the gossip pool", "via", n.cfg.Join)
+			n.logger.Info("joined the gossip pool", "via", addrs)
 			return nil
 		}
 		last = err
@@ -344,6 +354,46 @@ func (n *Node) joinGossip(ctx context.Context, deadline time.Time) error {
 	return fmt.Errorf("join: %w (last: %v)", ctx.Err(), last)
 }
 
+// rejoinAddrs are the gossip addresses a restarted node tries: --join and
+// the peers it saw alive last time, without its own.
+func (n *Node) rejoinAddrs() []string {
+	seen := map[string]bool{n.gossip.LocalAddr(): true}
+	var out []string
+	for _, a := range append(append([]string(nil), n.cfg.Join...), n.dir.loadPeers()...) {
+		if !seen[a] {
+			seen[a] = true
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// recordPeers keeps the data dir's list of alive gossip peers up to date.
+func (n *Node) recordPeers(ctx context.Context) {
+	var last string
+	for {
+		changed := n.gossip.Changed()
+		var addrs []string
+		for _, g := range n.gossip.Nodes() {
+			if g.Name != n.cfg.Name && g.Status == gossip.StatusAlive {
+				addrs = append(addrs, g.Addr)
+			}
+		}
+		if key := strings.Join(addrs, ","); len(addrs) > 0 && key != last {
+			if err := n.dir.savePeers(addrs); err != nil {
+				n.logger.Warn("could not record gossip peers in the data dir", "err", err)
+			} else {
+				last = key
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
+}
+
 // memberClientURLs are the client URLs of alive gossip peers that run a
 // registry member.
 func (n *Node) memberClientURLs() []string {
@@ -356,20 +406,36 @@ func (n *Node) memberClientURLs() []string {
 	return urls
 }
 
-// followMember finishes an interrupted promotion and keeps the gossiped
-// role in step with the member.
+// followMember keeps the node's use of the registry in step with its
+// member: while the member is a learner (a node that stopped between
+// joining and promotion) the registry client talks to the voters, since a
+// learner serves neither writes nor watches, and the node keeps trying to
+// promote it; once it votes the client goes back to the local member. The
+// gossiped role follows.
 func (n *Node) followMember(ctx context.Context) {
-	if n.member.IsLearner() {
-		if err := n.member.PromoteSelf(ctx, n.client); err != nil && ctx.Err() == nil {
-			n.logger.Warn("could not promote this learner", "err", err)
-		}
-	}
-	t := time.NewTicker(2 * time.Second)
+	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	local := []string{n.member.ClientURL()}
+	usingVoters := false
 	for {
 		role := api.RoleVoter
 		if n.member.IsLearner() {
 			role = api.RoleLearner
+			if voters := n.memberClientURLs(); len(voters) > 0 {
+				if !usingVoters {
+					n.client.SetEndpoints(voters...)
+					usingVoters = true
+				}
+				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				err := n.member.PromoteSelf(pctx, voters)
+				cancel()
+				if err != nil && ctx.Err() == nil {
+					n.logger.Warn("this member is a learner and cannot be promoted yet; retrying", "voters", voters, "err", err)
+				}
+			}
+		} else if usingVoters {
+			n.client.SetEndpoints(local...)
+			usingVoters = false
 		}
 		if n.gossip.LocalMeta().Role != role {
 			if err := n.gossip.SetMeta(n.meta(role)); err != nil {

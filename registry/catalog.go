@@ -253,22 +253,37 @@ func (c *Catalog) watch(ctx context.Context, rev int64) string {
 		if wr.Canceled {
 			return "watch canceled"
 		}
-		c.apply(wr.Header.Revision, wr.Events)
+		if wr.IsProgressNotify() {
+			c.progress(wr.Header.Revision)
+			continue
+		}
+		c.apply(wr.Events)
+	}
+}
+
+// progress moves the snapshot's revision on to rev, which the member
+// says this watch has caught up with.
+func (c *Catalog) progress(rev int64) {
+	cur := c.snap.Load()
+	if rev > cur.rev {
+		c.snap.Store(&catalogSnapshot{rev: rev, services: cur.services})
 	}
 }
 
 // apply makes a new snapshot from the current one and events. Events at or
 // below the snapshot's revision are dropped (a resumed watch may repeat
-// them).
-func (c *Catalog) apply(headerRev int64, events []*clientv3.Event) {
+// them). The new revision is that of the last event, never the response
+// header's: a watch catching up is fed in batches whose header carries the
+// store's current revision, ahead of the events still to come.
+func (c *Catalog) apply(events []*clientv3.Event) {
 	cur := c.snap.Load()
 	var touched map[string]map[string]*api.Instance // service -> id -> instance (nil: deleted)
-	maxRev := cur.rev
+	rev := cur.rev
 	for _, ev := range events {
 		if ev.Kv.ModRevision <= cur.rev {
 			continue
 		}
-		maxRev = max(maxRev, ev.Kv.ModRevision)
+		rev = max(rev, ev.Kv.ModRevision)
 		service, id, ok := splitKey(string(ev.Kv.Key))
 		if !ok {
 			continue
@@ -292,10 +307,8 @@ func (c *Catalog) apply(headerRev int64, events []*clientv3.Event) {
 		}
 	}
 	if touched == nil {
-		// A progress notification or only old events: just move the
-		// revision on.
-		if headerRev > cur.rev && len(events) == 0 {
-			c.snap.Store(&catalogSnapshot{rev: headerRev, services: cur.services})
+		if rev > cur.rev {
+			c.snap.Store(&catalogSnapshot{rev: rev, services: cur.services})
 		}
 		return
 	}
@@ -322,7 +335,7 @@ func (c *Catalog) apply(headerRev int64, events []*clientv3.Event) {
 		sortByID(next)
 		services[name] = next
 	}
-	c.publish(&catalogSnapshot{rev: max(maxRev, headerRev), services: services})
+	c.publish(&catalogSnapshot{rev: rev, services: services})
 }
 
 func (c *Catalog) decode(kv *mvccpb.KeyValue) (api.Instance, bool) {

@@ -46,6 +46,13 @@ func NewClient(endpoints []string, logger *slog.Logger) (*clientv3.Client, error
 	return cli, nil
 }
 
+// errNotSupportedForLearner is what a learner answers to every request but
+// Status and serializable reads; the client has no variable for it.
+var errNotSupportedForLearner = rpctypes.Error(rpctypes.ErrGRPCNotSupportedForLearner)
+
+// errLeaseNotFound is what revoking a lease that is already gone answers.
+var errLeaseNotFound = rpctypes.ErrLeaseNotFound
+
 // unavailable wraps the etcd errors that mean "no quorum or unreachable" in
 // ErrUnavailable, so the API can answer 503.
 func unavailable(err error) error {
@@ -62,7 +69,11 @@ func unavailable(err error) error {
 		errors.Is(err, rpctypes.ErrLeaderChanged),
 		errors.Is(err, rpctypes.ErrNotLeader),
 		errors.Is(err, rpctypes.ErrUnhealthy),
-		errors.Is(err, rpctypes.ErrLeaseNotFound):
+		errors.Is(err, rpctypes.ErrLeaseNotFound),
+		errors.Is(err, rpctypes.ErrNoSpace),
+		errors.Is(err, rpctypes.ErrTooManyRequests),
+		errors.Is(err, rpctypes.ErrNotCapable),
+		errors.Is(err, errNotSupportedForLearner):
 		return fmt.Errorf("%w: %w", ErrUnavailable, err)
 	}
 	if clientv3.IsConnCanceled(err) {

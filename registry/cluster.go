@@ -17,15 +17,18 @@ type MemberInfo struct {
 	IsLearner  bool
 }
 
-// Members lists the registry members and the leader's member ID (0 when the
-// member cli talks to knows of no leader). ctx bounds the calls.
+// Members lists the registry members as the member cli talks to knows them
+// (a serializable read: it answers without quorum) and the leader's member
+// ID (0 when that member knows of no leader). ctx bounds the calls.
 func Members(ctx context.Context, cli *clientv3.Client) ([]MemberInfo, uint64, error) {
-	ms, err := listMembers(ctx, cli)
+	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	resp, err := cli.MemberList(lctx, clientv3.WithSerializable())
+	cancel()
 	if err != nil {
 		return nil, 0, fmt.Errorf("list registry members: %w", unavailable(err))
 	}
-	out := make([]MemberInfo, 0, len(ms))
-	for _, m := range ms {
+	out := make([]MemberInfo, 0, len(resp.Members))
+	for _, m := range resp.Members {
 		out = append(out, MemberInfo{ID: m.ID, Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, IsLearner: m.IsLearner})
 	}
 	var leader uint64

@@ -33,11 +33,13 @@ var (
 const retryInterval = 250 * time.Millisecond
 
 // Join adds this node to the cluster reachable at clientURLs: under the join
-// lock it adds itself as a learner (or reuses the learner an interrupted
-// earlier join left), starts its member with state "existing", and promotes
-// it to voter once etcd accepts that. Passing refusals are retried until ctx
-// is done; cancelling ctx abandons the join and stops the member if it was
-// started (its learner entry stays and is reused by the next attempt).
+// lock it adds itself as a learner (first removing any learner an
+// interrupted earlier attempt left with its peer URL), starts its member
+// with state "existing", and promotes it to voter once etcd accepts that.
+// Passing refusals are retried until ctx is done. If the member fails to
+// start, its learner is removed and its dir wiped. If it started but ctx
+// ends before promotion, it is stopped with its data kept: the node then
+// restarts as that learner and PromoteSelf finishes the job.
 func Join(ctx context.Context, cfg MemberConfig, clientURLs []string) (*Member, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -75,8 +77,18 @@ func Join(ctx context.Context, cfg MemberConfig, clientURLs []string) (*Member, 
 	}
 	m, err := startMember(ctx, cfg, modeExisting, initial, "")
 	if err != nil {
-		// Leave no half-made WAL behind: the learner entry stays in the
-		// cluster and the next attempt starts it afresh.
+		// The learner may have received part of the log: its ID must
+		// never be started again from an empty dir (raft panics on a
+		// commit index beyond its log). Remove it, then wipe what it
+		// wrote; the next attempt adds a new learner.
+		rctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, rerr := withTimeout(rctx, 5*time.Second, func(c context.Context) (*clientv3.MemberRemoveResponse, error) {
+			return cli.MemberRemove(c, id)
+		})
+		cancel()
+		if rerr != nil && !errors.Is(rerr, rpctypes.ErrMemberNotFound) {
+			cfg.log().Warn("could not remove the learner of a failed join; the next attempt removes it", "member_id", fmt.Sprintf("%x", id), "err", rerr)
+		}
 		_ = os.RemoveAll(cfg.Dir)
 		return nil, fmt.Errorf("join: start member as learner: %w", err)
 	}
@@ -93,6 +105,7 @@ func Join(ctx context.Context, cfg MemberConfig, clientURLs []string) (*Member, 
 // for starting it.
 func addLearner(ctx context.Context, cli *clientv3.Client, cfg MemberConfig) (uint64, string, error) {
 	peerURL := cfg.PeerURL()
+attempt:
 	for {
 		members, err := listMembers(ctx, cli)
 		if err != nil {
@@ -110,7 +123,17 @@ func addLearner(ctx context.Context, cli *clientv3.Client, cfg MemberConfig) (ui
 			case slices.Contains(m.PeerURLs, peerURL) && m.Name != "":
 				return 0, "", fmt.Errorf("join: %s is used by member %q: %w", peerURL, m.Name, ErrPeerURLTaken)
 			case slices.Contains(m.PeerURLs, peerURL):
-				mine = m
+				// A learner an earlier attempt added and never started
+				// here. The leader may already count part of its log as
+				// sent, so it is never reused from an empty dir: remove
+				// it and add a new one.
+				if _, err := withTimeout(ctx, 5*time.Second, func(c context.Context) (*clientv3.MemberRemoveResponse, error) {
+					return cli.MemberRemove(c, m.ID)
+				}); err != nil && !errors.Is(err, rpctypes.ErrMemberNotFound) {
+					return 0, "", fmt.Errorf("join: remove the learner %x an earlier attempt left: %w", m.ID, err)
+				}
+				cfg.log().Info("removed the learner an earlier join attempt left", "member_id", fmt.Sprintf("%x", m.ID))
+				continue attempt
 			}
 		}
 		if mine == nil {
@@ -129,6 +152,15 @@ func addLearner(ctx context.Context, cli *clientv3.Client, cfg MemberConfig) (ui
 				}
 				if err := sleepCtx(ctx, retryInterval); err != nil {
 					return 0, "", fmt.Errorf("join: %w (last: %w)", err, rpctypes.ErrTooManyLearners)
+				}
+				continue
+			case errors.Is(err, rpctypes.ErrMemberNotFound):
+				// etcd derives a new member's ID from its peer URLs and the
+				// current second: re-adding a peer URL in the second its
+				// old learner was removed yields that removed ID, which
+				// etcd refuses. The next second gives a new ID.
+				if err2 := sleepCtx(ctx, time.Second); err2 != nil {
+					return 0, "", fmt.Errorf("join: add learner: %w", err)
 				}
 				continue
 			case errors.Is(err, rpctypes.ErrUnhealthy), errors.Is(unavailable(err), ErrUnavailable):
@@ -206,13 +238,23 @@ func promote(ctx context.Context, cli *clientv3.Client, id uint64) error {
 	}
 }
 
-// PromoteSelf promotes the member if it is a learner: a node that crashed
-// between joining and promotion restarts as a learner and finishes the job
-// here. It retries until it succeeds or ctx is done.
-func (m *Member) PromoteSelf(ctx context.Context, cli *clientv3.Client) error {
+// PromoteSelf promotes the member if it is a learner, through the voters at
+// clientURLs (a learner cannot serve the request itself): a node that
+// stopped between joining and promotion restarts as a learner and finishes
+// the job here. It retries passing refusals until it succeeds or ctx is
+// done.
+func (m *Member) PromoteSelf(ctx context.Context, clientURLs []string) error {
 	if !m.IsLearner() {
 		return nil
 	}
+	if len(clientURLs) == 0 {
+		return errors.New("promote: no voter client URLs known yet")
+	}
+	cli, err := NewClient(clientURLs, m.logger)
+	if err != nil {
+		return err
+	}
+	defer cli.Close()
 	if err := promote(ctx, cli, m.ID()); err != nil {
 		return err
 	}

@@ -3,9 +3,12 @@ package registry
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"sync"
 	"testing"
 	"time"
+
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
 func mustJSON(t *testing.T, v any) string {
@@ -81,5 +84,92 @@ func TestJoinConcurrentAndRestart(t *testing.T) {
 	}
 	if _, err := Join(ctx, cfgs[1], []string{m1.ClientURL()}); err == nil {
 		t.Fatal("join over existing data succeeded")
+	}
+}
+
+// A learner that an interrupted join left (added, never started here) is
+// removed and replaced, never started from an empty dir under its old ID.
+func TestJoinReplacesAbandonedLearner(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	m1, err := Bootstrap(ctx, testMemberConfig(t, "n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m1.Close)
+	cli := newTestClient(t, m1.ClientURL())
+	cfg := testMemberConfig(t, "n2")
+	var stale uint64
+	waitFor(t, 20*time.Second, "the abandoned learner added", func() bool {
+		resp, err := cli.MemberAddAsLearner(ctx, []string{cfg.PeerURL()})
+		if err == nil {
+			stale = resp.Member.ID
+		}
+		return err == nil
+	})
+	m2, err := Join(ctx, cfg, []string{m1.ClientURL()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m2.Close)
+	if m2.ID() == stale {
+		t.Fatal("the abandoned learner's ID was reused from an empty dir")
+	}
+	list, _, err := Members(ctx, cli)
+	if err != nil || len(list) != 2 {
+		t.Fatalf("members %+v %v, want n1 and n2", list, err)
+	}
+}
+
+// A member that stopped as a learner restarts as one and is promoted
+// through the voters; a member removed from the cluster says so on Err.
+func TestLearnerRestartPromotesAndRemovalReported(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	m1, err := Bootstrap(ctx, testMemberConfig(t, "n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m1.Close)
+	cli := newTestClient(t, m1.ClientURL())
+
+	cfg := testMemberConfig(t, "n2")
+	var resp *clientv3.MemberAddResponse
+	waitFor(t, 20*time.Second, "learner added", func() bool {
+		resp, err = cli.MemberAddAsLearner(ctx, []string{cfg.PeerURL()})
+		return err == nil
+	})
+	initial := "n1=" + m1.PeerURL() + ",n2=" + cfg.PeerURL()
+	learner, err := startMember(ctx, cfg, modeExisting, initial, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	learner.Close() // stopped before promotion
+	again, err := Restart(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(again.Close)
+	if again.ID() != resp.Member.ID || !again.IsLearner() {
+		t.Fatalf("restarted as %x learner=%v, want learner %x", again.ID(), again.IsLearner(), resp.Member.ID)
+	}
+	if err := again.PromoteSelf(ctx, []string{m1.ClientURL()}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "n2 voting", func() bool { return !again.IsLearner() })
+
+	// etcd refuses reconfiguration until every member has been connected
+	// for a few seconds.
+	waitFor(t, 20*time.Second, "n2 removed", func() bool {
+		_, err := cli.MemberRemove(ctx, again.ID())
+		return err == nil
+	})
+	select {
+	case err := <-again.Err():
+		if !errors.Is(err, ErrMemberStopped) {
+			t.Fatalf("removed member reported %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("a removed member reported nothing")
 	}
 }

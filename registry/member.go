@@ -103,8 +103,9 @@ func (c *MemberConfig) Validate() error {
 		return fmt.Errorf("election timeout %dms must be at least 5x the tick %dms", c.ElectionMs, c.TickMs)
 	case c.CompactionRetention < time.Minute:
 		return fmt.Errorf("compaction retention %s is under a minute", c.CompactionRetention)
-	case c.WatchProgressInterval < 100*time.Millisecond:
-		return fmt.Errorf("watch progress interval %s is under 100ms", c.WatchProgressInterval)
+	case c.WatchProgressInterval < 100*time.Millisecond || c.WatchProgressInterval > DefaultStaleAfter/3:
+		return fmt.Errorf("watch progress interval %s is not in 100ms-%s (catalogs take a watch silent for %s for stuck)",
+			c.WatchProgressInterval, DefaultStaleAfter/3, DefaultStaleAfter)
 	case c.ReadyTimeout <= 0:
 		return fmt.Errorf("ready timeout %s must be positive", c.ReadyTimeout)
 	}
@@ -269,23 +270,42 @@ func startMember(ctx context.Context, cfg MemberConfig, mode startMode, initialC
 		}
 		logger.Warn("registry member is not ready yet (no quorum?); carrying on and waiting in the background", "after", cfg.ReadyTimeout)
 	case <-ctx.Done():
+		select {
+		case <-e.Server.ReadyNotify():
+			// Ready and cancelled at once: the member is in; keep it.
+			return m, nil
+		default:
+		}
 		m.Close()
 		return nil, ctx.Err()
 	}
 	return m, nil
 }
 
-// watchErrors forwards etcd's asynchronous errors to Err.
+// ErrMemberStopped: the member stopped by itself, typically because it was
+// removed from the cluster ("the member has been permanently removed").
+var ErrMemberStopped = errors.New("registry member stopped by itself (removed from the cluster?)")
+
+// watchErrors forwards etcd's asynchronous errors to Err. A server that
+// stops by itself (it was removed from the cluster) says nothing on
+// etcd's Err channel, so its stop is reported too.
 func (m *Member) watchErrors() {
+	var err error
 	select {
-	case err, ok := <-m.etcd.Err():
-		if ok && err != nil {
-			select {
-			case m.errc <- err:
-			default:
-			}
+	case e, ok := <-m.etcd.Err():
+		if !ok || e == nil {
+			return
 		}
+		err = e
+	case <-m.etcd.Server.StopNotify():
+		err = ErrMemberStopped
 	case <-m.done:
+		return
+	}
+	select {
+	case <-m.done: // stopping on purpose
+	case m.errc <- err:
+	default:
 	}
 }
 

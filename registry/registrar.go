@@ -59,28 +59,36 @@ func (c *RegistrarConfig) Validate() error {
 // unreachable, revoked, or its keepalive stream broke for longer than the
 // TTL) it grants a new one and writes every instance again, forever, until
 // Close.
+//
+// A Register whose outcome is unknown (it timed out, the write may have
+// landed) is remembered as doubtful: unless it is registered again, the
+// registrar deletes whatever it wrote once the registry answers, so no
+// instance the caller was told had failed lingers under the lease.
 type Registrar struct {
 	cli    *clientv3.Client
 	cfg    RegistrarConfig
 	logger *slog.Logger
 
-	// opMu serialises writes: Register, Deregister and the re-registration
-	// after a lease loss, so no instance is written under a dead lease
-	// after the loop has re-registered the rest.
-	opMu sync.Mutex
-	// mu guards desired and lease.
+	// op serialises writes (Register, Deregister, re-registration, doubt
+	// cleanup) so no instance is written under a dead lease after the loop
+	// has re-registered the rest. It is a 1-slot semaphore so that waiting
+	// for it honours the caller's context.
+	op chan struct{}
+	// mu guards the fields below.
 	mu      sync.Mutex
 	desired map[string]api.Instance // by key
-	lease   clientv3.LeaseID        // 0 while no lease is held
-	// leaseGen counts leases granted, for tests and logs.
+	// doubtful holds the values of writes whose outcome is unknown, by key.
+	doubtful map[string]string
+	lease    clientv3.LeaseID // 0 while no lease is held
+	// granted lists leases granted and not known to be gone; Close revokes
+	// them all.
+	granted  map[clientv3.LeaseID]struct{}
 	leaseGen int
 
 	cancel    context.CancelFunc
 	done      chan struct{}
 	closeOnce sync.Once
 	started   bool
-	// changed is signalled when a lease is granted or lost.
-	changed chan struct{}
 }
 
 // NewRegistrar returns a registrar using cli. Start runs it.
@@ -93,12 +101,14 @@ func NewRegistrar(cli *clientv3.Client, cfg RegistrarConfig) (*Registrar, error)
 		logger = slog.New(slog.DiscardHandler)
 	}
 	return &Registrar{
-		cli:     cli,
-		cfg:     cfg,
-		logger:  logger.With("component", "registrar"),
-		desired: make(map[string]api.Instance),
-		done:    make(chan struct{}),
-		changed: make(chan struct{}, 1),
+		cli:      cli,
+		cfg:      cfg,
+		logger:   logger.With("component", "registrar"),
+		op:       make(chan struct{}, 1),
+		desired:  make(map[string]api.Instance),
+		doubtful: make(map[string]string),
+		granted:  make(map[clientv3.LeaseID]struct{}),
+		done:     make(chan struct{}),
 	}, nil
 }
 
@@ -114,6 +124,18 @@ func (r *Registrar) Start() {
 		r.loop(ctx)
 	}()
 }
+
+// lock takes the write semaphore or gives up when ctx is done.
+func (r *Registrar) lock(ctx context.Context) error {
+	select {
+	case r.op <- struct{}{}:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("%w: waiting for another registry write: %w", ErrUnavailable, ctx.Err())
+	}
+}
+
+func (r *Registrar) unlock() { <-r.op }
 
 // LeaseID returns the lease currently held, 0 when none is.
 func (r *Registrar) LeaseID() clientv3.LeaseID {
@@ -151,6 +173,9 @@ func (r *Registrar) loop(ctx context.Context) {
 	for ctx.Err() == nil {
 		lease, ka, stopKeepAlive, err := r.grantAndRegister(ctx)
 		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
 			failures++
 			// Log the first failure and then every tenth, so a long outage
 			// is visible without flooding the log.
@@ -165,39 +190,60 @@ func (r *Registrar) loop(ctx context.Context) {
 		}
 		failures = 0
 		backoff.reset()
-		// Drain keepalive responses until the channel closes: the lease
-		// expired, was revoked, or its keepalives failed for a whole TTL.
-		for range ka {
-		}
+		r.holdLease(ctx, ka)
 		stopKeepAlive()
 		r.mu.Lock()
 		if r.lease == lease {
 			r.lease = 0
 		}
 		r.mu.Unlock()
-		r.signal()
 		if ctx.Err() == nil {
 			r.logger.Warn("node lease lost; granting a new one and registering again", "lease", fmt.Sprintf("%x", lease))
 		}
 	}
 }
 
+// holdLease drains keepalive responses until the channel closes (the lease
+// expired, was revoked, or its keepalives failed for a whole TTL), cleaning
+// up doubtful writes now and then meanwhile.
+func (r *Registrar) holdLease(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse) {
+	t := time.NewTicker(r.cfg.TTL / 3)
+	defer t.Stop()
+	for {
+		select {
+		case _, ok := <-ka:
+			if !ok {
+				return
+			}
+		case <-t.C:
+			r.cleanDoubtful(ctx)
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
 // grantAndRegister grants a lease, starts its keepalive and writes every
-// desired instance under it.
-// The returned cancel stops the keepalive.
+// desired instance under it. The returned cancel stops the keepalive.
 func (r *Registrar) grantAndRegister(ctx context.Context) (clientv3.LeaseID, <-chan *clientv3.LeaseKeepAliveResponse, context.CancelFunc, error) {
-	r.opMu.Lock()
-	defer r.opMu.Unlock()
+	if err := r.lock(ctx); err != nil {
+		return 0, nil, nil, err
+	}
+	defer r.unlock()
 	gctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), r.cfg.RequestTimeout)
 	grant, err := r.cli.Grant(gctx, int64(r.cfg.TTL/time.Second))
 	cancel()
 	if err != nil {
 		return 0, nil, nil, fmt.Errorf("grant lease: %w", unavailable(err))
 	}
+	r.mu.Lock()
+	r.granted[grant.ID] = struct{}{}
+	r.mu.Unlock()
 	kactx, kacancel := context.WithCancel(ctx)
 	ka, err := r.cli.KeepAlive(kactx, grant.ID)
 	if err != nil {
 		kacancel()
+		r.revoke(grant.ID)
 		return 0, nil, nil, fmt.Errorf("keep lease alive: %w", err)
 	}
 	r.mu.Lock()
@@ -207,66 +253,120 @@ func (r *Registrar) grantAndRegister(ctx context.Context) (clientv3.LeaseID, <-c
 	}
 	r.mu.Unlock()
 	for _, in := range want {
-		if err := r.put(ctx, grant.ID, in); err != nil {
+		err := r.put(ctx, grant.ID, in)
+		if errors.Is(err, ErrConflict) {
+			// Another node took the key meanwhile; it is theirs now.
+			r.logger.Warn("instance now belongs to another node; no longer registering it", "service", in.Service, "id", in.ID, "err", err)
+			r.mu.Lock()
+			delete(r.desired, InstanceKey(in.Service, in.ID))
+			r.mu.Unlock()
+			continue
+		}
+		if err != nil {
 			kacancel()
 			r.revoke(grant.ID)
-			if errors.Is(err, ErrConflict) {
-				// Another node took the key meanwhile; it is theirs now.
-				r.logger.Warn("instance now belongs to another node; dropping it", "service", in.Service, "id", in.ID)
-				r.mu.Lock()
-				delete(r.desired, InstanceKey(in.Service, in.ID))
-				r.mu.Unlock()
-			}
 			return 0, nil, nil, fmt.Errorf("register %s/%s: %w", in.Service, in.ID, err)
 		}
 	}
 	r.mu.Lock()
 	r.lease = grant.ID
 	r.leaseGen++
-	r.mu.Unlock()
-	r.signal()
-	return grant.ID, ka, kacancel, nil
-}
-
-func (r *Registrar) signal() {
-	select {
-	case r.changed <- struct{}{}:
-	default:
+	stale := make([]clientv3.LeaseID, 0, len(r.granted))
+	for id := range r.granted {
+		if id != grant.ID {
+			stale = append(stale, id)
+		}
 	}
+	r.mu.Unlock()
+	// Older leases hold nothing now (every instance moved to the new one);
+	// revoke any that is still alive on the server.
+	for _, id := range stale {
+		r.revoke(id)
+	}
+	return grant.ID, ka, kacancel, nil
 }
 
 // Register writes in under the node's lease and keeps it there (across lease
 // losses) until Deregister or Close. It fails with ErrUnavailable when the
 // registry cannot take the write (no lease held, no quorum) within the
 // request timeout, and ErrConflict when the key belongs to another node. A
-// failed Register is forgotten: it is not written again later.
+// failed Register is not written again later, and whatever it may have
+// written is removed once the registry answers.
 func (r *Registrar) Register(ctx context.Context, in api.Instance) error {
 	in.Node = r.cfg.Node
 	in.Normalize()
 	if err := in.Validate(); err != nil {
 		return err
 	}
-	r.opMu.Lock()
-	defer r.opMu.Unlock()
+	if err := r.lock(ctx); err != nil {
+		return err
+	}
+	defer r.unlock()
 	lease := r.LeaseID()
 	if lease == 0 {
 		return fmt.Errorf("%w: this node holds no lease yet (the registry has no quorum or is unreachable)", ErrUnavailable)
 	}
+	key := InstanceKey(in.Service, in.ID)
 	if err := r.put(ctx, lease, in); err != nil {
+		if !errors.Is(err, ErrConflict) {
+			if val, merr := json.Marshal(in); merr == nil {
+				r.mu.Lock()
+				r.doubtful[key] = string(val)
+				r.mu.Unlock()
+			}
+		}
 		return err
 	}
 	r.mu.Lock()
-	r.desired[InstanceKey(in.Service, in.ID)] = in
+	r.desired[key] = in
+	delete(r.doubtful, key)
 	r.mu.Unlock()
 	return nil
+}
+
+// cleanDoubtful deletes what doubtful writes may have left, unless the key
+// has since been registered again or changed.
+func (r *Registrar) cleanDoubtful(ctx context.Context) {
+	r.mu.Lock()
+	n := len(r.doubtful)
+	r.mu.Unlock()
+	if n == 0 || r.lock(ctx) != nil {
+		return
+	}
+	defer r.unlock()
+	r.mu.Lock()
+	todo := make(map[string]string, len(r.doubtful))
+	for k, v := range r.doubtful {
+		if _, held := r.desired[k]; held {
+			delete(r.doubtful, k)
+			continue
+		}
+		todo[k] = v
+	}
+	r.mu.Unlock()
+	for key, val := range todo {
+		cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), r.cfg.RequestTimeout)
+		_, err := r.cli.Txn(cctx).
+			If(clientv3.Compare(clientv3.Value(key), "=", val)).
+			Then(clientv3.OpDelete(key)).Commit()
+		cancel()
+		if err != nil {
+			return // try again at the next tick
+		}
+		r.mu.Lock()
+		delete(r.doubtful, key)
+		r.mu.Unlock()
+	}
 }
 
 // Deregister removes the instance service/id of this node from the registry
 // and from the set kept registered. ErrNotFound when the node holds no such
 // instance.
 func (r *Registrar) Deregister(ctx context.Context, service, id string) error {
-	r.opMu.Lock()
-	defer r.opMu.Unlock()
+	if err := r.lock(ctx); err != nil {
+		return err
+	}
+	defer r.unlock()
 	key := InstanceKey(service, id)
 	r.mu.Lock()
 	_, held := r.desired[key]
@@ -298,6 +398,7 @@ func (r *Registrar) Deregister(ctx context.Context, service, id string) error {
 	}
 	r.mu.Lock()
 	delete(r.desired, key)
+	delete(r.doubtful, key)
 	r.mu.Unlock()
 	return nil
 }
@@ -343,38 +444,54 @@ func (r *Registrar) put(ctx context.Context, lease clientv3.LeaseID, in api.Inst
 	}
 }
 
+// revoke revokes lease and forgets it once the registry confirms it is gone.
 func (r *Registrar) revoke(lease clientv3.LeaseID) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	_, _ = r.cli.Revoke(ctx, lease)
+	r.revokeCtx(ctx, lease) //nolint:errcheck // best effort
 }
 
-// Close stops the lease loop and revokes the lease, so every instance of the
-// node leaves the registry (and peers stop routing here) at once rather than
-// after the TTL. ctx bounds the revoke. Safe to call more than once.
+func (r *Registrar) revokeCtx(ctx context.Context, lease clientv3.LeaseID) error {
+	_, err := r.cli.Revoke(clientv3.WithRequireLeader(ctx), lease)
+	if err == nil || errors.Is(err, errLeaseNotFound) {
+		r.mu.Lock()
+		delete(r.granted, lease)
+		r.mu.Unlock()
+		return nil
+	}
+	return unavailable(err)
+}
+
+// Close stops the lease loop, then revokes every lease the registrar
+// granted, so every instance of the node leaves the registry (and peers stop
+// routing here) at once rather than after the TTL. ctx bounds the revokes.
+// Safe to call more than once.
 func (r *Registrar) Close(ctx context.Context) error {
-	var err error
+	var errs []error
 	r.closeOnce.Do(func() {
 		r.mu.Lock()
 		started, cancel := r.started, r.cancel
 		r.mu.Unlock()
-		r.opMu.Lock()
-		lease := r.LeaseID()
-		if lease != 0 {
-			cctx, c := context.WithTimeout(ctx, r.cfg.RequestTimeout)
-			_, err = r.cli.Revoke(cctx, lease)
-			c()
-			if err != nil {
-				err = fmt.Errorf("revoke lease %x: %w", lease, unavailable(err))
-			}
-		}
-		r.opMu.Unlock()
 		if started {
 			cancel()
 			<-r.done
 		}
+		r.mu.Lock()
+		leases := make([]clientv3.LeaseID, 0, len(r.granted))
+		for id := range r.granted {
+			leases = append(leases, id)
+		}
+		r.lease = 0
+		r.mu.Unlock()
+		for _, id := range leases {
+			cctx, c := context.WithTimeout(ctx, r.cfg.RequestTimeout)
+			if err := r.revokeCtx(cctx, id); err != nil {
+				errs = append(errs, fmt.Errorf("revoke lease %x: %w", id, err))
+			}
+			c()
+		}
 	})
-	return err
+	return errors.Join(errs...)
 }
 
 // backoff is a capped exponential backoff with full jitter.

@@ -258,3 +258,33 @@ func TestCatalogRelistsAfterCompaction(t *testing.T) {
 		t.Fatalf("catalog revision %d behind %d", c.Revision(), resp.Header.Revision)
 	}
 }
+
+// A watch that resumes more than a thousand revisions behind is fed in
+// batches whose header revision runs ahead of the events still to come; the
+// catalog must apply every batch.
+func TestCatalogCatchesUpInBatches(t *testing.T) {
+	m, cli := startSingle(t)
+	proxy := newTCPProxy(t, m.ClientURL()[len("http://"):])
+	catCli := newTestClient(t, "http://"+proxy.addr())
+	c := NewCatalog(catCli, time.Minute, testLogger(t)) // never relist here
+	c.Start()
+	t.Cleanup(c.Close)
+	waitFor(t, 10*time.Second, "catalog sync", func() bool { ok, _ := c.Synced(); return ok })
+
+	proxy.setCut(true)
+	ctx := context.Background()
+	const n = 1500
+	for i := range n {
+		in := instance("bulk", fmt.Sprintf("i%04d", i), 80)
+		in.Node = "writer"
+		in.Normalize()
+		if _, err := cli.Put(ctx, InstanceKey("bulk", in.ID), mustJSON(t, in)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	proxy.setCut(false)
+	waitFor(t, 30*time.Second, "all instances after the catch-up", func() bool { return len(c.Instances("bulk")) == n })
+	if c.Relists() != 0 {
+		t.Fatalf("caught up by listing again (%d), not through the watch", c.Relists())
+	}
+}
