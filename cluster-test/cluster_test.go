@@ -2,6 +2,7 @@ package clustertest
 
 import (
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -306,4 +307,38 @@ func (l *load) errors() []error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return append([]error(nil), l.errs...)
+}
+
+// Started in reverse order, each node naming one that is not up yet, the
+// three still form one cluster of three voters: joins retry until their
+// peers answer.
+func TestStartInAnyOrder(t *testing.T) {
+	c := newCluster(t)
+	n3 := c.add(3, "--join", c.ip(2))
+	n2 := c.add(2, "--join", c.ip(1))
+	n1 := c.add(1)
+	nodes := []*node{n3, n2, n1}
+	for _, n := range nodes {
+		n.start()
+		// Each later node starts only once the earlier one is visibly
+		// waiting for its peer.
+		if n != n1 {
+			waitUntil(t, 10*time.Second, n.Name+" retrying its join", func() error {
+				if !strings.Contains(n.logs(), "cannot join yet") {
+					return fmt.Errorf("not yet")
+				}
+				return nil
+			})
+		}
+	}
+	for _, n := range nodes {
+		waitUntil(t, 60*time.Second, n.Name+" ready", n.ready)
+	}
+	waitUntil(t, 20*time.Second, "three voters and one leader", func() error {
+		m, err := n3.members()
+		if err != nil {
+			return err
+		}
+		return threeVoters(m)
+	})
 }
