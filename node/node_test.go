@@ -1,0 +1,150 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"testing"
+	"time"
+)
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	for range 20 {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := ln.Addr().(*net.TCPAddr).Port
+		pc, err := net.ListenPacket("udp", ln.Addr().String())
+		ln.Close()
+		if err == nil {
+			pc.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+func testConfig(t *testing.T) Config {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Name = "solo"
+	cfg.DataDir = t.TempDir()
+	cfg.GossipPort, cfg.ClientPort, cfg.PeerPort = freePort(t), freePort(t), freePort(t)
+	cfg.GatewayPort, cfg.APIPort, cfg.ServicePort = freePort(t), freePort(t), freePort(t)
+	cfg.DrainDelay = 0
+	if testing.Verbose() {
+		cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, nil))
+	}
+	return cfg
+}
+
+func get(url string) (int, string, error) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, "", err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b), err
+}
+
+// A node starts, becomes ready, serves through its own gateway, and on
+// Close stops every goroutine it started.
+func TestStartServeCloseLeavesNoGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	cfg := testConfig(t)
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	api := fmt.Sprintf("http://127.0.0.1:%d", cfg.APIPort)
+	gw := fmt.Sprintf("http://127.0.0.1:%d", cfg.GatewayPort)
+	waitFor(t, 20*time.Second, "ready and routing", func() error {
+		if code, body, err := get(api + "/readyz"); err != nil || code != 200 {
+			return fmt.Errorf("readyz %d %s %v", code, body, err)
+		}
+		if code, body, err := get(gw + "/hello/"); err != nil || code != 200 {
+			return fmt.Errorf("hello %d %s %v", code, body, err)
+		}
+		return nil
+	})
+	if err := n.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Close(context.Background()); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	http.DefaultClient.CloseIdleConnections()
+	waitFor(t, 10*time.Second, "goroutines back to where they were", func() error {
+		if now := runtime.NumGoroutine(); now > before {
+			var buf bytes.Buffer
+			_ = pprof.Lookup("goroutine").WriteTo(&buf, 1)
+			return fmt.Errorf("%d goroutines, %d before:\n%s", now, before, buf.String())
+		}
+		return nil
+	})
+}
+
+// A failed start (a port in use) undoes itself: the data dir lock is
+// released and the listeners it bound are closed.
+func TestFailedStartCleansUp(t *testing.T) {
+	cfg := testConfig(t)
+	busy, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", cfg.ServicePort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Start(context.Background()); err == nil {
+		t.Fatal("start with the service port in use succeeded")
+	}
+	busy.Close()
+	n2, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n2.Start(ctx); err != nil {
+		t.Fatalf("start after a failed start on the same dir and ports: %v", err)
+	}
+	if err := n2.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) {
+	t.Helper()
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(25 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		err := cond()
+		if err == nil {
+			return
+		}
+		select {
+		case <-deadline.C:
+			t.Fatalf("timed out after %s waiting for %s: %v", timeout, what, err)
+		case <-tick.C:
+		}
+	}
+}
