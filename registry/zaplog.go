@@ -49,10 +49,22 @@ func (c *slogCore) With(fields []zapcore.Field) zapcore.Core {
 }
 
 func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.CheckedEntry {
+	if benign[e.Message] {
+		e.Level = zapcore.DebugLevel
+	}
 	if c.Enabled(e.Level) {
 		return ce.AddCore(e, c)
 	}
 	return ce
+}
+
+// benign lists etcd warnings that every herd member logs at start and that
+// ask nothing of an operator: herd serves gRPC and HTTP on one client port
+// on purpose, and does not use etcd's auth tokens. They are passed on at
+// debug level.
+var benign = map[string]bool{
+	"Running http and grpc server on single port. This is not recommended for production.": true,
+	"simple token is not cryptographically signed":                                         true,
 }
 
 func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
@@ -60,7 +72,11 @@ func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 	if e.LoggerName != "" {
 		args = append(args, "logger", e.LoggerName)
 	}
-	c.logger.Log(context.Background(), c.level(e.Level), e.Message, args...)
+	level := c.level(e.Level)
+	if benign[e.Message] {
+		level = slog.LevelDebug
+	}
+	c.logger.Log(context.Background(), level, e.Message, args...)
 	return nil
 }
 
