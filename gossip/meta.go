@@ -29,6 +29,11 @@ type Meta struct {
 	// Leaving is set just before a graceful leave, so peers report the node
 	// as left rather than dead.
 	Leaving bool `json:"l,omitempty"`
+	// Expect is the node's --bootstrap-expect (0: not set).
+	Expect int `json:"e,omitempty"`
+	// Proposal identifies the initial cluster a --bootstrap-expect node
+	// proposes (or formed): a hash of its members' names and peer URLs.
+	Proposal string `json:"bp,omitempty"`
 }
 
 // metaVersion is the value of Meta.Herd this build writes.

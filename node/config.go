@@ -31,6 +31,11 @@ type Config struct {
 	// RetryJoinTimeout bounds how long joining may take before the node
 	// gives up and exits; zero means keep trying forever.
 	RetryJoinTimeout time.Duration
+	// BootstrapExpect, when set, makes a node without data wait until this
+	// many nodes with the same setting meet in gossip and then form a new
+	// cluster together; zero means the first node bootstraps alone and the
+	// others join it.
+	BootstrapExpect int
 
 	GossipPort  int
 	ClientPort  int
@@ -144,6 +149,12 @@ func (c *Config) Validate() error {
 		if err := gossip.ValidateJoinAddr(j); err != nil {
 			return fmt.Errorf("--join: %w", err)
 		}
+	}
+	if c.BootstrapExpect < 0 || c.BootstrapExpect > 9 {
+		return fmt.Errorf("--bootstrap-expect %d is not in 0-9", c.BootstrapExpect)
+	}
+	if c.BootstrapExpect > 1 && len(c.Join) == 0 {
+		return fmt.Errorf("--bootstrap-expect %d needs --join with the addresses of the other nodes", c.BootstrapExpect)
 	}
 	if c.RetryJoinTimeout < 0 {
 		return fmt.Errorf("--retry-join-timeout %s is negative", c.RetryJoinTimeout)

@@ -121,3 +121,20 @@ func (d *dataDir) loadPeers() []string {
 	}
 	return addrs
 }
+
+// proposalFile keeps the proposal of the initial cluster this node formed
+// with --bootstrap-expect, so that after a restart it still tells the
+// founders that have not started yet that it belongs to their cluster.
+const proposalFile = "bootstrap-proposal"
+
+func (d *dataDir) saveProposal(p string) error {
+	return os.WriteFile(filepath.Join(d.path, proposalFile), []byte(p+"\n"), 0o600)
+}
+
+func (d *dataDir) loadProposal() string {
+	b, err := os.ReadFile(filepath.Join(d.path, proposalFile))
+	if err != nil {
+		return ""
+	}
+	return strings.TrimSpace(string(b))
+}

@@ -48,6 +48,9 @@ type Node struct {
 
 	// phase is "starting", "running" or "stopping", for /readyz.
 	phase atomic.Pointer[string]
+	// bootstrapProposal is what this node proposes while forming a cluster
+	// with --bootstrap-expect.
+	bootstrapProposal atomic.Pointer[string]
 
 	errc      chan error
 	bgCtx     context.Context
@@ -214,11 +217,23 @@ func (n *Node) meta(role string) gossip.Meta {
 	m := gossip.Meta{
 		ID: n.dir.id, Version: n.cfg.Version, Role: role,
 		GatewayPort: n.cfg.GatewayPort, APIPort: n.cfg.APIPort, ServicePort: n.cfg.ServicePort,
+		Expect: n.cfg.BootstrapExpect, Proposal: n.proposal(),
 	}
+	mc := n.memberConfig()
+	m.PeerURL = mc.PeerURL()
 	if n.member != nil {
-		m.ClientURL, m.PeerURL = n.member.ClientURL(), n.member.PeerURL()
+		m.ClientURL = n.member.ClientURL()
 	}
 	return m
+}
+
+// proposal is the initial cluster this node proposes or formed with
+// --bootstrap-expect, "" when none.
+func (n *Node) proposal() string {
+	if p := n.bootstrapProposal.Load(); p != nil {
+		return *p
+	}
+	return n.dir.loadProposal()
 }
 
 func (n *Node) memberConfig() registry.MemberConfig {
@@ -244,6 +259,10 @@ func (n *Node) startMember(ctx context.Context) error {
 		// fatal, and the node keeps trying in the background.
 		if addrs := n.rejoinAddrs(); len(addrs) > 0 {
 			n.goBackground(func(ctx context.Context) { _ = n.joinGossip(ctx, addrs, time.Time{}) })
+		}
+	case n.cfg.BootstrapExpect > 1:
+		if n.member, err = n.bootstrapExpect(ctx, mc); err != nil {
+			return err
 		}
 	case len(n.cfg.Join) == 0:
 		n.logger.Info("no --join and no data: bootstrapping a new one-member cluster")

@@ -168,15 +168,23 @@ const (
 
 // Bootstrap starts a new one-member cluster in an empty dir.
 func Bootstrap(ctx context.Context, cfg MemberConfig) (*Member, error) {
-	if HasData(cfg.Dir) {
-		return nil, fmt.Errorf("bootstrap: %s already holds a member: %w", cfg.Dir, ErrHasData)
-	}
 	token, err := newClusterToken()
 	if err != nil {
 		return nil, err
 	}
-	initial := cfg.Name + "=" + cfg.PeerURL()
-	return startMember(ctx, cfg, modeNew, initial, token)
+	return BootstrapCluster(ctx, cfg, cfg.Name+"="+cfg.PeerURL(), token)
+}
+
+// BootstrapCluster starts this member of a new cluster whose members all
+// start at about the same time with the same initialCluster
+// ("name=peerURL,...") and token. It does not wait for the others: a
+// member that is not ready within ReadyTimeout is returned running and
+// becomes ready once a quorum of the initial cluster has started.
+func BootstrapCluster(ctx context.Context, cfg MemberConfig, initialCluster, token string) (*Member, error) {
+	if HasData(cfg.Dir) {
+		return nil, fmt.Errorf("bootstrap: %s already holds a member: %w", cfg.Dir, ErrHasData)
+	}
+	return startMember(ctx, cfg, modeNew, initialCluster, token)
 }
 
 // Restart starts the member held in cfg.Dir. It does not wait for quorum:
@@ -264,7 +272,7 @@ func startMember(ctx context.Context, cfg MemberConfig, mode startMode, initialC
 		m.Close()
 		return nil, fmt.Errorf("registry member failed while starting: %w", err)
 	case <-timer.C:
-		if mode != modeRestart {
+		if mode == modeExisting {
 			m.Close()
 			return nil, fmt.Errorf("registry member not ready after %s", cfg.ReadyTimeout)
 		}

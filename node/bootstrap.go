@@ -1,0 +1,169 @@
+package node
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/herdcluster/herd/gossip"
+	"github.com/herdcluster/herd/registry"
+)
+
+// ErrExpectMismatch: a node in the gossip pool has another --bootstrap-expect.
+var ErrExpectMismatch = errors.New("mismatched --bootstrap-expect")
+
+// bootstrapExpect forms a new cluster with the other --bootstrap-expect
+// nodes, or joins the cluster they already formed.
+//
+// Every fresh node with the same --bootstrap-expect N is a candidate. A node
+// proposes the initial cluster only when it sees exactly N candidates; its
+// proposal is a hash of their names and peer URLs, gossiped in its metadata.
+// It starts its member with that initial cluster once every one of the N
+// advertises the same proposal, so a cluster is only ever formed by nodes
+// that all saw the same N. A node that finds a formed cluster whose proposal
+// is its own is a founder that started late and starts too; any other node
+// that finds a formed cluster joins it as a learner. More than N fresh
+// candidates at once never propose: the operator is told to start the
+// extras after formation.
+func (n *Node) bootstrapExpect(ctx context.Context, mc registry.MemberConfig) (*registry.Member, error) {
+	want := n.cfg.BootstrapExpect
+	var deadline time.Time
+	if n.cfg.RetryJoinTimeout > 0 {
+		deadline = time.Now().Add(n.cfg.RetryJoinTimeout)
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithDeadline(ctx, deadline)
+		defer cancel()
+	}
+	// Gossip joins go on in the background: the nodes named in --join may
+	// come up in any order.
+	joinCtx, stopJoin := context.WithCancel(ctx)
+	defer stopJoin()
+	joined := make(chan error, 1)
+	go func() { joined <- n.joinGossip(joinCtx, n.cfg.Join, deadline) }()
+
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	lastLog := time.Time{}
+	for {
+		changed := n.gossip.Changed()
+		d, err := n.bootstrapDecision(want)
+		if err != nil {
+			return nil, err
+		}
+		switch d.action {
+		case actionStart:
+			n.logger.Info("bootstrap: every expected node agrees; forming the cluster", "members", d.names, "proposal", d.proposal)
+			if err := n.dir.saveProposal(d.proposal); err != nil {
+				return nil, fmt.Errorf("--data-dir: record the bootstrap proposal: %w", err)
+			}
+			return registry.BootstrapCluster(ctx, mc, d.initial, "herd-"+d.proposal)
+		case actionJoin:
+			n.logger.Info("bootstrap: a cluster has already formed; joining it", "formed_by", d.names)
+			stopJoin()
+			<-joined
+			return n.join(ctx, mc)
+		}
+		if p := d.proposal; n.proposal() != p {
+			n.bootstrapProposal.Store(&p)
+			if err := n.gossip.SetMeta(n.meta("")); err != nil {
+				n.logger.Warn("could not gossip the bootstrap proposal", "err", err)
+			}
+		}
+		if time.Since(lastLog) > 5*time.Second {
+			lastLog = time.Now()
+			n.logger.Info("bootstrap: waiting for the expected nodes", "expect", want, "reason", d.reason, "seen", d.names)
+		}
+		select {
+		case err := <-joined:
+			if err != nil {
+				return nil, err
+			}
+			joined = nil // joined: keep deciding
+		case <-changed:
+		case <-tick.C:
+		case <-ctx.Done():
+			if !deadline.IsZero() && !time.Now().Before(deadline) {
+				return nil, fmt.Errorf("%w after --retry-join-timeout %s: bootstrap-expect %d: %s (seen: %s)",
+					ErrJoinTimeout, n.cfg.RetryJoinTimeout, want, d.reason, strings.Join(d.names, ", "))
+			}
+			return nil, ctx.Err()
+		}
+	}
+}
+
+type bootstrapAction int
+
+const (
+	actionWait bootstrapAction = iota
+	actionStart
+	actionJoin
+)
+
+type decision struct {
+	action   bootstrapAction
+	proposal string // this node's proposal, "" when it proposes nothing
+	initial  string // the initial cluster, for actionStart
+	names    []string
+	reason   string
+}
+
+// bootstrapDecision looks at the gossip view once and says what to do.
+func (n *Node) bootstrapDecision(want int) (decision, error) {
+	var cands, formed []gossip.Node
+	for _, g := range n.gossip.Nodes() {
+		if g.Status != gossip.StatusAlive {
+			continue
+		}
+		if g.Meta.Expect != 0 && g.Meta.Expect != want {
+			return decision{}, fmt.Errorf("%w: node %s (%s) has --bootstrap-expect %d, this node %d; give every node the same value",
+				ErrExpectMismatch, g.Name, g.Addr, g.Meta.Expect, want)
+		}
+		if g.Meta.ClientURL != "" {
+			formed = append(formed, g)
+		}
+		if g.Meta.Expect == want {
+			cands = append(cands, g)
+		}
+	}
+	slices.SortFunc(cands, func(a, b gossip.Node) int { return strings.Compare(a.Name, b.Name) })
+	names := make([]string, 0, len(cands))
+	parts := make([]string, 0, len(cands))
+	for _, c := range cands {
+		names = append(names, c.Name)
+		parts = append(parts, c.Name+"="+c.Meta.PeerURL)
+	}
+	initial := strings.Join(parts, ",")
+	sum := sha256.Sum256([]byte(initial))
+	proposal := hex.EncodeToString(sum[:8])
+
+	if len(formed) > 0 {
+		var formedNames []string
+		for _, f := range formed {
+			formedNames = append(formedNames, f.Name)
+			if f.Meta.Proposal == proposal && len(cands) == want {
+				// A founder of the cluster this node proposed started
+				// first: this node is a founder too.
+				return decision{action: actionStart, proposal: proposal, initial: initial, names: names}, nil
+			}
+		}
+		return decision{action: actionJoin, names: formedNames}, nil
+	}
+	switch {
+	case len(cands) < want:
+		return decision{names: names, reason: fmt.Sprintf("%d of %d nodes with --bootstrap-expect %d seen", len(cands), want, want)}, nil
+	case len(cands) > want:
+		return decision{names: names, reason: fmt.Sprintf("%d fresh nodes with --bootstrap-expect %d are waiting, more than %d: stop the extra ones until the cluster has formed (they then join it)",
+			len(cands), want, want)}, nil
+	}
+	for _, c := range cands {
+		if c.Name != n.cfg.Name && c.Meta.Proposal != proposal {
+			return decision{proposal: proposal, names: names, reason: "waiting for " + c.Name + " to agree on the same " + fmt.Sprint(want) + " nodes"}, nil
+		}
+	}
+	return decision{action: actionStart, proposal: proposal, initial: initial, names: names}, nil
+}
