@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build test check unit e2e cluster clean
+.PHONY: all build build-linux test check check-deploy cluster vagrant-up clean
 
 all: build
 
@@ -12,12 +12,25 @@ build:
 
 # gofmt, vet, then the race-enabled tests of every package (the end-to-end
 # suite in cluster-test/ builds bin/herd itself).
-test: check
+test: check check-deploy
 	$(GO) test -race -count=1 -timeout 15m ./...
 
 check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+# ruby -c Vagrantfile, shellcheck, systemd-analyze verify (installs the tools
+# from Debian's packages when run as root).
+check-deploy: build
+	./scripts/check-deploy.sh
+
+# A static linux/amd64 binary for the VMs.
+build-linux:
+	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -ldflags "$(LDFLAGS)" -o bin/herd ./cmd/herd
+
+# Three VMs on a private network running the systemd unit in deploy/.
+vagrant-up: build-linux
+	vagrant up
 
 cluster: build
 	./scripts/cluster.sh

@@ -8,9 +8,9 @@ import (
 	"time"
 )
 
-// The same command on every node (--bootstrap-expect 3 --join a,b,c),
-// started at random moments, forms exactly one cluster of three voters,
-// every time.
+// The same command on every node (the systemd unit's: --bootstrap-expect 3
+// --join a,b,c), started at random moments, forms exactly one cluster of
+// three voters, every time.
 func TestBootstrapExpectSameCommand(t *testing.T) {
 	rounds := 10
 	if testing.Short() {
@@ -20,11 +20,8 @@ func TestBootstrapExpectSameCommand(t *testing.T) {
 		t.Run(fmt.Sprintf("round%d", round), func(t *testing.T) {
 			c := newCluster(t)
 			join := strings.Join([]string{c.ip(1), c.ip(2), c.ip(3)}, ",")
-			nodes := []*node{
-				c.add(1, "--bootstrap-expect", "3", "--join", join),
-				c.add(2, "--bootstrap-expect", "3", "--join", join),
-				c.add(3, "--bootstrap-expect", "3", "--join", join),
-			}
+			// Exactly the command line deploy/herd.service runs.
+			nodes := []*node{c.addFromUnit(t, 1, join), c.addFromUnit(t, 2, join), c.addFromUnit(t, 3, join)}
 			rand.Shuffle(len(nodes), func(i, j int) { nodes[i], nodes[j] = nodes[j], nodes[i] })
 			start := time.Now()
 			for i, n := range nodes {

@@ -69,6 +69,9 @@ type node struct {
 	IP      string
 	DataDir string
 	Args    []string // extra agent arguments
+	// Command, when set, is the whole argument list (after the binary),
+	// used as it is instead of the harness's own.
+	Command []string
 
 	cmd     *exec.Cmd
 	log     *bytes.Buffer
@@ -108,6 +111,9 @@ func (c *cluster) add(i int, args ...string) *node {
 func (n *node) start() {
 	n.c.t.Helper()
 	args := append([]string{"agent", "--name", n.Name, "--bind", n.IP, "--data-dir", n.DataDir}, n.Args...)
+	if n.Command != nil {
+		args = n.Command
+	}
 	cmd := exec.Command(herdBin, args...)
 	// Under -race a data race ends the node with status 66, which the
 	// suite notices as a node that exited.

@@ -12,6 +12,7 @@ bin=./bin/herd
 
 pids=()
 stopping=0
+# shellcheck disable=SC2317 # invoked by the trap below
 stop() {
 	if [ "$stopping" = 1 ]; then
 		echo "cluster: forcing stop" >&2
