@@ -12,7 +12,12 @@ const (
 const (
 	RoleVoter   = "voter"
 	RoleLearner = "learner"
-	RoleNone    = "none"
+	// RoleSpare: a full node without a registry member; it uses the
+	// voters' and can be promoted.
+	RoleSpare = "spare"
+	// RoleNone: not in the registry and not (yet) a spare, e.g. a node
+	// still forming a cluster.
+	RoleNone = "none"
 )
 
 // Member is one node of the cluster as GET /v1/members reports it.
@@ -29,7 +34,7 @@ type Member struct {
 	PeerURL     string `json:"peer_url,omitempty"`
 	// Status is the gossip status: alive, suspect, dead or left.
 	Status string `json:"status"`
-	// Role is the registry role: voter, learner or none.
+	// Role is the registry role: voter, learner, spare or none.
 	Role string `json:"role"`
 	// Leader is true for the node whose member leads the registry's Raft group.
 	Leader bool `json:"leader"`

@@ -45,6 +45,15 @@ func formCluster(t *testing.T) (*cluster, []*node) {
 		return nil
 	})
 	t.Logf("three nodes formed: %s from process start to all three gateways routing to all three nodes", time.Since(start).Round(time.Millisecond))
+	// node2 and node3 joined as spares; the autopilot promotes them.
+	waitUntil(t, 30*time.Second, "three voters", func() error {
+		m, err := n1.members()
+		if err != nil {
+			return err
+		}
+		return threeVoters(m)
+	})
+	t.Logf("three voters %s after process start", time.Since(start).Round(time.Millisecond))
 	return c, nodes
 }
 
@@ -73,7 +82,16 @@ func TestThreeNodeCluster(t *testing.T) {
 		}
 	}
 
-	// herd members: three voters, one leader, all alive.
+	// herd members: three voters, one leader, all alive. node2 and node3
+	// joined as spares; the autopilot promotes them once there are three
+	// healthy nodes.
+	waitUntil(t, 30*time.Second, "three voters", func() error {
+		m, err := n2.members()
+		if err != nil {
+			return err
+		}
+		return threeVoters(m)
+	})
 	out, err := runCLI(t, "members", "--api", n2.api())
 	if err != nil {
 		t.Fatal(err)

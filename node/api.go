@@ -162,7 +162,7 @@ func (n *Node) Members(ctx context.Context) api.MembersResponse {
 				}
 			}
 			for name, m := range byName {
-				if !inRegistry[name] {
+				if !inRegistry[name] && m.Role != api.RoleSpare {
 					m.Role = api.RoleNone
 				}
 			}

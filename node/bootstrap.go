@@ -63,10 +63,12 @@ func (n *Node) bootstrapExpect(ctx context.Context, mc registry.MemberConfig) (*
 			}
 			return registry.BootstrapCluster(ctx, mc, d.initial, "herd-"+d.proposal)
 		case actionJoin:
-			n.logger.Info("bootstrap: a cluster has already formed; joining it", "formed_by", d.names)
+			n.logger.Info("bootstrap: a cluster has already formed; joining it as a spare", "formed_by", d.names)
 			stopJoin()
-			<-joined
-			return n.join(ctx, mc)
+			if joined != nil {
+				<-joined
+			}
+			return nil, n.waitForVoters(ctx, deadline)
 		}
 		if p := d.proposal; n.proposal() != p {
 			n.bootstrapProposal.Store(&p)

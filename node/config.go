@@ -49,6 +49,15 @@ type Config struct {
 	// CORSOrigins are the origins the gateway allows; empty means no CORS.
 	CORSOrigins []string
 
+	// MaxVoters caps the registry voters (odd, 1-9; default 5). The
+	// autopilot keeps min(MaxVoters, largest odd number of healthy nodes)
+	// voters; the other nodes are spares.
+	MaxVoters int
+	// DeadVoterTimeout is how long a voter must be dead (gossip says dead
+	// and its member does not answer) before the autopilot replaces it
+	// (default 2m).
+	DeadVoterTimeout time.Duration
+
 	// DrainDelay is how long a stopping node keeps serving after revoking
 	// its lease, so peers' catalogs drop it before it stops answering
 	// (default 1s).
@@ -66,18 +75,20 @@ type Config struct {
 // DefaultConfig returns the defaults of `herd agent`.
 func DefaultConfig() Config {
 	return Config{
-		Name:            DefaultName(),
-		BindIP:          "127.0.0.1",
-		GossipPort:      gossip.DefaultPort,
-		ClientPort:      2379,
-		PeerPort:        2380,
-		GatewayPort:     8080,
-		APIPort:         8500,
-		ServicePort:     9000,
-		Services:        services.Builtin(),
-		DrainDelay:      time.Second,
-		ShutdownTimeout: 10 * time.Second,
-		Version:         "dev",
+		Name:             DefaultName(),
+		BindIP:           "127.0.0.1",
+		GossipPort:       gossip.DefaultPort,
+		ClientPort:       2379,
+		PeerPort:         2380,
+		GatewayPort:      8080,
+		APIPort:          8500,
+		ServicePort:      9000,
+		Services:         services.Builtin(),
+		MaxVoters:        5,
+		DeadVoterTimeout: 2 * time.Minute,
+		DrainDelay:       time.Second,
+		ShutdownTimeout:  10 * time.Second,
+		Version:          "dev",
 	}
 }
 
@@ -155,6 +166,12 @@ func (c *Config) Validate() error {
 	}
 	if c.BootstrapExpect > 1 && len(c.Join) == 0 {
 		return fmt.Errorf("--bootstrap-expect %d needs --join with the addresses of the other nodes", c.BootstrapExpect)
+	}
+	if c.MaxVoters < 1 || c.MaxVoters > 9 || c.MaxVoters%2 == 0 {
+		return fmt.Errorf("--max-voters %d must be odd and in 1-9", c.MaxVoters)
+	}
+	if c.DeadVoterTimeout < time.Second {
+		return fmt.Errorf("--dead-voter-timeout %s is under 1s", c.DeadVoterTimeout)
 	}
 	if c.RetryJoinTimeout < 0 {
 		return fmt.Errorf("--retry-join-timeout %s is negative", c.RetryJoinTimeout)

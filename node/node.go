@@ -37,8 +37,11 @@ type Node struct {
 	apiLn     net.Listener
 	serviceLn net.Listener
 
-	gossip    *gossip.Gossip
-	member    *registry.Member
+	gossip *gossip.Gossip
+	// member is the local registry member, nil while the node is a spare.
+	// It changes at run time: a spare the autopilot promotes gets one, a
+	// voter removed from the registry loses it.
+	member    atomic.Pointer[registry.Member]
 	client    *clientv3.Client
 	registrar *registry.Registrar
 	catalog   *registry.Catalog
@@ -163,7 +166,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 
-	if n.client, err = registry.NewClient([]string{n.member.ClientURL()}, n.logger); err != nil {
+	if n.client, err = registry.NewClient(n.registryEndpoints(), n.logger); err != nil {
 		return err
 	}
 	rcfg := registry.DefaultRegistrarConfig(cfg.Name)
@@ -174,7 +177,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.registrar.Start()
 	n.catalog = registry.NewCatalog(n.client, 0, n.logger)
 	n.catalog.Start()
-	n.goBackground(n.followMember)
+	n.goBackground(n.followRole)
+	n.goBackground(n.autopilot)
 
 	hcfg := services.Config{Node: cfg.Name, AdvertiseIP: cfg.advertise(), Port: cfg.ServicePort, Services: cfg.Services}
 	if n.host, err = services.NewHost(hcfg, n.registrar, n.logger); err != nil {
@@ -221,8 +225,8 @@ func (n *Node) meta(role string) gossip.Meta {
 	}
 	mc := n.memberConfig()
 	m.PeerURL = mc.PeerURL()
-	if n.member != nil {
-		m.ClientURL = n.member.ClientURL()
+	if mem := n.member.Load(); mem != nil {
+		m.ClientURL = mem.ClientURL()
 	}
 	return m
 }
@@ -242,104 +246,6 @@ func (n *Node) memberConfig() registry.MemberConfig {
 	mc.ClientPort, mc.PeerPort = n.cfg.ClientPort, n.cfg.PeerPort
 	mc.Logger = n.logger
 	return mc
-}
-
-// startMember restarts, bootstraps or joins, as the data dir and --join say.
-func (n *Node) startMember(ctx context.Context) error {
-	mc := n.memberConfig()
-	var err error
-	switch {
-	case registry.HasData(mc.Dir):
-		n.logger.Info("data dir holds a registry member: restarting it", "dir", mc.Dir)
-		if n.member, err = registry.Restart(ctx, mc); err != nil {
-			return err
-		}
-		// Join flags and the peers seen last time only help a restarted
-		// member find its peers' gossip; failing to reach them is not
-		// fatal, and the node keeps trying in the background.
-		if addrs := n.rejoinAddrs(); len(addrs) > 0 {
-			n.goBackground(func(ctx context.Context) { _ = n.joinGossip(ctx, addrs, time.Time{}) })
-		}
-	case n.cfg.BootstrapExpect > 1:
-		if n.member, err = n.bootstrapExpect(ctx, mc); err != nil {
-			return err
-		}
-	case len(n.cfg.Join) == 0:
-		n.logger.Info("no --join and no data: bootstrapping a new one-member cluster")
-		if n.member, err = registry.Bootstrap(ctx, mc); err != nil {
-			return err
-		}
-	default:
-		if n.member, err = n.join(ctx, mc); err != nil {
-			return err
-		}
-	}
-	role := api.RoleVoter
-	if n.member.IsLearner() {
-		role = api.RoleLearner
-	}
-	if err := n.gossip.SetMeta(n.meta(role)); err != nil {
-		n.logger.Warn("could not gossip the registry URLs", "err", err)
-	}
-	n.goBackground(func(ctx context.Context) {
-		select {
-		case err := <-n.member.Err():
-			n.fail(fmt.Errorf("registry member failed: %w", err))
-		case <-ctx.Done():
-		}
-	})
-	return nil
-}
-
-// join joins gossip through --join, then the registry through the client
-// URLs that gossip reveals, retrying both with jittered backoff until
-// --retry-join-timeout (forever when zero).
-func (n *Node) join(ctx context.Context, mc registry.MemberConfig) (*registry.Member, error) {
-	var deadline time.Time
-	if n.cfg.RetryJoinTimeout > 0 {
-		deadline = time.Now().Add(n.cfg.RetryJoinTimeout)
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
-	}
-	if err := n.joinGossip(ctx, n.cfg.Join, deadline); err != nil {
-		return nil, err
-	}
-	b := newBackoff()
-	var last error
-	for attempt := 1; ; attempt++ {
-		if registry.HasData(mc.Dir) {
-			// An attempt started the member and then failed to promote
-			// it: it is in the cluster as a learner. Restart it; the
-			// node promotes it once running.
-			n.logger.Info("an earlier join attempt left a learner member; restarting it")
-			return registry.Restart(ctx, mc)
-		}
-		urls := n.memberClientURLs()
-		if len(urls) == 0 {
-			last = errors.New("no node in the gossip pool runs a registry member yet")
-		} else {
-			m, err := registry.Join(ctx, mc, urls)
-			if err == nil {
-				return m, nil
-			}
-			if errors.Is(err, registry.ErrNameTaken) || errors.Is(err, registry.ErrPeerURLTaken) {
-				return nil, err
-			}
-			last = err
-		}
-		if ctx.Err() != nil {
-			break
-		}
-		n.logger.Warn("cannot join the registry yet; retrying", "attempt", attempt, "client_urls", urls, "err", last)
-		if sleep(ctx, b.next()) != nil {
-			break
-		}
-	}
-	if !deadline.IsZero() && time.Now().After(deadline) {
-		return nil, fmt.Errorf("%w after --retry-join-timeout %s: registry join via gossip peers %v: %v", ErrJoinTimeout, n.cfg.RetryJoinTimeout, n.memberClientURLs(), last)
-	}
-	return nil, fmt.Errorf("join the registry: %w (last: %v)", ctx.Err(), last)
 }
 
 // joinGossip joins the gossip pool through --join until it succeeds, ctx is
@@ -413,62 +319,6 @@ func (n *Node) recordPeers(ctx context.Context) {
 	}
 }
 
-// memberClientURLs are the client URLs of alive gossip peers that run a
-// registry member.
-func (n *Node) memberClientURLs() []string {
-	var urls []string
-	for _, g := range n.gossip.Nodes() {
-		if g.Name != n.cfg.Name && g.Status == gossip.StatusAlive && g.Meta.ClientURL != "" && g.Meta.Role != api.RoleLearner {
-			urls = append(urls, g.Meta.ClientURL)
-		}
-	}
-	return urls
-}
-
-// followMember keeps the node's use of the registry in step with its
-// member: while the member is a learner (a node that stopped between
-// joining and promotion) the registry client talks to the voters, since a
-// learner serves neither writes nor watches, and the node keeps trying to
-// promote it; once it votes the client goes back to the local member. The
-// gossiped role follows.
-func (n *Node) followMember(ctx context.Context) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	local := []string{n.member.ClientURL()}
-	usingVoters := false
-	for {
-		role := api.RoleVoter
-		if n.member.IsLearner() {
-			role = api.RoleLearner
-			if voters := n.memberClientURLs(); len(voters) > 0 {
-				if !usingVoters {
-					n.client.SetEndpoints(voters...)
-					usingVoters = true
-				}
-				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-				err := n.member.PromoteSelf(pctx, voters)
-				cancel()
-				if err != nil && ctx.Err() == nil {
-					n.logger.Warn("this member is a learner and cannot be promoted yet; retrying", "voters", voters, "err", err)
-				}
-			}
-		} else if usingVoters {
-			n.client.SetEndpoints(local...)
-			usingVoters = false
-		}
-		if n.gossip.LocalMeta().Role != role {
-			if err := n.gossip.SetMeta(n.meta(role)); err != nil {
-				n.logger.Warn("could not gossip the registry role", "err", err)
-			}
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
-}
-
 // Close stops the node gracefully, in this order:
 //  1. /readyz says "stopping";
 //  2. the lease is revoked: every instance of this node leaves the registry
@@ -531,7 +381,7 @@ func (n *Node) close(ctx context.Context) error {
 		n.client.Close()
 	}
 	if n.gossip != nil {
-		if n.member != nil || len(n.gossip.Nodes()) > 1 {
+		if len(n.gossip.Nodes()) > 1 {
 			// A leave that no peer acknowledged in time (they may be
 			// stopping too) is not a failure: they will mark us dead.
 			if err := n.gossip.Leave(2 * time.Second); err != nil {
@@ -542,10 +392,10 @@ func (n *Node) close(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	if n.member != nil {
-		n.member.Close()
-	}
 	n.bg.Wait()
+	if m := n.member.Load(); m != nil {
+		m.Close()
+	}
 	if n.dir != nil {
 		n.dir.close()
 	}

@@ -41,6 +41,13 @@ const retryInterval = 250 * time.Millisecond
 // ends before promotion, it is stopped with its data kept: the node then
 // restarts as that learner and PromoteSelf finishes the job.
 func Join(ctx context.Context, cfg MemberConfig, clientURLs []string) (*Member, error) {
+	return JoinReplacing(ctx, cfg, clientURLs, 0)
+}
+
+// JoinReplacing is Join for a node rebuilt with new data: under the join lock
+// it first removes stale, the member its name had before (which never runs
+// again), if the voters left can still reach quorum without it.
+func JoinReplacing(ctx context.Context, cfg MemberConfig, clientURLs []string, stale uint64) (*Member, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
@@ -71,6 +78,11 @@ func Join(ctx context.Context, cfg MemberConfig, clientURLs []string) (*Member, 
 		_ = mu.Unlock(uctx)
 	}()
 
+	if stale != 0 {
+		if err := removeStale(ctx, cli, cfg, stale); err != nil {
+			return nil, err
+		}
+	}
 	id, initial, err := addLearner(ctx, cli, cfg)
 	if err != nil {
 		return nil, err
@@ -198,6 +210,47 @@ attempt:
 		}
 		return mine.ID, strings.Join(parts, ","), nil
 	}
+}
+
+// removeStale removes the stale member id of this node's name, if it still
+// exists, is this name's, and the other voters answer in a number that
+// keeps quorum once it is gone.
+func removeStale(ctx context.Context, cli *clientv3.Client, cfg MemberConfig, id uint64) error {
+	members, err := listMembers(ctx, cli)
+	if err != nil {
+		return fmt.Errorf("join: list members: %w", err)
+	}
+	var stale *etcdserverpb.Member
+	voters, answering := 0, 0
+	for _, m := range members {
+		if m.ID == id {
+			stale = m
+			continue
+		}
+		if m.IsLearner {
+			continue
+		}
+		voters++
+		if len(m.ClientURLs) > 0 && Reachable(ctx, cli, m.ClientURLs[0], time.Second) {
+			answering++
+		}
+	}
+	if stale == nil {
+		return nil // already gone
+	}
+	if stale.Name != cfg.Name && stale.Name != "" {
+		return fmt.Errorf("join: member %x to replace is %q's, not this node's", id, stale.Name)
+	}
+	if answering < voters/2+1 {
+		return fmt.Errorf("join: %d of %d other voters answer; removing this node's stale member would lose quorum: %w", answering, voters, ErrUnavailable)
+	}
+	if _, err := withTimeout(ctx, 5*time.Second, func(c context.Context) (*clientv3.MemberRemoveResponse, error) {
+		return cli.MemberRemove(c, id)
+	}); err != nil && !errors.Is(err, rpctypes.ErrMemberNotFound) {
+		return fmt.Errorf("join: remove this node's stale member %x: %w", id, err)
+	}
+	cfg.log().Warn("removed this node's stale member (the node was rebuilt with new data)", "member_id", fmt.Sprintf("%x", id))
+	return nil
 }
 
 // removeAbandonedLearner removes one learner that never started (no name)
