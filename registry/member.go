@@ -305,6 +305,13 @@ func (m *Member) watchErrors() {
 			return
 		}
 		err = e
+		// A server that stops by itself before it is ready makes its
+		// listeners fail with "server is stopping": report the stop.
+		select {
+		case <-m.etcd.Server.StoppingNotify():
+			err = fmt.Errorf("%w: %w", ErrMemberStopped, e)
+		default:
+		}
 	case <-m.etcd.Server.StopNotify():
 		err = ErrMemberStopped
 	case <-m.done:
