@@ -3,6 +3,7 @@ package clustertest
 import (
 	"fmt"
 	"net/http"
+	"os"
 	"sort"
 	"strings"
 	"syscall"
@@ -141,5 +142,49 @@ func TestVotersSparesAndReplacement(t *testing.T) {
 	waitRoles(t, n1, 5, 2)
 	if l := victim.logs(); !strings.Contains(l, "carrying on as a spare") && !strings.Contains(l, "clearing its member data") {
 		t.Errorf("%s did not say it came back as a spare", victim.Name)
+	}
+}
+
+// A node rebuilt with the same name and an empty data dir rejoins: it
+// replaces its stale member instead of being refused.
+func TestRebuiltNodeRejoins(t *testing.T) {
+	_, nodes := formCluster(t)
+	n1, n3 := nodes[0], nodes[2]
+	before, err := n1.members()
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldID := memberID(before, "node3")
+	n3.signal(syscall.SIGKILL)
+	n3.wait(10 * time.Second)
+	if err := os.RemoveAll(n3.DataDir); err != nil {
+		t.Fatal(err)
+	}
+	n3.start()
+	waitUntil(t, 60*time.Second, "node3 ready", n3.ready)
+	waitUntil(t, 60*time.Second, "node3 a voter again under a new member", func() error {
+		m, err := n1.members()
+		if err != nil {
+			return err
+		}
+		if err := threeVoters(m); err != nil {
+			return err
+		}
+		if id := memberID(m, "node3"); id == oldID {
+			return fmt.Errorf("node3 still has its old member %s", id)
+		}
+		return nil
+	})
+	for _, gw := range nodes {
+		waitUntil(t, 20*time.Second, "node3 reached through "+gw.Name, func() error {
+			for range 6 {
+				if from, err := helloFrom(gw.gateway()); err != nil {
+					return err
+				} else if from == "node3" {
+					return nil
+				}
+			}
+			return fmt.Errorf("node3 not reached")
+		})
 	}
 }
