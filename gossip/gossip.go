@@ -196,6 +196,23 @@ func (g *Gossip) NameConflict() []string {
 	return append([]string(nil), g.conflicts...)
 }
 
+// Forget drops a dead or left node from the view (an operator's
+// force-leave). It reports whether it did; an alive or suspect node is kept.
+// A node that comes back is added again.
+func (g *Gossip) Forget(name string) bool {
+	g.mu.Lock()
+	e, ok := g.nodes[name]
+	if !ok || name == g.cfg.Name || (e.node.Status != StatusDead && e.node.Status != StatusLeft) {
+		g.mu.Unlock()
+		return false
+	}
+	delete(g.nodes, name)
+	delete(g.heard, e.node.Addr)
+	g.mu.Unlock()
+	g.publish()
+	return true
+}
+
 // heardFrom records a packet from addr.
 func (g *Gossip) heardFrom(addr string, at time.Time) {
 	g.mu.Lock()

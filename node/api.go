@@ -35,6 +35,8 @@ func newAPIServer(n *Node) *apiServer {
 	mux.HandleFunc("GET /v1/services/{name}", s.service)
 	mux.HandleFunc("PUT /v1/services/{name}/instances/{id}", s.register)
 	mux.HandleFunc("DELETE /v1/services/{name}/instances/{id}", s.deregister)
+	mux.HandleFunc("POST /v1/leave", s.leave)
+	mux.HandleFunc("POST /v1/force-leave/{name}", s.forceLeave)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), Reason: "not_found"})
 	})
@@ -297,4 +299,42 @@ func (s *apiServer) deregister(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"deregistered": name + "/" + id})
+}
+
+func (s *apiServer) leave(w http.ResponseWriter, r *http.Request) {
+	if !s.running(w) {
+		return
+	}
+	if err := s.n.Leave(r.Context()); err != nil {
+		writeLifecycleError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"left": s.n.cfg.Name, "status": "the node has left the cluster and is stopping"})
+}
+
+func (s *apiServer) forceLeave(w http.ResponseWriter, r *http.Request) {
+	if !s.running(w) {
+		return
+	}
+	name := r.PathValue("name")
+	if err := api.ValidateName("name", name); err != nil {
+		writeFieldError(w, err)
+		return
+	}
+	if err := s.n.ForceLeave(r.Context(), name); err != nil {
+		writeLifecycleError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"removed": name})
+}
+
+func writeLifecycleError(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, errNoSuchNode):
+		writeJSON(w, http.StatusNotFound, api.Error{Error: err.Error(), Reason: "not_found"})
+	case errors.Is(err, registry.ErrUnavailable):
+		writeJSON(w, http.StatusServiceUnavailable, api.Error{Error: err.Error(), Reason: "registry_unavailable"})
+	default:
+		writeJSON(w, http.StatusConflict, api.Error{Error: err.Error(), Reason: "refused"})
+	}
 }

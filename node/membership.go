@@ -95,6 +95,9 @@ func (n *Node) role() string {
 // leaves the node a spare with its member data cleared; anything else is
 // fatal.
 func (n *Node) memberStopped(ctx context.Context, m *registry.Member, err error) {
+	if n.leaving.Load() {
+		return // removed by Leave: the node is stopping anyway
+	}
 	if !errors.Is(err, registry.ErrMemberStopped) {
 		n.fail(fmt.Errorf("registry member failed: %w", err))
 		return
@@ -235,6 +238,7 @@ func (n *Node) followRole(ctx context.Context) {
 			}
 		}
 		n.useVoters()
+		n.forgetForceLeft(ctx)
 		if role := n.role(); n.gossip.LocalMeta().Role != role {
 			if err := n.gossip.SetMeta(n.meta(role)); err != nil {
 				n.logger.Warn("could not gossip the registry role", "err", err)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -54,6 +55,9 @@ type Node struct {
 	// bootstrapProposal is what this node proposes while forming a cluster
 	// with --bootstrap-expect.
 	bootstrapProposal atomic.Pointer[string]
+	// leaving is set by Leave: the member's removal is expected, and Close
+	// clears the member data.
+	leaving atomic.Bool
 
 	errc      chan error
 	bgCtx     context.Context
@@ -395,6 +399,13 @@ func (n *Node) close(ctx context.Context) error {
 	n.bg.Wait()
 	if m := n.member.Load(); m != nil {
 		m.Close()
+	}
+	if n.leaving.Load() {
+		// The member was removed: its data can never be used again.
+		if err := os.RemoveAll(n.cfg.etcdDir()); err != nil {
+			errs = append(errs, fmt.Errorf("clear member data: %w", err))
+		}
+		n.logger.Info("left the cluster; member data cleared")
 	}
 	if n.dir != nil {
 		n.dir.close()

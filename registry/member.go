@@ -335,8 +335,12 @@ func (m *Member) ReadyNotify() <-chan struct{} { return m.etcd.Server.ReadyNotif
 // ID is the etcd member ID.
 func (m *Member) ID() uint64 { return uint64(m.etcd.Server.MemberID()) }
 
-// IsLearner reports whether the member is a non-voting learner.
-func (m *Member) IsLearner() bool { return m.etcd.Server.IsLearner() }
+// IsLearner reports whether the member is a non-voting learner. A member
+// removed from the cluster is not one (etcd's own IsLearner panics then).
+func (m *Member) IsLearner() bool {
+	self := m.etcd.Server.Cluster().Member(m.etcd.Server.MemberID())
+	return self != nil && self.IsLearner
+}
 
 // LeaderID is the member ID of the current Raft leader as this member sees
 // it, 0 when there is none.

@@ -141,8 +141,12 @@ func runAgent(cfg node.Config, logger *slog.Logger) error {
 	case sig := <-sigs:
 		logger.Info("signal received; stopping gracefully (send it again to force)", "signal", sig.String())
 	case err := <-n.Err():
-		logger.Error("fatal node error; stopping", "err", err)
-		runErr = err
+		if errors.Is(err, node.ErrLeft) {
+			logger.Info("left the cluster; stopping")
+		} else {
+			logger.Error("fatal node error; stopping", "err", err)
+			runErr = err
+		}
 	}
 	go func() {
 		sig := <-sigs

@@ -26,13 +26,21 @@ func apiFlag(cmd *cobra.Command) *string {
 
 // getJSON GETs path from the agent API into out. A non-2xx answer becomes an
 // error carrying the API's message.
-func getJSON(base, path string, out any) error {
+func getJSON(base, path string, out any) error { return callAPI(http.MethodGet, base, path, out) }
+
+// callAPI sends a bodiless request to the agent API and decodes the answer
+// into out.
+func callAPI(method, base, path string, out any) error {
 	u, err := url.Parse(strings.TrimRight(base, "/") + path)
 	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
 		return fmt.Errorf("--api %q is not an http(s) URL", base)
 	}
-	client := &http.Client{Timeout: 10 * time.Second}
-	resp, err := client.Get(u.String())
+	client := &http.Client{Timeout: 60 * time.Second}
+	req, err := http.NewRequest(method, u.String(), nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("cannot reach the agent API at %s: %w", base, err)
 	}
@@ -146,4 +154,51 @@ func dash(s string) string {
 		return "-"
 	}
 	return s
+}
+
+func newLeaveCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "leave",
+		Short: "Take the node at --api out of the cluster for good",
+		Long: `Take the node at --api out of the cluster for good: its services are deregistered, it hands the
+registry leadership over if it holds it, removes its own member, leaves gossip, clears its member data
+and exits 0. Refused when the voters left behind would not keep a quorum.`,
+		Args: cobra.NoArgs,
+	}
+	base := apiFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if err := bindEnv(cmd.Flags()); err != nil {
+			return err
+		}
+		var out map[string]string
+		if err := callAPI(http.MethodPost, *base, "/v1/leave", &out); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "node %s left the cluster\n", out["left"])
+		return nil
+	}
+	return cmd
+}
+
+func newForceLeaveCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "force-leave NAME",
+		Short: "Remove a dead node: its registry member and its gossip entry",
+		Args:  cobra.ExactArgs(1),
+	}
+	base := apiFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if err := bindEnv(cmd.Flags()); err != nil {
+			return err
+		}
+		if !api.ValidName(args[0]) {
+			return fmt.Errorf("node name %q is not a DNS label", args[0])
+		}
+		if err := callAPI(http.MethodPost, *base, "/v1/force-leave/"+args[0], &map[string]string{}); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "node %s removed\n", args[0])
+		return nil
+	}
+	return cmd
 }
