@@ -36,6 +36,7 @@ func newAPIServer(n *Node) *apiServer {
 	mux.HandleFunc("PUT /v1/services/{name}/instances/{id}", s.register)
 	mux.HandleFunc("DELETE /v1/services/{name}/instances/{id}", s.deregister)
 	mux.HandleFunc("POST /v1/leave", s.leave)
+	mux.HandleFunc("GET /v1/snapshot", s.snapshot)
 	mux.HandleFunc("POST /v1/force-leave/{name}", s.forceLeave)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), Reason: "not_found"})
@@ -272,7 +273,7 @@ func (s *apiServer) register(w http.ResponseWriter, r *http.Request) {
 		ID: id, Service: name, Address: req.Address, Port: req.Port, Path: req.Path,
 		Tags: req.Tags, Meta: req.Meta, Weight: req.Weight,
 	}
-	if err := s.n.registrar.Register(r.Context(), in); err != nil {
+	if err := s.n.registrar.RegisterKept(r.Context(), in); err != nil {
 		writeRegistryError(w, err)
 		return
 	}
@@ -336,5 +337,29 @@ func writeLifecycleError(w http.ResponseWriter, err error) {
 		writeJSON(w, http.StatusServiceUnavailable, api.Error{Error: err.Error(), Reason: "registry_unavailable"})
 	default:
 		writeJSON(w, http.StatusConflict, api.Error{Error: err.Error(), Reason: "refused"})
+	}
+}
+
+// snapshot streams a snapshot of the registry. The stream has no write
+// timeout of its own beyond the server's; a failure midway closes the
+// connection, so a truncated file is never mistaken for a good one (restore
+// checks the snapshot's hash too).
+func (s *apiServer) snapshot(w http.ResponseWriter, r *http.Request) {
+	if !s.running(w) {
+		return
+	}
+	// A large registry takes longer than the API's write timeout.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Time{})
+	rc, err := registry.Snapshot(r.Context(), s.n.client)
+	if err != nil {
+		writeRegistryError(w, err)
+		return
+	}
+	defer rc.Close()
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Disposition", `attachment; filename="herd.snapshot"`)
+	if _, err := io.Copy(w, rc); err != nil {
+		s.n.logger.Warn("snapshot stream failed", "err", err)
+		panic(http.ErrAbortHandler)
 	}
 }

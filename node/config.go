@@ -49,6 +49,10 @@ type Config struct {
 	// CORSOrigins are the origins the gateway allows; empty means no CORS.
 	CORSOrigins []string
 
+	// ForceNewCluster restarts the member in DataDir as the only member of a
+	// new cluster, keeping its data (recovery after losing a majority).
+	ForceNewCluster bool
+
 	// MaxVoters caps the registry voters (odd, 1-9; default 5). The
 	// autopilot keeps min(MaxVoters, largest odd number of healthy nodes)
 	// voters; the other nodes are spares.

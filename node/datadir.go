@@ -10,6 +10,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/herdcluster/herd/api"
 )
 
 // ErrDataDirInUse: another herd process holds the data dir.
@@ -137,4 +139,55 @@ func (d *dataDir) loadProposal() string {
 		return ""
 	}
 	return strings.TrimSpace(string(b))
+}
+
+// instancesFile keeps the instances registered through the agent API, so a
+// restarted node registers them again.
+const instancesFile = "instances.json"
+
+// instanceStore is the registrar's Store in the data dir.
+type instanceStore struct{ d *dataDir }
+
+func (s instanceStore) Load() ([]api.Instance, error) {
+	b, err := os.ReadFile(filepath.Join(s.d.path, instancesFile))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	var ins []api.Instance
+	if err := json.Unmarshal(b, &ins); err != nil {
+		return nil, fmt.Errorf("%s: %w", instancesFile, err)
+	}
+	return ins, nil
+}
+
+func (s instanceStore) Save(ins []api.Instance) error {
+	b, err := json.MarshalIndent(ins, "", "  ")
+	if err != nil {
+		return err
+	}
+	p := filepath.Join(s.d.path, instancesFile)
+	f, err := os.CreateTemp(s.d.path, instancesFile+".tmp-*")
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	// Synced before the rename: an acknowledged registration survives a
+	// crash of the machine too.
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(f.Name())
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(f.Name())
+		return err
+	}
+	return os.Rename(f.Name(), p)
 }

@@ -30,8 +30,13 @@ func (n *Node) startMember(ctx context.Context) error {
 		err error
 	)
 	switch {
+	case n.cfg.ForceNewCluster && !registry.HasData(mc.Dir):
+		return fmt.Errorf("--force-new-cluster: %s holds no registry member to restart", mc.Dir)
 	case registry.HasData(mc.Dir):
 		n.logger.Info("data dir holds a registry member: restarting it", "dir", mc.Dir)
+		if n.cfg.ForceNewCluster {
+			n.logger.Warn("--force-new-cluster: restarting this member as the only member of a new cluster, keeping its data; remove the flag once the cluster is back")
+		}
 		// Join flags and the peers seen last time only help a restarted
 		// member find its peers' gossip; failing to reach them is not
 		// fatal, and the node keeps trying in the background.

@@ -175,6 +175,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	rcfg := registry.DefaultRegistrarConfig(cfg.Name)
 	rcfg.Logger = n.logger
+	rcfg.Store = instanceStore{n.dir}
 	if n.registrar, err = registry.NewRegistrar(n.client, rcfg); err != nil {
 		return err
 	}
@@ -244,12 +245,36 @@ func (n *Node) proposal() string {
 	return n.dir.loadProposal()
 }
 
-func (n *Node) memberConfig() registry.MemberConfig {
-	mc := registry.DefaultMemberConfig(n.cfg.Name, n.cfg.etcdDir())
-	mc.BindIP, mc.AdvertiseIP = n.cfg.BindIP, n.cfg.AdvertiseIP
-	mc.ClientPort, mc.PeerPort = n.cfg.ClientPort, n.cfg.PeerPort
-	mc.Logger = n.logger
+func (n *Node) memberConfig() registry.MemberConfig { return n.cfg.memberConfig(n.logger) }
+
+func (c *Config) memberConfig(logger *slog.Logger) registry.MemberConfig {
+	mc := registry.DefaultMemberConfig(c.Name, c.etcdDir())
+	mc.BindIP, mc.AdvertiseIP = c.BindIP, c.AdvertiseIP
+	mc.ClientPort, mc.PeerPort = c.ClientPort, c.PeerPort
+	mc.ForceNewCluster = c.ForceNewCluster
+	mc.Logger = logger
 	return mc
+}
+
+// RestoreSnapshot makes cfg.DataDir a new one-member cluster holding the
+// data of the snapshot file at path. Started with the same name, data dir
+// and addresses, `herd agent` serves it; other nodes then join it.
+func RestoreSnapshot(cfg Config, path string) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if _, err := os.Stat(path); err != nil {
+		return fmt.Errorf("snapshot file: %w", err)
+	}
+	d, err := openDataDir(cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer d.close()
+	return registry.RestoreSnapshot(path, cfg.memberConfig(cfg.Logger))
 }
 
 // joinGossip joins the gossip pool through --join until it succeeds, ctx is

@@ -56,6 +56,9 @@ type MemberConfig struct {
 	// before carrying on without it (a restarted member cannot be ready until
 	// quorum is back; start-up never blocks on that). Default 10s.
 	ReadyTimeout time.Duration
+	// ForceNewCluster restarts the member as the only member of a new
+	// cluster, keeping its data: the way back after losing a majority.
+	ForceNewCluster bool
 	// EtcdLogLevel is the lowest level of etcd's own log lines that are
 	// passed on (default warn: etcd is chatty at info).
 	EtcdLogLevel zapcore.Level
@@ -251,6 +254,7 @@ func startMember(ctx context.Context, cfg MemberConfig, mode startMode, initialC
 	case modeRestart:
 		// The WAL holds the membership; etcd ignores the initial cluster.
 		ec.InitialCluster = cfg.Name + "=" + cfg.PeerURL()
+		ec.ForceNewCluster = cfg.ForceNewCluster
 	}
 	if err := ec.Validate(); err != nil {
 		return nil, fmt.Errorf("etcd config: %w", err)

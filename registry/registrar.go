@@ -33,6 +33,16 @@ type RegistrarConfig struct {
 	RequestTimeout time.Duration
 	// Logger receives the registrar's log lines.
 	Logger *slog.Logger
+	// Store, when set, keeps the instances registered with RegisterKept
+	// across restarts of the node; nil keeps them in memory only.
+	Store Store
+}
+
+// Store keeps a node's registrations on disk. Save replaces what Load
+// returns; both are called with the registrar's write lock held.
+type Store interface {
+	Load() ([]api.Instance, error)
+	Save([]api.Instance) error
 }
 
 // DefaultRegistrarConfig returns the defaults for node.
@@ -77,6 +87,8 @@ type Registrar struct {
 	// mu guards the fields below.
 	mu      sync.Mutex
 	desired map[string]api.Instance // by key
+	// kept marks the desired instances that Store keeps.
+	kept map[string]bool
 	// doubtful holds the values of writes whose outcome is unknown, by key.
 	doubtful map[string]string
 	lease    clientv3.LeaseID // 0 while no lease is held
@@ -100,16 +112,66 @@ func NewRegistrar(cli *clientv3.Client, cfg RegistrarConfig) (*Registrar, error)
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Registrar{
+	r := &Registrar{
 		cli:      cli,
 		cfg:      cfg,
 		logger:   logger.With("component", "registrar"),
 		op:       make(chan struct{}, 1),
 		desired:  make(map[string]api.Instance),
+		kept:     make(map[string]bool),
 		doubtful: make(map[string]string),
 		granted:  make(map[clientv3.LeaseID]struct{}),
 		done:     make(chan struct{}),
-	}, nil
+	}
+	if cfg.Store != nil {
+		ins, err := cfg.Store.Load()
+		if err != nil {
+			return nil, fmt.Errorf("load kept registrations: %w", err)
+		}
+		for _, in := range ins {
+			in.Node = cfg.Node
+			if err := in.Validate(); err != nil {
+				r.logger.Warn("dropping an invalid kept registration", "service", in.Service, "id", in.ID, "err", err)
+				continue
+			}
+			key := InstanceKey(in.Service, in.ID)
+			r.desired[key] = in
+			r.kept[key] = true
+		}
+		if len(ins) > 0 {
+			r.logger.Info("registering the instances kept from before the restart", "count", len(r.kept))
+		}
+	}
+	return r, nil
+}
+
+// save writes the kept instances to the store. Called with the write lock.
+func (r *Registrar) save() error {
+	if r.cfg.Store == nil {
+		return nil
+	}
+	r.mu.Lock()
+	out := make([]api.Instance, 0, len(r.kept))
+	for k := range r.kept {
+		if in, ok := r.desired[k]; ok {
+			out = append(out, in)
+		}
+	}
+	r.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool {
+		return InstanceKey(out[i].Service, out[i].ID) < InstanceKey(out[j].Service, out[j].ID)
+	})
+	if err := r.cfg.Store.Save(out); err != nil {
+		return fmt.Errorf("keep registrations on disk: %w", err)
+	}
+	return nil
+}
+
+// RegisterKept is Register for instances that must survive a restart of the
+// node (those registered through the agent API): they are also written to
+// the Store and registered again when the node starts.
+func (r *Registrar) RegisterKept(ctx context.Context, in api.Instance) error {
+	return r.register(ctx, in, true)
 }
 
 // Start runs the lease loop in the background until Close.
@@ -259,7 +321,14 @@ func (r *Registrar) grantAndRegister(ctx context.Context) (clientv3.LeaseID, <-c
 			r.logger.Warn("instance now belongs to another node; no longer registering it", "service", in.Service, "id", in.ID, "err", err)
 			r.mu.Lock()
 			delete(r.desired, InstanceKey(in.Service, in.ID))
+			wasKept := r.kept[InstanceKey(in.Service, in.ID)]
+			delete(r.kept, InstanceKey(in.Service, in.ID))
 			r.mu.Unlock()
+			if wasKept {
+				if err := r.save(); err != nil {
+					r.logger.Warn("could not update the kept registrations", "err", err)
+				}
+			}
 			continue
 		}
 		if err != nil {
@@ -293,6 +362,10 @@ func (r *Registrar) grantAndRegister(ctx context.Context) (clientv3.LeaseID, <-c
 // failed Register is not written again later, and whatever it may have
 // written is removed once the registry answers.
 func (r *Registrar) Register(ctx context.Context, in api.Instance) error {
+	return r.register(ctx, in, false)
+}
+
+func (r *Registrar) register(ctx context.Context, in api.Instance, keep bool) error {
 	in.Node = r.cfg.Node
 	in.Normalize()
 	if err := in.Validate(); err != nil {
@@ -320,7 +393,12 @@ func (r *Registrar) Register(ctx context.Context, in api.Instance) error {
 	r.mu.Lock()
 	r.desired[key] = in
 	delete(r.doubtful, key)
+	wasKept := r.kept[key]
+	r.kept[key] = keep
 	r.mu.Unlock()
+	if keep || wasKept {
+		return r.save()
+	}
 	return nil
 }
 
@@ -399,7 +477,12 @@ func (r *Registrar) Deregister(ctx context.Context, service, id string) error {
 	r.mu.Lock()
 	delete(r.desired, key)
 	delete(r.doubtful, key)
+	wasKept := r.kept[key]
+	delete(r.kept, key)
 	r.mu.Unlock()
+	if wasKept {
+		return r.save()
+	}
 	return nil
 }
 

@@ -58,6 +58,7 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.StringSliceVar(&join, "join", nil, "gossip address (host or host:port) of a node to join; repeatable and comma-separated")
 	f.DurationVar(&cfg.RetryJoinTimeout, "retry-join-timeout", 0, "give up and exit if joining takes longer than this (0: keep trying)")
 	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "form a new cluster once this many nodes with the same value meet through --join (0: the node without --join bootstraps alone)")
+	f.BoolVar(&cfg.ForceNewCluster, "force-new-cluster", false, "restart the member in --data-dir as the only member of a new cluster, keeping its data (after losing a majority; remove the flag afterwards)")
 	f.IntVar(&cfg.MaxVoters, "max-voters", cfg.MaxVoters, "most registry voters (odd); other nodes are spares")
 	f.DurationVar(&cfg.DeadVoterTimeout, "dead-voter-timeout", cfg.DeadVoterTimeout, "how long a voter must be dead before the autopilot replaces it")
 	f.IntVar(&cfg.GossipPort, "gossip-port", cfg.GossipPort, "gossip port (TCP and UDP)")
