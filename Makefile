@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build build-linux test check check-deploy cluster vagrant-up clean
+.PHONY: all build build-linux test check check-deploy cluster bench vagrant-up clean
 
 all: build
 
@@ -23,6 +23,11 @@ check:
 # from Debian's packages when run as root).
 check-deploy: build
 	./scripts/check-deploy.sh
+
+# Lifecycle benchmarks (formation, join, replacement): medians of 5 runs on
+# real node processes, printed as a table. Not part of `make test`.
+bench:
+	./bench/lifecycle.sh
 
 # A static linux/amd64 binary for the VMs.
 build-linux:

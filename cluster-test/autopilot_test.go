@@ -36,7 +36,7 @@ func roles(n *node) (voters, spares []string, err error) {
 	return voters, spares, nil
 }
 
-func waitRoles(t *testing.T, n *node, wantVoters, wantSpares int) {
+func waitRoles(t testing.TB, n *node, wantVoters, wantSpares int) {
 	t.Helper()
 	waitUntil(t, 90*time.Second, fmt.Sprintf("%d voters and %d spares", wantVoters, wantSpares), func() error {
 		v, s, err := roles(n)

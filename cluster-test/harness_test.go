@@ -54,7 +54,7 @@ var subnet atomic.Int32
 
 // cluster is one test's set of node processes.
 type cluster struct {
-	t      *testing.T
+	t      testing.TB
 	prefix string // "127.x.y."
 	dir    string
 
@@ -81,7 +81,7 @@ type node struct {
 	started time.Time
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t testing.TB) *cluster {
 	t.Helper()
 	n := subnet.Add(1)
 	c := &cluster{
@@ -220,7 +220,7 @@ func (c *cluster) cleanup() {
 }
 
 // artifactDir is where a test's logs are kept after it ends.
-func artifactDir(t *testing.T) string {
+func artifactDir(t testing.TB) string {
 	dir := filepath.Join("artifacts", strings.NewReplacer("/", "_", " ", "_").Replace(t.Name()))
 	_ = os.MkdirAll(dir, 0o755)
 	abs, _ := filepath.Abs(dir)
@@ -243,7 +243,7 @@ var httpClient = &http.Client{Timeout: 5 * time.Second}
 
 // waitUntil polls cond every 50ms until it returns nil or timeout passes,
 // and fails the test with cond's last error.
-func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() error) {
+func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()
@@ -333,7 +333,7 @@ func helloFrom(gw string) (string, error) {
 }
 
 // runCLI runs the herd CLI with args and returns its stdout.
-func runCLI(t *testing.T, args ...string) (string, error) {
+func runCLI(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

@@ -12,7 +12,7 @@ import (
 // shipped configuration) and returns it for node n: the unit's environment
 // variables become n's name, address and the cluster's join list, and its
 // data dir n's temporary one. Everything else is used exactly as shipped.
-func unitCommand(t *testing.T, n *node, join string) []string {
+func unitCommand(t testing.TB, n *node, join string) []string {
 	t.Helper()
 	f, err := os.Open(filepath.Join("..", "deploy", "herd.service"))
 	if err != nil {
@@ -47,7 +47,7 @@ func unitCommand(t *testing.T, n *node, join string) []string {
 }
 
 // addFromUnit declares node i running the unit's command line.
-func (c *cluster) addFromUnit(t *testing.T, i int, join string) *node {
+func (c *cluster) addFromUnit(t testing.TB, i int, join string) *node {
 	n := c.add(i)
 	n.Command = unitCommand(t, n, join)
 	return n

@@ -18,7 +18,8 @@ import (
 //     time);
 //  2. removes a voter that has been dead (gossip says dead AND its member
 //     does not answer) for longer than --dead-voter-timeout, if that leaves
-//     at least 3 voters; otherwise it promotes a spare first;
+//     at least 3 voters, or if a spare is there to take its place at once
+//     (etcd refuses to add a member to 3 voters while one is down);
 //  3. designates a spare when voters (dead ones within their timeout
 //     included) are fewer than desired: min(--max-voters, the largest odd
 //     number of healthy nodes);
@@ -166,16 +167,28 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, deadSin
 			delete(deadSince, v.ID)
 			return nil
 		}
-		// Too few voters to remove one first: promote a spare in its
-		// place, the rebuilt node itself if that is who it is.
+		// Fewer than 4 voters. etcd (3.7) refuses to add any member, even
+		// a learner, while a voter of a 3-voter cluster is down (the add
+		// check counts the newcomer as one more voter to reach), so the
+		// dead voter must go first. Do that only when a spare is there to
+		// take its place at once: with none, 3 voters with one dead keep
+		// their quorum, 2 would not tolerate another loss.
 		for _, sp := range spares {
 			if stale[sp.Name] == v.ID {
+				// The rebuilt node removes its own stale member under the
+				// join lock and joins in its place.
 				return n.designateReplacing(ctx, sp, v.ID)
 			}
 		}
 		for _, sp := range spares {
 			if stale[sp.Name] == 0 {
-				return n.designate(ctx, sp, fmt.Sprintf("replacing dead voter %s", v.Name))
+				n.logger.Warn("autopilot: removing a dead voter so that a spare can take its place", "node", v.Name,
+					"member_id", fmt.Sprintf("%x", v.ID), "spare", sp.Name)
+				if err := registry.RemoveMember(ctx, n.client, v.ID); err != nil {
+					return err
+				}
+				delete(deadSince, v.ID)
+				return nil
 			}
 		}
 	}
