@@ -149,6 +149,28 @@ func TestMajorityLossForceNewCluster(t *testing.T) {
 		return nil
 	})
 	waitInstances(t, []*node{n1, n4, n5}, "kept", "k1")
+
+	// The flag acts once: node1 restarted with it still given stays in
+	// the cluster it now shares with node4 and node5.
+	n1.signal(syscall.SIGTERM)
+	if code := n1.wait(60 * time.Second); code != 0 {
+		t.Fatalf("node1 exited %d", code)
+	}
+	n1.start()
+	waitUntil(t, 60*time.Second, "node1 back", n1.ready)
+	if !strings.Contains(n1.logs(), "--force-new-cluster ignored") {
+		t.Error("node1 did not say it ignored the repeated --force-new-cluster")
+	}
+	waitUntil(t, 60*time.Second, "still three voters", func() error {
+		k, err := aliveVoters(n4)
+		if err != nil {
+			return err
+		}
+		if k != 3 {
+			return fmt.Errorf("%d alive voters", k)
+		}
+		return nil
+	})
 }
 
 // A snapshot saved from a running cluster and restored into a fresh one has

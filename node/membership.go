@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"slices"
 	"time"
 
@@ -34,8 +35,16 @@ func (n *Node) startMember(ctx context.Context) error {
 		return fmt.Errorf("--force-new-cluster: %s holds no registry member to restart", mc.Dir)
 	case registry.HasData(mc.Dir):
 		n.logger.Info("data dir holds a registry member: restarting it", "dir", mc.Dir)
+		marker := filepath.Join(n.cfg.DataDir, forcedMarker)
 		if n.cfg.ForceNewCluster {
-			n.logger.Warn("--force-new-cluster: restarting this member as the only member of a new cluster, keeping its data; remove the flag once the cluster is back")
+			if _, err := os.Stat(marker); err == nil {
+				// Forcing again would drop every member that joined since:
+				// a flag left in a unit file must not do that on a restart.
+				n.logger.Warn("--force-new-cluster ignored: this data dir was already forced into a new cluster; delete the marker to force again", "marker", marker)
+				mc.ForceNewCluster = false
+			} else {
+				n.logger.Warn("--force-new-cluster: restarting this member as the only member of a new cluster, keeping its data")
+			}
 		}
 		// Join flags and the peers seen last time only help a restarted
 		// member find its peers' gossip; failing to reach them is not
@@ -44,6 +53,11 @@ func (n *Node) startMember(ctx context.Context) error {
 			n.goBackground(func(ctx context.Context) { _ = n.joinGossip(ctx, addrs, time.Time{}) })
 		}
 		m, err = registry.Restart(ctx, mc)
+		if err == nil && mc.ForceNewCluster {
+			if werr := os.WriteFile(marker, []byte(fmt.Sprintf("%x\n", m.ID())), 0o600); werr != nil {
+				n.logger.Warn("could not record the forced new cluster", "err", werr)
+			}
+		}
 		if errors.Is(err, registry.ErrMemberStopped) {
 			n.logger.Warn("the restarted member stopped at once; checking whether the cluster removed it")
 			if rerr := n.clearIfRemoved(ctx); rerr != nil {
@@ -67,6 +81,9 @@ func (n *Node) startMember(ctx context.Context) error {
 	}
 	return nil
 }
+
+// forcedMarker records in the data dir that --force-new-cluster was applied.
+const forcedMarker = "forced-new-cluster"
 
 // setMember makes m the node's member and watches it.
 func (n *Node) setMember(m *registry.Member) {
