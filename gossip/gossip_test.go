@@ -164,3 +164,54 @@ func TestNormalizeAddr(t *testing.T) {
 		}
 	}
 }
+
+// Close returns while packets keep arriving: the transport must drain what
+// its listeners receive until they have stopped.
+func TestCloseUnderPacketFlood(t *testing.T) {
+	for range 50 {
+		g := startNode(t, "flooded")
+		conn, err := net.Dial("udp", g.LocalAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		stop := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			junk := []byte("not a memberlist packet")
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+					_, _ = conn.Write(junk)
+				}
+			}
+		}()
+		// Close only once packets are flowing through the transport.
+		from := conn.LocalAddr().String()
+		deadline := time.Now().Add(5 * time.Second)
+		for {
+			g.mu.Lock()
+			_, flowing := g.heard[from]
+			g.mu.Unlock()
+			if flowing {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("no packet reached the transport")
+			}
+			<-time.After(time.Millisecond)
+		}
+		closed := make(chan error, 1)
+		go func() { closed <- g.Close() }()
+		select {
+		case <-closed:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Close hung while packets were arriving")
+		}
+		close(stop)
+		<-done
+		conn.Close()
+	}
+}

@@ -15,6 +15,10 @@ type observingTransport struct {
 	packets chan *memberlist.Packet
 	heard   func(addr string, at time.Time)
 
+	// draining is closed when Shutdown begins: packets are then read and
+	// dropped, so the listeners never block on a full channel while
+	// NetTransport.Shutdown waits for them.
+	draining chan struct{}
 	stop     chan struct{}
 	stopOnce sync.Once
 	wg       sync.WaitGroup
@@ -25,6 +29,7 @@ func newObservingTransport(nt *memberlist.NetTransport, heard func(string, time.
 		NetTransport: nt,
 		packets:      make(chan *memberlist.Packet),
 		heard:        heard,
+		draining:     make(chan struct{}),
 		stop:         make(chan struct{}),
 	}
 	t.wg.Add(1)
@@ -44,6 +49,7 @@ func (t *observingTransport) forward() {
 			t.heard(p.From.String(), p.Timestamp)
 			select {
 			case t.packets <- p:
+			case <-t.draining:
 			case <-t.stop:
 				return
 			}
@@ -56,11 +62,18 @@ func (t *observingTransport) forward() {
 // PacketCh implements memberlist.Transport.
 func (t *observingTransport) PacketCh() <-chan *memberlist.Packet { return t.packets }
 
-// Shutdown implements memberlist.Transport.
+// Shutdown implements memberlist.Transport. memberlist stops reading
+// packets before it calls this, and NetTransport.Shutdown waits for its
+// listeners, which may be sending a packet: so packets are drained (and
+// dropped) until the listeners are gone, and only then does forward stop.
 func (t *observingTransport) Shutdown() error {
-	t.stopOnce.Do(func() { close(t.stop) })
-	err := t.NetTransport.Shutdown()
-	t.wg.Wait()
+	var err error
+	t.stopOnce.Do(func() {
+		close(t.draining)
+		err = t.NetTransport.Shutdown()
+		close(t.stop)
+		t.wg.Wait()
+	})
 	return err
 }
 

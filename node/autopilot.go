@@ -23,15 +23,18 @@ import (
 //  3. designates a spare when voters (dead ones within their timeout
 //     included) are fewer than desired: min(--max-voters, the largest odd
 //     number of healthy nodes);
-//  4. turns a voter back into a spare when there are more voters than
-//     desired, every voter is healthy and at least 3 remain (an even count,
-//     or one over --max-voters).
+//  4. turns a voter back into a spare when there have been more voters than
+//     desired for a while, every voter is alive and at least 3 remain (an
+//     even count, or one over --max-voters).
+//
+// It also removes a learner that sits with no designation pending (its
+// joiner died mid-join), which would block every later join.
 //
 // A kill or reboot that ends within the timeout changes nothing.
 func (n *Node) autopilot(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
-	deadSince := map[uint64]time.Time{}
+	st := newAutopilotState()
 	for {
 		select {
 		case <-ctx.Done():
@@ -40,14 +43,47 @@ func (n *Node) autopilot(ctx context.Context) {
 		}
 		m := n.member.Load()
 		if m == nil || m.IsLearner() || m.LeaderID() != m.ID() {
-			clear(deadSince)
+			st = newAutopilotState() // a new leader starts from scratch
 			continue
 		}
-		if err := n.autopilotStep(ctx, m, deadSince); err != nil && ctx.Err() == nil {
+		if err := n.autopilotStep(ctx, m, st); err != nil && ctx.Err() == nil {
 			n.logger.Warn("autopilot", "err", err)
 		}
 	}
 }
+
+// autopilotState is what the leader remembers between steps.
+type autopilotState struct {
+	// deadSince is when each voter was first seen dead.
+	deadSince map[uint64]time.Time
+	// learnerSince is when each learner was first seen with no
+	// designation pending.
+	learnerSince map[uint64]time.Time
+	// failed holds spares (by node ID) whose designation did not end in a
+	// promotion, and when; they are tried last for a while.
+	failed map[string]time.Time
+	// overSince is since when there have been more voters than desired.
+	overSince time.Time
+}
+
+func newAutopilotState() *autopilotState {
+	return &autopilotState{deadSince: map[uint64]time.Time{}, learnerSince: map[uint64]time.Time{}, failed: map[string]time.Time{}}
+}
+
+// Timings of the autopilot's patience.
+const (
+	// learnerGrace is how long a learner may sit with no designation
+	// pending (its joiner died mid-join) before it is removed: it would
+	// block every later join.
+	learnerGrace = 30 * time.Second
+	// demoteAfter is how long voters must have been over the desired count
+	// before one is turned into a spare, so a brief suspicion of one node
+	// does not churn the membership.
+	demoteAfter = 30 * time.Second
+	// failedBackoff is how long a spare whose promotion failed is passed
+	// over in favour of others.
+	failedBackoff = 5 * time.Minute
+)
 
 // desiredVoters is min(maxVoters, the largest odd number <= healthy).
 func desiredVoters(maxVoters, healthy int) int {
@@ -58,7 +94,8 @@ func desiredVoters(maxVoters, healthy int) int {
 	return max(d, 1)
 }
 
-func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, deadSince map[uint64]time.Time) error {
+func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, st *autopilotState) error {
+	deadSince := st.deadSince
 	if !registry.HasQuorum(ctx, n.client) {
 		return nil // never act without quorum
 	}
@@ -70,17 +107,18 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, deadSin
 	healthy := 0
 	for _, g := range n.gossip.Nodes() {
 		view[g.Name] = g
-		if g.Status == gossip.StatusAlive {
+		// A suspect node is not counted out: suspicion alone must not
+		// shrink the desired voter count.
+		if g.Status == gossip.StatusAlive || g.Status == gossip.StatusSuspect {
 			healthy++
 		}
 	}
 	inRegistry := map[string]bool{}
-	var voters []registry.MemberInfo
-	learners := 0
+	var voters, learners []registry.MemberInfo
 	for _, mem := range members {
 		inRegistry[mem.Name] = true
 		if mem.IsLearner {
-			learners++
+			learners = append(learners, mem)
 			continue
 		}
 		voters = append(voters, mem)
@@ -91,13 +129,14 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, deadSin
 	// answering on their client URL.
 	var expired []registry.MemberInfo
 	stale := map[string]uint64{} // rebuilt node name -> its old member
-	alive := map[uint64]bool{}
 	for _, v := range voters {
 		g, known := view[v.Name]
-		if known && g.Status == gossip.StatusAlive && g.Meta.Role == api.RoleSpare && v.ID != self.ID() {
-			// The node of this name is alive and runs no member: it was
-			// rebuilt with new data and its old member will never come
-			// back. No need to wait for the timeout.
+		if known && g.Status == gossip.StatusAlive && g.Meta.Role == api.RoleSpare && v.ID != self.ID() &&
+			!(len(v.ClientURLs) > 0 && registry.Reachable(ctx, n.client, v.ClientURLs[0], time.Second)) {
+			// The node of this name is alive, runs no member, and the
+			// member does not answer: the node was rebuilt with new data
+			// and its old member will never come back. (A spare promoted a
+			// moment ago still gossips "spare", but its member answers.)
 			stale[v.Name] = v.ID
 			expired = append(expired, v)
 			continue
@@ -105,9 +144,6 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, deadSin
 		gone := !known || g.Status == gossip.StatusDead || g.Status == gossip.StatusLeft
 		if v.ID == self.ID() || !gone || (len(v.ClientURLs) > 0 && registry.Reachable(ctx, n.client, v.ClientURLs[0], time.Second)) {
 			delete(deadSince, v.ID)
-			if !gone {
-				alive[v.ID] = true
-			}
 			continue
 		}
 		since, seen := deadSince[v.ID]
@@ -132,7 +168,20 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, deadSin
 			spares = append(spares, g)
 		}
 	}
-	slices.SortFunc(spares, func(a, b gossip.Node) int { return cmpString(a.Name, b.Name) })
+	// Spares whose promotion failed lately come last; then by name.
+	recentlyFailed := func(g gossip.Node) bool {
+		at, ok := st.failed[g.Meta.ID]
+		return ok && time.Since(at) < failedBackoff
+	}
+	slices.SortFunc(spares, func(a, b gossip.Node) int {
+		if fa, fb := recentlyFailed(a), recentlyFailed(b); fa != fb {
+			if fa {
+				return 1
+			}
+			return -1
+		}
+		return cmpString(a.Name, b.Name)
+	})
 	desired := desiredVoters(n.cfg.MaxVoters, healthy)
 
 	// 1. One designation at a time.
@@ -148,13 +197,30 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, deadSin
 			return registry.ClearDesignation(ctx, n.client, rev)
 		case !ok || g.Status != gossip.StatusAlive || g.Meta.ID != d.ID || time.Since(d.At) > 2*time.Minute:
 			n.logger.Warn("autopilot: the designated spare did not join; choosing again", "node", d.Name)
+			st.failed[d.ID] = time.Now()
 			return registry.ClearDesignation(ctx, n.client, rev)
 		}
+		clear(st.learnerSince)
 		return nil
 	}
-	if learners > 0 {
-		return nil // a join is in progress
+	if len(learners) > 0 {
+		// No designation is pending, so no join should be under way: a
+		// learner left by a joiner that died would block every later join.
+		for _, l := range learners {
+			since, seen := st.learnerSince[l.ID]
+			if !seen {
+				st.learnerSince[l.ID] = time.Now()
+				continue
+			}
+			if time.Since(since) > learnerGrace {
+				n.logger.Warn("autopilot: removing a learner left by an interrupted join", "node", l.Name, "member_id", fmt.Sprintf("%x", l.ID))
+				delete(st.learnerSince, l.ID)
+				return registry.RemoveMember(ctx, n.client, l.ID)
+			}
+		}
+		return nil // a join may still be finishing
 	}
+	clear(st.learnerSince)
 
 	// 2. Replace dead voters.
 	for _, v := range expired {
@@ -205,7 +271,21 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, deadSin
 
 	// 4. Keep the count odd and under --max-voters, by turning a healthy
 	// voter (not this leader) back into a spare.
-	if len(voters) > desired && len(voters)-1 >= 3 && len(alive) == len(voters) && len(expired) == 0 {
+	allAlive := len(expired) == 0
+	for _, v := range voters {
+		if g, ok := view[v.Name]; !ok || g.Status != gossip.StatusAlive {
+			allAlive = false
+		}
+	}
+	if !(len(voters) > desired && len(voters)-1 >= 3 && allAlive) {
+		st.overSince = time.Time{}
+		return nil
+	}
+	if st.overSince.IsZero() {
+		st.overSince = time.Now()
+	}
+	if time.Since(st.overSince) > demoteAfter {
+		st.overSince = time.Time{}
 		for i := len(voters) - 1; i >= 0; i-- {
 			v := voters[i]
 			if v.ID == self.ID() {

@@ -61,6 +61,13 @@ func (n *Node) bootstrapExpect(ctx context.Context, mc registry.MemberConfig) (*
 			if err := n.dir.saveProposal(d.proposal); err != nil {
 				return nil, fmt.Errorf("--data-dir: record the bootstrap proposal: %w", err)
 			}
+			// Gossip the proposal before starting, so that the founders
+			// still deciding see this one agree.
+			p := d.proposal
+			n.bootstrapProposal.Store(&p)
+			if err := n.gossip.SetMeta(n.meta("")); err != nil {
+				n.logger.Warn("could not gossip the bootstrap proposal", "err", err)
+			}
 			return registry.BootstrapCluster(ctx, mc, d.initial, "herd-"+d.proposal)
 		case actionJoin:
 			n.logger.Info("bootstrap: a cluster has already formed; joining it as a spare", "formed_by", d.names)
@@ -144,16 +151,7 @@ func (n *Node) bootstrapDecision(want int) (decision, error) {
 	proposal := hex.EncodeToString(sum[:8])
 
 	if len(formed) > 0 {
-		var formedNames []string
-		for _, f := range formed {
-			formedNames = append(formedNames, f.Name)
-			if f.Meta.Proposal == proposal && len(cands) == want {
-				// A founder of the cluster this node proposed started
-				// first: this node is a founder too.
-				return decision{action: actionStart, proposal: proposal, initial: initial, names: names}, nil
-			}
-		}
-		return decision{action: actionJoin, names: formedNames}, nil
+		return n.lateFounder(formed)
 	}
 	switch {
 	case len(cands) < want:
@@ -168,4 +166,73 @@ func (n *Node) bootstrapDecision(want int) (decision, error) {
 		}
 	}
 	return decision{action: actionStart, proposal: proposal, initial: initial, names: names}, nil
+}
+
+// lateFounder decides, once a cluster has formed, whether this node is one
+// of its founders that has not started yet, from the registry's own member
+// list (not from gossip, which may have changed since the founders agreed):
+//   - a member with this node's peer URL that never started: this node is
+//     that founder and starts with the cluster's initial membership;
+//   - a started member with this node's peer URL: this node was rebuilt with
+//     new data; it joins as a spare and replaces its stale member;
+//   - no such member: the cluster formed without this node; it joins as a
+//     spare.
+func (n *Node) lateFounder(formed []gossip.Node) (decision, error) {
+	var names []string
+	var urls []string
+	for _, f := range formed {
+		names = append(names, f.Name)
+		urls = append(urls, f.Meta.ClientURL)
+	}
+	cli, err := registry.NewClient(urls, n.logger)
+	if err != nil {
+		return decision{}, err
+	}
+	defer cli.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	members, _, err := registry.Members(ctx, cli)
+	if err != nil {
+		return decision{names: names, reason: "a cluster has formed but its member list cannot be read yet: " + err.Error()}, nil
+	}
+	mc := n.memberConfig()
+	peerURL := mc.PeerURL()
+	byPeer := map[string]string{}
+	for _, g := range n.gossip.Nodes() {
+		byPeer[g.Meta.PeerURL] = g.Name
+	}
+	var mine *registry.MemberInfo
+	var parts []string
+	for i, m := range members {
+		name := m.Name
+		if slices.Contains(m.PeerURLs, peerURL) {
+			mine = &members[i]
+			if name == "" {
+				name = n.cfg.Name
+			}
+		}
+		if name == "" && len(m.PeerURLs) > 0 {
+			name = byPeer[m.PeerURLs[0]]
+		}
+		if name == "" {
+			return decision{names: names, reason: "waiting to learn the name of founder " + strings.Join(m.PeerURLs, ",")}, nil
+		}
+		for _, u := range m.PeerURLs {
+			parts = append(parts, name+"="+u)
+		}
+	}
+	if mine == nil || mine.Name != "" {
+		return decision{action: actionJoin, names: names}, nil
+	}
+	token := ""
+	for _, f := range formed {
+		if f.Meta.Proposal != "" {
+			token = f.Meta.Proposal
+			break
+		}
+	}
+	if token == "" {
+		return decision{names: names, reason: "waiting for the founders' proposal"}, nil
+	}
+	return decision{action: actionStart, proposal: token, initial: strings.Join(parts, ","), names: names}, nil
 }

@@ -189,5 +189,14 @@ func (s instanceStore) Save(ins []api.Instance) error {
 		os.Remove(f.Name())
 		return err
 	}
-	return os.Rename(f.Name(), p)
+	if err := os.Rename(f.Name(), p); err != nil {
+		return err
+	}
+	// And the rename itself made durable.
+	dir, err := os.Open(s.d.path)
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync()
 }

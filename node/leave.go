@@ -60,14 +60,24 @@ func (n *Node) Leave(ctx context.Context) error {
 		}
 	}
 	if err := n.registrar.Close(ctx); err != nil {
+		n.fail(fmt.Errorf("leave: could not deregister this node's services (%w); stopping, the node registers them again when restarted", err))
+		undo = false
 		return fmt.Errorf("deregister this node's services: %w", err)
+	}
+	// From here on the lease is gone: a failure stops the node (a restart
+	// registers its services again) rather than leave it running without.
+	fail := func(err error) error {
+		undo = false
+		n.leaving.Store(false)
+		n.fail(fmt.Errorf("leave failed after deregistering this node's services; stopping: %w", err))
+		return err
 	}
 	if m != nil && len(others) > 0 {
 		if m.LeaderID() == m.ID() {
 			for _, o := range others {
 				if len(o.ClientURLs) > 0 && registry.Reachable(ctx, n.client, o.ClientURLs[0], time.Second) {
 					if err := registry.MoveLeader(ctx, n.client, o.ID); err != nil {
-						return err
+						return fail(err)
 					}
 					n.logger.Info("leave: handed the registry leadership over", "to", o.Name)
 					break
@@ -75,7 +85,7 @@ func (n *Node) Leave(ctx context.Context) error {
 			}
 		}
 		if err := registry.RemoveMember(ctx, n.client, m.ID()); err != nil {
-			return err
+			return fail(err)
 		}
 		n.logger.Info("leave: removed this node's member from the registry")
 	}

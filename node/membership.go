@@ -85,12 +85,29 @@ func (n *Node) startMember(ctx context.Context) error {
 // forcedMarker records in the data dir that --force-new-cluster was applied.
 const forcedMarker = "forced-new-cluster"
 
-// setMember makes m the node's member and watches it.
+// clearMemberData removes the member's data and what belongs to it (the
+// forced-new-cluster marker): the member is gone for good.
+func (n *Node) clearMemberData() error {
+	if err := os.RemoveAll(n.cfg.etcdDir()); err != nil {
+		return err
+	}
+	if err := os.Remove(filepath.Join(n.cfg.DataDir, forcedMarker)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// setMember makes m the node's member and gossips its URLs. watchMember
+// must follow once the registry client exists.
 func (n *Node) setMember(m *registry.Member) {
 	n.member.Store(m)
 	if err := n.gossip.SetMeta(n.meta(n.role())); err != nil {
 		n.logger.Warn("could not gossip the registry URLs", "err", err)
 	}
+}
+
+// watchMember handles m stopping by itself.
+func (n *Node) watchMember(m *registry.Member) {
 	n.goBackground(func(ctx context.Context) {
 		select {
 		case err := <-m.Err():
@@ -143,20 +160,32 @@ func (n *Node) memberStopped(ctx context.Context, m *registry.Member, err error)
 func (n *Node) clearIfRemoved(ctx context.Context) error {
 	mc := n.memberConfig()
 	peerURL := mc.PeerURL()
+	var stillListed time.Time
 	for {
 		if voters := n.memberClientURLs(); len(voters) > 0 {
 			cli, err := registry.NewClient(voters, n.logger)
 			if err == nil {
-				list, _, lerr := registry.Members(ctx, cli)
+				// Linearizable: a lagging follower's view must not decide
+				// whether this node's data is wiped.
+				list, lerr := registry.MembersLinearizable(ctx, cli)
 				cli.Close()
 				if lerr == nil {
+					listed := false
 					for _, m := range list {
 						if slices.Contains(m.PeerURLs, peerURL) {
-							return fmt.Errorf("the registry still lists member %x for this node", m.ID)
+							listed = true
+							if stillListed.IsZero() {
+								stillListed = time.Now()
+							}
+							if time.Since(stillListed) > 15*time.Second {
+								return fmt.Errorf("the registry still lists member %x for this node", m.ID)
+							}
 						}
 					}
-					n.logger.Warn("the registry no longer lists this node's member: clearing its member data", "dir", n.cfg.etcdDir())
-					return os.RemoveAll(n.cfg.etcdDir())
+					if !listed {
+						n.logger.Warn("the registry no longer lists this node's member: clearing its member data", "dir", n.cfg.etcdDir())
+						return n.clearMemberData()
+					}
 				}
 			}
 		}
@@ -305,6 +334,7 @@ func (n *Node) joinIfDesignated(ctx context.Context) {
 		}
 	}
 	n.setMember(m)
+	n.watchMember(m)
 	n.useVoters()
 	n.logger.Info("this node is now a registry voter", "member_id", fmt.Sprintf("%x", m.ID()))
 }

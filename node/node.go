@@ -173,6 +173,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if n.client, err = registry.NewClient(n.registryEndpoints(), n.logger); err != nil {
 		return err
 	}
+	if m := n.member.Load(); m != nil {
+		n.watchMember(m)
+	}
 	rcfg := registry.DefaultRegistrarConfig(cfg.Name)
 	rcfg.Logger = n.logger
 	rcfg.Store = instanceStore{n.dir}
@@ -354,8 +357,8 @@ func (n *Node) recordPeers(ctx context.Context) {
 //     and peers stop routing here at once;
 //  3. after DrainDelay (peers' catalogs catch up), the gateway stops
 //     accepting and drains its in-flight requests, then the service host;
-//  4. background work stops; the catalog, the registry client and the API
-//     server close;
+//  4. background work stops and is waited for; the catalog, the API server
+//     and the registry client close;
 //  5. the node leaves gossip (peers see it as left, not dead);
 //  6. the registry member stops (a leader hands leadership over first).
 //     Raft membership is not changed;
@@ -406,6 +409,9 @@ func (n *Node) close(ctx context.Context) error {
 	} else if n.apiLn != nil {
 		n.apiLn.Close()
 	}
+	// Background work (role, autopilot, joins) uses the client and gossip:
+	// it ends before they close.
+	n.bg.Wait()
 	if n.client != nil {
 		n.client.Close()
 	}
@@ -421,13 +427,12 @@ func (n *Node) close(ctx context.Context) error {
 			errs = append(errs, err)
 		}
 	}
-	n.bg.Wait()
 	if m := n.member.Load(); m != nil {
 		m.Close()
 	}
 	if n.leaving.Load() {
 		// The member was removed: its data can never be used again.
-		if err := os.RemoveAll(n.cfg.etcdDir()); err != nil {
+		if err := n.clearMemberData(); err != nil {
 			errs = append(errs, fmt.Errorf("clear member data: %w", err))
 		}
 		n.logger.Info("left the cluster; member data cleared")

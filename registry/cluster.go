@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/etcdserverpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -27,10 +28,7 @@ func Members(ctx context.Context, cli *clientv3.Client) ([]MemberInfo, uint64, e
 	if err != nil {
 		return nil, 0, fmt.Errorf("list registry members: %w", unavailable(err))
 	}
-	out := make([]MemberInfo, 0, len(resp.Members))
-	for _, m := range resp.Members {
-		out = append(out, MemberInfo{ID: m.ID, Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, IsLearner: m.IsLearner})
-	}
+	out := toInfo(resp.Members)
 	var leader uint64
 	for _, ep := range cli.Endpoints() {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)
@@ -42,4 +40,22 @@ func Members(ctx context.Context, cli *clientv3.Client) ([]MemberInfo, uint64, e
 		}
 	}
 	return out, leader, nil
+}
+
+// MembersLinearizable lists the registry members as the leader has them
+// (it needs quorum).
+func MembersLinearizable(ctx context.Context, cli *clientv3.Client) ([]MemberInfo, error) {
+	ms, err := listMembers(ctx, cli)
+	if err != nil {
+		return nil, fmt.Errorf("list registry members: %w", unavailable(err))
+	}
+	return toInfo(ms), nil
+}
+
+func toInfo(ms []*etcdserverpb.Member) []MemberInfo {
+	out := make([]MemberInfo, 0, len(ms))
+	for _, m := range ms {
+		out = append(out, MemberInfo{ID: m.ID, Name: m.Name, PeerURLs: m.PeerURLs, ClientURLs: m.ClientURLs, IsLearner: m.IsLearner})
+	}
+	return out
 }

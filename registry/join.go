@@ -129,6 +129,17 @@ attempt:
 			case m.Name == cfg.Name && !slices.Contains(m.PeerURLs, peerURL):
 				return 0, "", fmt.Errorf("join: member %q (id %x, peer %s): %w; if that node was rebuilt, remove its old member first",
 					m.Name, m.ID, strings.Join(m.PeerURLs, ","), ErrNameTaken)
+			case m.Name == cfg.Name && m.IsLearner:
+				// This node's own learner from a join that stopped before
+				// promotion, and whose data is gone: it must not be started
+				// again from an empty dir. Remove it and add a new one.
+				if _, err := withTimeout(ctx, 5*time.Second, func(c context.Context) (*clientv3.MemberRemoveResponse, error) {
+					return cli.MemberRemove(c, m.ID)
+				}); err != nil && !errors.Is(err, rpctypes.ErrMemberNotFound) {
+					return 0, "", fmt.Errorf("join: remove this node's earlier learner %x: %w", m.ID, err)
+				}
+				cfg.log().Info("removed this node's learner from an earlier join whose data is gone", "member_id", fmt.Sprintf("%x", m.ID))
+				continue attempt
 			case m.Name == cfg.Name:
 				return 0, "", fmt.Errorf("join: member %q (id %x) already exists with this peer URL but this node has no data: %w; remove the old member first",
 					m.Name, m.ID, ErrNameTaken)

@@ -12,13 +12,15 @@ import (
 )
 
 // Snapshot streams a snapshot of the whole registry from a member cli
-// reaches. The caller closes the reader; cancelling ctx aborts the stream.
+// reaches that has a leader (a partitioned member would serve old data).
+// Errors of the member come back here, before any byte is streamed. The
+// caller closes the reader; cancelling ctx aborts the stream.
 func Snapshot(ctx context.Context, cli *clientv3.Client) (io.ReadCloser, error) {
-	rc, err := cli.Snapshot(ctx)
+	resp, err := cli.SnapshotWithVersion(clientv3.WithRequireLeader(ctx))
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", unavailable(err))
 	}
-	return rc, nil
+	return resp.Snapshot, nil
 }
 
 // RestoreSnapshot makes cfg.Dir a new one-member registry holding the data

@@ -132,7 +132,14 @@ func runAgent(cfg node.Config, logger *slog.Logger) error {
 	case sig := <-sigs:
 		logger.Info("signal received while starting; stopping", "signal", sig.String())
 		cancel()
-		if err := <-started; err != nil && !errors.Is(err, context.Canceled) {
+		err := <-started
+		if err == nil {
+			// Start finished first: stop gracefully all the same.
+			stopCtx, stopCancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer stopCancel()
+			return n.Close(stopCtx)
+		}
+		if !errors.Is(err, context.Canceled) {
 			return err
 		}
 		return nil
