@@ -28,22 +28,7 @@ func formCluster(t *testing.T) (*cluster, []*node) {
 	for _, n := range nodes {
 		waitUntil(t, 60*time.Second, n.Name+" ready", n.ready)
 	}
-	waitUntil(t, 30*time.Second, "every gateway routing to all three nodes", func() error {
-		for _, gw := range nodes {
-			seen := map[string]bool{}
-			for range 6 {
-				from, err := helloFrom(gw.gateway())
-				if err != nil {
-					return err
-				}
-				seen[from] = true
-			}
-			if len(seen) != 3 {
-				return fmt.Errorf("%s's gateway reached only %v", gw.Name, seen)
-			}
-		}
-		return nil
-	})
+	waitUntil(t, 30*time.Second, "every gateway routing to all three nodes", func() error { return allGatewaysRouteToAll(nodes) })
 	t.Logf("three nodes formed: %s from process start to all three gateways routing to all three nodes", time.Since(start).Round(time.Millisecond))
 	// node2 and node3 joined as spares; the autopilot promotes them.
 	waitUntil(t, 30*time.Second, "three voters", func() error {
@@ -215,20 +200,7 @@ func TestThreeNodeCluster(t *testing.T) {
 		if err := threeVoters(m); err != nil {
 			return err
 		}
-		for _, gw := range nodes {
-			seen := map[string]bool{}
-			for range 6 {
-				from, err := helloFrom(gw.gateway())
-				if err != nil {
-					return err
-				}
-				seen[from] = true
-			}
-			if len(seen) != 3 {
-				return fmt.Errorf("%s's gateway reaches %v", gw.Name, seen)
-			}
-		}
-		return nil
+		return allGatewaysRouteToAll(nodes)
 	})
 }
 

@@ -392,3 +392,22 @@ func columnStarts(out string, header []string) []int {
 
 // execHerd returns a command running the herd binary with args.
 func execHerd(args ...string) *exec.Cmd { return exec.Command(herdBin, args...) }
+
+// allGatewaysRouteToAll reports whether every node's gateway reaches every
+// node's hello instance.
+func allGatewaysRouteToAll(nodes []*node) error {
+	for _, gw := range nodes {
+		seen := map[string]bool{}
+		for range 2 * len(nodes) {
+			from, err := helloFrom(gw.gateway())
+			if err != nil {
+				return err
+			}
+			seen[from] = true
+		}
+		if len(seen) != len(nodes) {
+			return fmt.Errorf("%s reaches %v", gw.Name, seen)
+		}
+	}
+	return nil
+}

@@ -22,25 +22,6 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
-// allGatewaysRouteToAll reports whether every node's gateway reaches every
-// node's hello instance.
-func allGatewaysRouteToAll(nodes []*node) error {
-	for _, gw := range nodes {
-		seen := map[string]bool{}
-		for range 2 * len(nodes) {
-			from, err := helloFrom(gw.gateway())
-			if err != nil {
-				return err
-			}
-			seen[from] = true
-		}
-		if len(seen) != len(nodes) {
-			return fmt.Errorf("%s reaches %v", gw.Name, seen)
-		}
-	}
-	return nil
-}
-
 // Formation: three nodes started at once with the unit's command line, to
 // all three gateways routing to all three nodes. Goal: under 3 s.
 func BenchmarkFormation(b *testing.B) {

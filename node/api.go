@@ -226,17 +226,27 @@ func writeRegistryError(w http.ResponseWriter, err error) {
 	}
 }
 
+// instancePath reads and checks {name} and {id} of an instance path,
+// answering 400 when either is not a DNS label.
+func instancePath(w http.ResponseWriter, r *http.Request) (name, id string, ok bool) {
+	name, id = r.PathValue("name"), r.PathValue("id")
+	if err := api.ValidateName("service", name); err != nil {
+		writeFieldError(w, err)
+		return "", "", false
+	}
+	if err := api.ValidateName("id", id); err != nil {
+		writeFieldError(w, err)
+		return "", "", false
+	}
+	return name, id, true
+}
+
 func (s *apiServer) register(w http.ResponseWriter, r *http.Request) {
 	if !s.running(w) {
 		return
 	}
-	name, id := r.PathValue("name"), r.PathValue("id")
-	if err := api.ValidateName("service", name); err != nil {
-		writeFieldError(w, err)
-		return
-	}
-	if err := api.ValidateName("id", id); err != nil {
-		writeFieldError(w, err)
+	name, id, ok := instancePath(w, r)
+	if !ok {
 		return
 	}
 	var req api.RegisterRequest
@@ -286,13 +296,8 @@ func (s *apiServer) deregister(w http.ResponseWriter, r *http.Request) {
 	if !s.running(w) {
 		return
 	}
-	name, id := r.PathValue("name"), r.PathValue("id")
-	if err := api.ValidateName("service", name); err != nil {
-		writeFieldError(w, err)
-		return
-	}
-	if err := api.ValidateName("id", id); err != nil {
-		writeFieldError(w, err)
+	name, id, ok := instancePath(w, r)
+	if !ok {
 		return
 	}
 	if err := s.n.registrar.Deregister(r.Context(), name, id); err != nil {

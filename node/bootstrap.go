@@ -32,13 +32,8 @@ var ErrExpectMismatch = errors.New("mismatched --bootstrap-expect")
 // extras after formation.
 func (n *Node) bootstrapExpect(ctx context.Context, mc registry.MemberConfig) (*registry.Member, error) {
 	want := n.cfg.BootstrapExpect
-	var deadline time.Time
-	if n.cfg.RetryJoinTimeout > 0 {
-		deadline = time.Now().Add(n.cfg.RetryJoinTimeout)
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
-	}
+	ctx, deadline, cancel := n.joinDeadline(ctx)
+	defer cancel()
 	// Gossip joins go on in the background: the nodes named in --join may
 	// come up in any order.
 	joinCtx, stopJoin := context.WithCancel(ctx)

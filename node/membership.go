@@ -199,17 +199,23 @@ func (n *Node) clearIfRemoved(ctx context.Context) error {
 // whose client URL the node can use, retrying with jittered backoff until
 // --retry-join-timeout (forever when zero).
 func (n *Node) joinAsSpare(ctx context.Context) error {
-	var deadline time.Time
-	if n.cfg.RetryJoinTimeout > 0 {
-		deadline = time.Now().Add(n.cfg.RetryJoinTimeout)
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithDeadline(ctx, deadline)
-		defer cancel()
-	}
+	ctx, deadline, cancel := n.joinDeadline(ctx)
+	defer cancel()
 	if err := n.joinGossip(ctx, n.cfg.Join, deadline); err != nil {
 		return err
 	}
 	return n.waitForVoters(ctx, deadline)
+}
+
+// joinDeadline bounds ctx by --retry-join-timeout, when set, and returns
+// the deadline (zero when none).
+func (n *Node) joinDeadline(ctx context.Context) (context.Context, time.Time, context.CancelFunc) {
+	if n.cfg.RetryJoinTimeout <= 0 {
+		return ctx, time.Time{}, func() {}
+	}
+	deadline := time.Now().Add(n.cfg.RetryJoinTimeout)
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	return ctx, deadline, cancel
 }
 
 // waitForVoters waits until gossip shows a registry voter.
