@@ -267,7 +267,13 @@ func startMember(ctx context.Context, cfg MemberConfig, mode startMode, initialC
 	m := &Member{cfg: cfg, etcd: e, logger: logger, quiet: quiet, errc: make(chan error, 1), done: make(chan struct{})}
 	go m.watchErrors()
 
-	timer := time.NewTimer(cfg.ReadyTimeout)
+	wait := cfg.ReadyTimeout
+	if mode == modeExisting {
+		// A learner is ready once it has caught up with the leader's log,
+		// which takes longer than a restart on a large registry.
+		wait = max(wait, time.Minute)
+	}
+	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {
 	case <-e.Server.ReadyNotify():
@@ -278,7 +284,7 @@ func startMember(ctx context.Context, cfg MemberConfig, mode startMode, initialC
 	case <-timer.C:
 		if mode == modeExisting {
 			m.Close()
-			return nil, fmt.Errorf("registry member not ready after %s", cfg.ReadyTimeout)
+			return nil, fmt.Errorf("registry member not ready after %s", wait)
 		}
 		logger.Warn("registry member is not ready yet (no quorum?); carrying on and waiting in the background", "after", cfg.ReadyTimeout)
 	case <-ctx.Done():

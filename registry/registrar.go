@@ -38,6 +38,10 @@ type RegistrarConfig struct {
 	Store Store
 }
 
+// ErrNotKept: the registration is in the registry, but could not be written
+// to the Store, so it will not be registered again after a restart.
+var ErrNotKept = errors.New("registered, but could not be kept on disk for restarts")
+
 // Store keeps a node's registrations on disk. Save replaces what Load
 // returns; both are called with the registrar's write lock held.
 type Store interface {
@@ -162,7 +166,7 @@ func (r *Registrar) save() error {
 		return InstanceKey(out[i].Service, out[i].ID) < InstanceKey(out[j].Service, out[j].ID)
 	})
 	if err := r.cfg.Store.Save(out); err != nil {
-		return fmt.Errorf("keep registrations on disk: %w", err)
+		return fmt.Errorf("%w: %w", ErrNotKept, err)
 	}
 	return nil
 }
