@@ -332,3 +332,31 @@ func TestStartInAnyOrder(t *testing.T) {
 		return threeVoters(m)
 	})
 }
+
+// kill -9 of a node under load: its peers' gateways retry the requests it
+// refused or reset on another instance, so idempotent requests see no error.
+func TestCrashHiddenFromClients(t *testing.T) {
+	_, nodes := formCluster(t)
+	n1, n2, n3 := nodes[0], nodes[1], nodes[2]
+	load := startLoad(t, n1.gateway(), n2.gateway())
+	waitUntil(t, 10*time.Second, "load running", func() error {
+		if load.ok.Load() < 50 {
+			return fmt.Errorf("%d requests so far", load.ok.Load())
+		}
+		return nil
+	})
+	n3.signal(syscall.SIGKILL)
+	n3.wait(10 * time.Second)
+	after := load.ok.Load()
+	waitUntil(t, 20*time.Second, "traffic after the crash", func() error {
+		if load.ok.Load() < after+500 {
+			return fmt.Errorf("%d requests since", load.ok.Load()-after)
+		}
+		return nil
+	})
+	load.stop()
+	if errs := load.errors(); len(errs) > 0 {
+		t.Fatalf("%d of %d GETs failed after kill -9 of node3; first: %v", len(errs), load.ok.Load()+int64(len(errs)), errs[0])
+	}
+	t.Logf("%d GETs through node1 and node2 around kill -9 of node3, 0 errors", load.ok.Load())
+}

@@ -2,9 +2,11 @@ package gateway
 
 import (
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/herdcluster/herd/api"
 )
@@ -35,6 +37,9 @@ type serviceState struct {
 	// hosts caches "address:port" of the service's instances, copy on
 	// write, so the request path does not format it every time.
 	hosts atomic.Pointer[map[hostKey]string]
+	// health holds the passive outlier record of each instance, by
+	// "address:port", copy on write.
+	health atomic.Pointer[map[string]*health]
 }
 
 type hostKey struct {
@@ -110,11 +115,14 @@ func lenOf[K comparable, V any](m *map[K]V) int {
 	return len(*m)
 }
 
-// Liveness classes of an instance, from the gossip status of its node.
+// Classes of an instance, from the gossip status of its node and the
+// gateway's own outlier record; a class is used only when no better one has
+// an instance.
 const (
-	classSkip    uint8 = iota // dead or left: never routed to
+	classSkip    uint8 = iota // dead or left, or already tried: never routed to
 	classAlive                // alive or unknown to gossip
-	classSuspect              // used only when no alive instance is left
+	classSuspect              // node suspect
+	classEjected              // ejected by outlier detection: last resort
 )
 
 func classify(status string) uint8 {
@@ -136,23 +144,37 @@ func classify(status string) uint8 {
 // left, never those on dead or departed nodes. It returns nil when none is
 // usable. It does not allocate for services of up to 64 instances.
 func choose(sel selector, st *serviceState, live Liveness, insts []api.Instance) *api.Instance {
+	return chooseExcept(sel, st, live, insts, nil)
+}
+
+// chooseExcept is choose, skipping the instances whose "address:port" is in
+// tried (a retry goes to another instance).
+func chooseExcept(sel selector, st *serviceState, live Liveness, insts []api.Instance, tried []string) *api.Instance {
 	var buf [64]uint8
 	classes := buf[:0]
-	alive, suspect := 0, 0
+	var count [4]int
+	now := time.Now().UnixNano()
 	for i := range insts {
 		c := classify(live.NodeStatus(insts[i].Node))
+		if c != classSkip && (len(tried) > 0 || st.health.Load() != nil) {
+			hp := st.hostport(&insts[i])
+			if slices.Contains(tried, hp) {
+				c = classSkip
+			} else if c == classAlive && st.isEjected(hp, now) {
+				c = classEjected
+			}
+		}
 		classes = append(classes, c)
-		switch c {
-		case classAlive:
-			alive++
-		case classSuspect:
-			suspect++
+		count[c]++
+	}
+	want := classAlive
+	for _, c := range []uint8{classAlive, classSuspect, classEjected} {
+		if count[c] > 0 {
+			want = c
+			break
 		}
 	}
-	want, n := classAlive, alive
-	if n == 0 {
-		want, n = classSuspect, suspect
-	}
+	n := count[want]
 	if n == 0 {
 		return nil
 	}

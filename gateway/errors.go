@@ -28,6 +28,8 @@ const (
 	// ReasonUpstreamTimeout: connecting to the chosen instance, or waiting
 	// for its response headers, timed out (504).
 	ReasonUpstreamTimeout = "upstream_timeout"
+	// ReasonBadRequest: the request body could not be read (400).
+	ReasonBadRequest = "bad_request"
 )
 
 // statusClientClosedRequest is the status recorded when the client went away

@@ -54,12 +54,24 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	body, replayable, err := bufferBody(r)
+	if err != nil {
+		g.reject(w, id, origin, cors, http.StatusBadRequest, ReasonBadRequest, "reading the request body: "+err.Error())
+		return
+	}
 	rt := &route{
-		Context:  r.Context(),
-		inst:     inst,
-		hostport: st.hostport(inst),
-		origin:   origin,
-		cors:     cors,
+		Context:    r.Context(),
+		inst:       inst,
+		hostport:   st.hostport(inst),
+		origin:     origin,
+		cors:       cors,
+		st:         st,
+		insts:      insts,
+		decRest:    decRest,
+		escRest:    escRest,
+		body:       body,
+		replayable: replayable,
+		upgrade:    r.Header.Get("Upgrade") != "",
 	}
 	rt.path, rt.rawPath = upstreamPath(inst.Path, decRest, escRest)
 	rt.requestID[0] = id

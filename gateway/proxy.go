@@ -33,6 +33,16 @@ type route struct {
 
 	inst     *api.Instance // read-only: shared with the catalog
 	hostport string        // inst.Address:inst.Port
+	// st, insts, decRest and escRest let a retry pick another instance and
+	// build its path.
+	st               *serviceState
+	insts            []api.Instance
+	decRest, escRest string
+	// body is the buffered request body (nil when empty or streamed);
+	// replayable says whether the request may be sent again.
+	body       []byte
+	replayable bool
+	upgrade    bool
 	path     string        // upstream URL.Path
 	rawPath  string        // upstream URL.RawPath, "" when Path needs no special escaping
 	origin   string        // Origin to answer for CORS, when cors
@@ -108,7 +118,7 @@ func newTransport(cfg Config) *http.Transport {
 func (g *Gateway) newProxy() *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
 		Rewrite:        rewrite,
-		Transport:      g.transport,
+		Transport:      &retryTransport{g: g, base: g.transport},
 		BufferPool:     newBufferPool(),
 		ModifyResponse: g.modifyResponse,
 		ErrorHandler:   g.proxyError,

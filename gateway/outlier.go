@@ -1,0 +1,109 @@
+package gateway
+
+import (
+	"math/rand/v2"
+	"sync/atomic"
+	"time"
+)
+
+// Passive outlier detection: each gateway watches the outcome of its own
+// requests. An instance that fails ejectAfter times in a row (connection
+// errors, timeouts, 502/503/504) is ejected for ejectBase, doubling with
+// each ejection up to ejectMax, with up to 10% jitter so that gateways do
+// not bring it back in step. At most half of a service's instances are
+// ejected at once. When its time is up the instance takes traffic again; the
+// first failure ejects it anew (longer), the first success clears its
+// record.
+const (
+	ejectAfter = 3
+	ejectBase  = 10 * time.Second
+	ejectMax   = 5 * time.Minute
+)
+
+// health is one instance's record, updated lock-free on the request path.
+type health struct {
+	consecutive  atomic.Int32
+	ejections    atomic.Int32
+	ejectedUntil atomic.Int64 // unix nanoseconds; 0 when never ejected
+}
+
+func (h *health) ejected(now int64) bool { return h.ejectedUntil.Load() > now }
+
+// healthOf returns the record of the instance at hostport, creating it.
+// Copy-on-write like hostport: concurrent first reports may each store a
+// map and lose the other's new entry, which only costs one record.
+func (st *serviceState) healthOf(hostport string) *health {
+	old := st.health.Load()
+	if old != nil {
+		if h, ok := (*old)[hostport]; ok {
+			return h
+		}
+	}
+	m := make(map[string]*health, 1+lenOf(old))
+	if old != nil && len(*old) < maxCachedHosts {
+		for k, v := range *old {
+			m[k] = v
+		}
+	}
+	h := &health{}
+	m[hostport] = h
+	st.health.Store(&m)
+	return h
+}
+
+// isEjected reports whether the instance at hostport is ejected now.
+func (st *serviceState) isEjected(hostport string, now int64) bool {
+	m := st.health.Load()
+	if m == nil {
+		return false
+	}
+	h, ok := (*m)[hostport]
+	return ok && h.ejected(now)
+}
+
+// report records the outcome of a request to hostport. instances is the
+// service's instance count, for the 50% cap. It returns true when this
+// failure ejected the instance.
+func (st *serviceState) report(hostport string, failed bool, instances int) bool {
+	h := st.healthOf(hostport)
+	if !failed {
+		if h.consecutive.Load() != 0 {
+			h.consecutive.Store(0)
+		}
+		if h.ejections.Load() != 0 && !h.ejected(time.Now().UnixNano()) {
+			h.ejections.Store(0)
+		}
+		return false
+	}
+	now := time.Now().UnixNano()
+	n := h.consecutive.Add(1)
+	if n < ejectAfter || h.ejected(now) {
+		return false
+	}
+	if st.ejectedCount(now)+1 > instances/2 {
+		return false // never eject more than half of the service
+	}
+	k := h.ejections.Add(1)
+	d := ejectBase << min(k-1, 10)
+	if d > ejectMax || d <= 0 {
+		d = ejectMax
+	}
+	d += time.Duration(rand.Int64N(int64(d)/10 + 1))
+	h.ejectedUntil.Store(now + int64(d))
+	h.consecutive.Store(0)
+	return true
+}
+
+func (st *serviceState) ejectedCount(now int64) int {
+	m := st.health.Load()
+	if m == nil {
+		return 0
+	}
+	k := 0
+	for _, h := range *m {
+		if h.ejected(now) {
+			k++
+		}
+	}
+	return k
+}

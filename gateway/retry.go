@@ -1,0 +1,190 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/herdcluster/herd/api"
+)
+
+// Retries hide a failed instance from the client:
+//   - a request that failed before anything reached the upstream (the dial
+//     failed: refused, unreachable, timed out) is retried for any method;
+//   - a request that failed later (reset, timeout) or was answered 502, 503
+//     or 504 is retried only when it is idempotent (GET, HEAD, OPTIONS, PUT,
+//     DELETE, or it carries Idempotency-Key);
+//
+// always on another instance, at most maxRetries times, after a jittered
+// retryBackoff, and within a budget: retries in flight stay under
+// retryBudget of the requests in flight (at least minRetries at a time), so
+// a failing service is not hit with a storm. Only requests whose body is
+// empty or was buffered (at most maxReplayBody) can be sent again; larger
+// bodies are streamed and never retried. Upgrades are never retried.
+const (
+	maxRetries    = 2
+	retryBackoff  = 25 * time.Millisecond
+	retryBudget   = 0.2
+	minRetries    = 3
+	maxReplayBody = 64 << 10
+)
+
+// retryTransport sends a proxied request and, when that is safe and the
+// budget allows, sends it again to another instance of the service.
+type retryTransport struct {
+	g    *Gateway
+	base http.RoundTripper
+
+	inflight        atomic.Int64
+	retriesInflight atomic.Int64
+}
+
+var _ http.RoundTripper = (*retryTransport)(nil)
+
+func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	rt := routeFrom(req.Context())
+	if rt == nil {
+		return t.base.RoundTrip(req)
+	}
+	t.inflight.Add(1)
+	defer t.inflight.Add(-1)
+	tried := make([]string, 0, 1+maxRetries)
+	for attempt := 0; ; attempt++ {
+		tried = append(tried, rt.hostport)
+		resp, err := t.base.RoundTrip(req)
+		failed, retryable := t.classify(req, rt, resp, err)
+		if rt.st != nil && t.g.noteOutcome(rt, failed) {
+			t.g.log.Warn("instance ejected after consecutive failures", "service", rt.inst.Service, "instance", rt.inst.ID, "node", rt.inst.Node, "addr", rt.hostport)
+		}
+		if !retryable || attempt >= maxRetries || !t.takeRetry() {
+			return resp, err
+		}
+		next := chooseExcept(t.g.sel, rt.st, t.g.live, rt.insts, tried)
+		if next == nil {
+			t.retriesInflight.Add(-1)
+			return resp, err
+		}
+		if resp != nil {
+			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+			resp.Body.Close()
+		}
+		if !sleepJitter(req.Context(), retryBackoff) {
+			t.retriesInflight.Add(-1)
+			return nil, req.Context().Err()
+		}
+		rt.retarget(next)
+		req = rt.outbound(req)
+		t.retriesInflight.Add(-1)
+	}
+}
+
+// takeRetry reserves a retry within the budget.
+func (t *retryTransport) takeRetry() bool {
+	limit := max(int64(minRetries), int64(float64(t.inflight.Load())*retryBudget))
+	if t.retriesInflight.Add(1) > limit {
+		t.retriesInflight.Add(-1)
+		return false
+	}
+	return true
+}
+
+// classify says whether the attempt failed (for outlier detection) and
+// whether it may be retried.
+func (t *retryTransport) classify(req *http.Request, rt *route, resp *http.Response, err error) (failed, retryable bool) {
+	if err != nil {
+		if req.Context().Err() != nil {
+			return false, false // the client went away: not the instance's fault
+		}
+		if !rt.replayable || rt.upgrade {
+			return true, false
+		}
+		return true, notSent(err) || idempotent(req)
+	}
+	switch resp.StatusCode {
+	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+		return true, rt.replayable && !rt.upgrade && idempotent(req)
+	}
+	return false, false
+}
+
+// notSent reports whether err means the request never reached the
+// upstream: the connection could not be made.
+func notSent(err error) bool {
+	var op *net.OpError
+	if errors.As(err, &op) && op.Op == "dial" {
+		return true
+	}
+	return errors.Is(err, syscall.ECONNREFUSED)
+}
+
+func idempotent(req *http.Request) bool {
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return req.Header.Get("Idempotency-Key") != ""
+}
+
+// sleepJitter waits between d/2 and d, or until ctx is done (false).
+func sleepJitter(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d/2 + rand.N(d/2+1))
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// noteOutcome feeds outlier detection; it reports whether the instance was
+// just ejected.
+func (g *Gateway) noteOutcome(rt *route, failed bool) bool {
+	return rt.st.report(rt.hostport, failed, len(rt.insts))
+}
+
+// retarget points the route at inst.
+func (rt *route) retarget(inst *api.Instance) {
+	rt.inst = inst
+	rt.hostport = rt.st.hostport(inst)
+	rt.path, rt.rawPath = upstreamPath(inst.Path, rt.decRest, rt.escRest)
+	rt.upstream[0] = inst.Node
+}
+
+// outbound is req sent to the route's current instance, with a fresh copy
+// of the buffered body.
+func (rt *route) outbound(req *http.Request) *http.Request {
+	out := req.Clone(req.Context())
+	out.URL.Host = rt.hostport
+	out.URL.Path, out.URL.RawPath = rt.path, rt.rawPath
+	out.Host = ""
+	if rt.body != nil {
+		out.Body = io.NopCloser(bytes.NewReader(rt.body))
+		out.ContentLength = int64(len(rt.body))
+	}
+	return out
+}
+
+// bufferBody reads a small request body into memory so it can be sent
+// again; it reports whether the request can be replayed.
+func bufferBody(r *http.Request) (body []byte, replayable bool, err error) {
+	if r.Body == nil || r.Body == http.NoBody || r.ContentLength == 0 {
+		return nil, true, nil
+	}
+	if r.ContentLength < 0 || r.ContentLength > maxReplayBody {
+		return nil, false, nil
+	}
+	body = make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(r.Body, body); err != nil {
+		return nil, false, err
+	}
+	r.Body = io.NopCloser(bytes.NewReader(body))
+	return body, true, nil
+}

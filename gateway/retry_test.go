@@ -1,0 +1,91 @@
+package gateway_test
+
+import (
+	"bytes"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/herdcluster/herd/gateway"
+)
+
+// A request whose instance refuses the connection is retried on another
+// instance, whatever its method, with its body intact; the answer names the
+// instance that served it.
+func TestRetryAfterRefusedConnection(t *testing.T) {
+	good := startBackend(t, "good")
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc",
+		instanceAt(closedAddr(t), "svc", "dead1", "node-dead1", ""),
+		instanceAt(closedAddr(t), "svc", "dead2", "node-dead2", ""),
+		good.instance("svc", "node-good", ""),
+	)
+	tg := startGateway(t, gateway.DefaultConfig(), cat, live)
+	body := bytes.Repeat([]byte("x"), 10_000)
+	for i := range 30 {
+		method := http.MethodGet
+		if i%2 == 1 {
+			method = http.MethodPost // not idempotent, but never sent
+		}
+		res, out := tg.do(t, method, "/svc/x", nil, bytes.NewReader(body))
+		if res.StatusCode != http.StatusOK {
+			t.Fatalf("request %d (%s): %d %s", i, method, res.StatusCode, out)
+		}
+		if up := res.Header.Get("X-Herd-Upstream"); up != "node-good" {
+			t.Fatalf("request %d answered by %q", i, up)
+		}
+		if !strings.Contains(string(out), `"body_len":10000`) {
+			t.Fatalf("request %d: body not intact: %s", i, out)
+		}
+	}
+}
+
+// 503 from an instance is retried for idempotent requests only; POST gets
+// the 503. An instance failing again and again is ejected: after it, it
+// sees almost no traffic.
+func TestRetryOnlyIdempotentAndEject(t *testing.T) {
+	var badHits atomic.Int64
+	bad := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		badHits.Add(1)
+		http.Error(w, "overloaded", http.StatusServiceUnavailable)
+	}))
+	t.Cleanup(bad.Close)
+	good := startBackend(t, "good")
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", instanceAt(backendAddr(bad), "svc", "a-bad", "node-bad", ""), good.instance("svc", "node-good", ""))
+	tg := startGateway(t, gateway.DefaultConfig(), cat, live)
+
+	posts503 := 0
+	for range 4 {
+		res, _ := tg.do(t, http.MethodPost, "/svc/", nil, strings.NewReader("p"))
+		if res.StatusCode == http.StatusServiceUnavailable {
+			posts503++
+		}
+	}
+	if posts503 == 0 {
+		t.Fatal("a POST answered 503 was retried")
+	}
+	before := badHits.Load()
+	for i := range 40 {
+		res, _ := tg.do(t, http.MethodGet, "/svc/", nil, nil)
+		if res.StatusCode != http.StatusOK {
+			t.Fatalf("GET %d: %d", i, res.StatusCode)
+		}
+	}
+	if got := badHits.Load() - before; got > 3 {
+		t.Fatalf("the failing instance got %d of 40 GETs after failing %d times; it should be ejected", got, before)
+	}
+}
+
+// With one instance there is nothing to retry on: the failure is answered.
+func TestNoRetryWithoutAnotherInstance(t *testing.T) {
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", instanceAt(closedAddr(t), "svc", "only", "node-only", ""))
+	tg := startGateway(t, gateway.DefaultConfig(), cat, live)
+	res, body := tg.do(t, http.MethodGet, "/svc/", nil, nil)
+	if res.StatusCode != http.StatusBadGateway {
+		t.Fatalf("status %d %s, want 502", res.StatusCode, body)
+	}
+}
