@@ -43,10 +43,10 @@ type route struct {
 	body       []byte
 	replayable bool
 	upgrade    bool
-	path     string        // upstream URL.Path
-	rawPath  string        // upstream URL.RawPath, "" when Path needs no special escaping
-	origin   string        // Origin to answer for CORS, when cors
-	cors     bool          // the gateway handles CORS for this request
+	path       string // upstream URL.Path
+	rawPath    string // upstream URL.RawPath, "" when Path needs no special escaping
+	origin     string // Origin to answer for CORS, when cors
+	cors       bool   // the gateway handles CORS for this request
 
 	// Single-value header slices the response headers point into, so that
 	// setting them costs no allocation.
