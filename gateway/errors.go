@@ -30,6 +30,12 @@ const (
 	ReasonUpstreamTimeout = "upstream_timeout"
 	// ReasonBadRequest: the request body could not be read (400).
 	ReasonBadRequest = "bad_request"
+	// ReasonBodyTooLarge: the request body is over the gateway's limit
+	// (413).
+	ReasonBodyTooLarge = "body_too_large"
+	// ReasonOverloaded: every usable instance already has its maximum of
+	// requests in flight through this gateway (503).
+	ReasonOverloaded = "overloaded"
 )
 
 // statusClientClosedRequest is the status recorded when the client went away

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -54,8 +55,34 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 
+	if r.ContentLength > maxRequestBody {
+		g.reject(w, id, origin, cors, http.StatusRequestEntityTooLarge, ReasonBodyTooLarge,
+			fmt.Sprintf("request body of %d bytes is over the gateway's limit of %d", r.ContentLength, maxRequestBody))
+		return
+	}
+	if r.Body != nil && r.Body != http.NoBody {
+		// Bodies of unknown length are cut at the limit; the proxy then
+		// answers 413 (proxyError).
+		r.Body = http.MaxBytesReader(w, r.Body, maxRequestBody)
+	}
+	if h := st.healthOf(st.hostport(inst)); h.inflight.Load() >= maxInflightPerInstance {
+		// Fail fast rather than queue behind an instance that is already
+		// saturated: another instance, or 503.
+		inst = chooseExcept(g.sel, st, g.live, insts, st.saturated(insts))
+		if inst == nil {
+			g.reject(w, id, origin, cors, http.StatusServiceUnavailable, ReasonOverloaded,
+				fmt.Sprintf("every instance of service %q has %d requests in flight through this gateway", service, maxInflightPerInstance))
+			return
+		}
+	}
 	body, replayable, err := bufferBody(r)
 	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			g.reject(w, id, origin, cors, http.StatusRequestEntityTooLarge, ReasonBodyTooLarge,
+				fmt.Sprintf("request body is over the gateway's limit of %d bytes", maxRequestBody))
+			return
+		}
 		g.reject(w, id, origin, cors, http.StatusBadRequest, ReasonBadRequest, "reading the request body: "+err.Error())
 		return
 	}

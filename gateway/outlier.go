@@ -2,6 +2,8 @@ package gateway
 
 import (
 	"math/rand/v2"
+
+	"github.com/herdcluster/herd/api"
 	"sync/atomic"
 	"time"
 )
@@ -20,8 +22,18 @@ const (
 	ejectMax   = 5 * time.Minute
 )
 
+// Limits on the request path.
+const (
+	// maxRequestBody is the largest request body the gateway forwards.
+	maxRequestBody = 10 << 20
+	// maxInflightPerInstance caps the requests this gateway has in flight
+	// to one instance; past it, requests go elsewhere or fail fast.
+	maxInflightPerInstance = 1024
+)
+
 // health is one instance's record, updated lock-free on the request path.
 type health struct {
+	inflight     atomic.Int64
 	consecutive  atomic.Int32
 	ejections    atomic.Int32
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 when never ejected
@@ -106,4 +118,21 @@ func (st *serviceState) ejectedCount(now int64) int {
 		}
 	}
 	return k
+}
+
+// saturated returns the "address:port" of the instances of insts that have
+// maxInflightPerInstance requests in flight.
+func (st *serviceState) saturated(insts []api.Instance) []string {
+	m := st.health.Load()
+	if m == nil {
+		return nil
+	}
+	var out []string
+	for i := range insts {
+		hp := st.hostport(&insts[i])
+		if h, ok := (*m)[hp]; ok && h.inflight.Load() >= maxInflightPerInstance {
+			out = append(out, hp)
+		}
+	}
+	return out
 }

@@ -183,6 +183,12 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	if rt.cors {
 		g.cors.setHeaders(h, rt.origin)
 	}
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) {
+		writeError(w, http.StatusRequestEntityTooLarge, ReasonBodyTooLarge,
+			fmt.Sprintf("request body is over the gateway's limit of %d bytes", maxRequestBody))
+		return
+	}
 	status, reason := http.StatusBadGateway, ReasonUpstreamError
 	if isTimeout(err) {
 		status, reason = http.StatusGatewayTimeout, ReasonUpstreamTimeout

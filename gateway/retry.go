@@ -50,7 +50,7 @@ var _ http.RoundTripper = (*retryTransport)(nil)
 
 func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	rt := routeFrom(req.Context())
-	if rt == nil {
+	if rt == nil || rt.st == nil {
 		return t.base.RoundTrip(req)
 	}
 	t.inflight.Add(1)
@@ -58,9 +58,12 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	tried := make([]string, 0, 1+maxRetries)
 	for attempt := 0; ; attempt++ {
 		tried = append(tried, rt.hostport)
+		h := rt.st.healthOf(rt.hostport)
+		h.inflight.Add(1)
 		resp, err := t.base.RoundTrip(req)
+		h.inflight.Add(-1)
 		failed, retryable := t.classify(req, rt, resp, err)
-		if rt.st != nil && t.g.noteOutcome(rt, failed) {
+		if t.g.noteOutcome(rt, failed) {
 			t.g.log.Warn("instance ejected after consecutive failures", "service", rt.inst.Service, "instance", rt.inst.ID, "node", rt.inst.Node, "addr", rt.hostport)
 		}
 		if !retryable || attempt >= maxRetries || !t.takeRetry() {

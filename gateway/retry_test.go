@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bytes"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -87,5 +88,28 @@ func TestNoRetryWithoutAnotherInstance(t *testing.T) {
 	res, body := tg.do(t, http.MethodGet, "/svc/", nil, nil)
 	if res.StatusCode != http.StatusBadGateway {
 		t.Fatalf("status %d %s, want 502", res.StatusCode, body)
+	}
+}
+
+// Bodies over 10 MiB are refused with 413, whether their length is
+// declared or they are streamed.
+func TestRequestBodyLimit(t *testing.T) {
+	good := startBackend(t, "good")
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", good.instance("svc", "node-good", ""))
+	tg := startGateway(t, gateway.DefaultConfig(), cat, live)
+	big := bytes.Repeat([]byte("x"), 10<<20+1)
+	res, body := tg.do(t, http.MethodPost, "/svc/", nil, bytes.NewReader(big))
+	if res.StatusCode != http.StatusRequestEntityTooLarge || !strings.Contains(string(body), "body_too_large") {
+		t.Fatalf("declared oversized body: %d %s", res.StatusCode, body)
+	}
+	// io.MultiReader hides the length: the body is sent chunked.
+	res, body = tg.do(t, http.MethodPost, "/svc/", nil, io.MultiReader(bytes.NewReader(big)))
+	if res.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("streamed oversized body: %d %s", res.StatusCode, body)
+	}
+	res, _ = tg.do(t, http.MethodPost, "/svc/", nil, bytes.NewReader(big[:10<<20]))
+	if res.StatusCode != http.StatusOK {
+		t.Fatalf("body at the limit: %d", res.StatusCode)
 	}
 }
