@@ -40,6 +40,22 @@ type serviceState struct {
 	// health holds the passive outlier record of each instance, by
 	// "address:port", copy on write.
 	health atomic.Pointer[map[string]*health]
+
+	// Counters for metrics: answers by status class (index status/100,
+	// 0 for anything else), retries, ejections, failed upstream exchanges.
+	answers        [6]atomic.Uint64
+	retries        atomic.Uint64
+	ejections      atomic.Uint64
+	upstreamErrors atomic.Uint64
+}
+
+// countAnswer records the status of an answer to the service.
+func (st *serviceState) countAnswer(status int) {
+	c := status / 100
+	if c < 1 || c > 5 {
+		c = 0
+	}
+	st.answers[c].Add(1)
 }
 
 type hostKey struct {

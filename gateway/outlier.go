@@ -136,3 +136,5 @@ func (st *serviceState) saturated(insts []api.Instance) []string {
 	}
 	return out
 }
+
+func nowNano() int64 { return time.Now().UnixNano() }

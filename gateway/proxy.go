@@ -152,6 +152,9 @@ func rewrite(pr *httputil.ProxyRequest) {
 // headers with the gateway's values.
 func (g *Gateway) modifyResponse(res *http.Response) error {
 	rt := routeFrom(res.Request.Context())
+	if rt.st != nil {
+		rt.st.countAnswer(res.StatusCode)
+	}
 	h := res.Header
 	h["X-Request-Id"] = rt.requestID[:]
 	if rt.upstream[0] != "" {
@@ -185,6 +188,7 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
+		rt.st.countAnswer(http.StatusRequestEntityTooLarge)
 		writeError(w, http.StatusRequestEntityTooLarge, ReasonBodyTooLarge,
 			fmt.Sprintf("request body is over the gateway's limit of %d bytes", maxRequestBody))
 		return
@@ -193,6 +197,7 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	if isTimeout(err) {
 		status, reason = http.StatusGatewayTimeout, ReasonUpstreamTimeout
 	}
+	rt.st.countAnswer(status)
 	g.log.Warn("upstream request failed",
 		"service", rt.inst.Service, "instance", rt.inst.ID, "node", rt.inst.Node,
 		"addr", rt.hostport, "reason", reason, "err", err)

@@ -63,7 +63,11 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		resp, err := t.base.RoundTrip(req)
 		h.inflight.Add(-1)
 		failed, retryable := t.classify(req, rt, resp, err)
+		if failed {
+			rt.st.upstreamErrors.Add(1)
+		}
 		if t.g.noteOutcome(rt, failed) {
+			rt.st.ejections.Add(1)
 			t.g.log.Warn("instance ejected after consecutive failures", "service", rt.inst.Service, "instance", rt.inst.ID, "node", rt.inst.Node, "addr", rt.hostport)
 		}
 		if !retryable || attempt >= maxRetries || !t.takeRetry() {
@@ -82,6 +86,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			t.retriesInflight.Add(-1)
 			return nil, req.Context().Err()
 		}
+		rt.st.retries.Add(1)
 		rt.retarget(next)
 		req = rt.outbound(req)
 		t.retriesInflight.Add(-1)

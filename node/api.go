@@ -37,6 +37,7 @@ func newAPIServer(n *Node) *apiServer {
 	mux.HandleFunc("DELETE /v1/services/{name}/instances/{id}", s.deregister)
 	mux.HandleFunc("POST /v1/leave", s.leave)
 	mux.HandleFunc("GET /v1/snapshot", s.snapshot)
+	mux.Handle("GET /metrics", n.metricsHandler())
 	mux.HandleFunc("POST /v1/force-leave/{name}", s.forceLeave)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), Reason: "not_found"})

@@ -11,6 +11,7 @@ import (
 	"os"
 	"runtime"
 	"runtime/pprof"
+	"strings"
 	"testing"
 	"time"
 )
@@ -83,6 +84,25 @@ func TestStartServeCloseLeavesNoGoroutines(t *testing.T) {
 		}
 		return nil
 	})
+	// Metrics: etcd's own, and the node's from the gateway, gossip and the
+	// catalog.
+	code, metrics, err := get(api + "/metrics")
+	if err != nil || code != 200 {
+		t.Fatalf("GET /metrics: %d %v", code, err)
+	}
+	for _, want := range []string{
+		`herd_gateway_requests_total{code="2xx",service="hello"}`,
+		`herd_gossip_members{status="alive"} 1`,
+		`herd_catalog_instances{service="echo"} 1`,
+		`herd_registry_role{role="voter"} 1`,
+		`herd_catalog_synced 1`,
+		`etcd_server_has_leader 1`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+
 	if err := n.Close(context.Background()); err != nil {
 		t.Fatal(err)
 	}

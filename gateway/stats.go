@@ -1,0 +1,49 @@
+package gateway
+
+import "sort"
+
+// ServiceStats are the gateway's counters for one service since it started.
+type ServiceStats struct {
+	Service string
+	// Answers counts answers by status class: index 1 is 1xx ... 5 is 5xx
+	// (index 0: anything else, such as 499 for a client gone).
+	Answers [6]uint64
+	// Retries counts requests sent again to another instance.
+	Retries uint64
+	// Ejections counts instances ejected by outlier detection.
+	Ejections uint64
+	// UpstreamErrors counts upstream exchanges that failed (connection
+	// errors, timeouts, 502/503/504).
+	UpstreamErrors uint64
+	// Inflight is the number of upstream requests in flight now.
+	Inflight int64
+	// Ejected is the number of instances ejected now.
+	Ejected int
+}
+
+// Stats returns the counters of every service that has had a request,
+// sorted by service. It reads atomics only; scraping costs the request path
+// nothing.
+func (g *Gateway) Stats() []ServiceStats {
+	m := g.services.snap.Load()
+	if m == nil {
+		return nil
+	}
+	out := make([]ServiceStats, 0, len(*m))
+	now := nowNano()
+	for name, st := range *m {
+		s := ServiceStats{Service: name, Retries: st.retries.Load(), Ejections: st.ejections.Load(),
+			UpstreamErrors: st.upstreamErrors.Load(), Ejected: st.ejectedCount(now)}
+		for i := range s.Answers {
+			s.Answers[i] = st.answers[i].Load()
+		}
+		if h := st.health.Load(); h != nil {
+			for _, rec := range *h {
+				s.Inflight += rec.inflight.Load()
+			}
+		}
+		out = append(out, s)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Service < out[j].Service })
+	return out
+}

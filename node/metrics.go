@@ -1,0 +1,96 @@
+package node
+
+import (
+	"net/http"
+
+	"github.com/herdcluster/herd/gossip"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+// metricsHandler serves /metrics: etcd's own metrics (etcd registers them
+// in the default registry) and the node's, which a collector reads from the
+// gateway's, gossip's and the catalog's counters at scrape time, so the
+// request path pays nothing for them.
+func (n *Node) metricsHandler() http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(&nodeCollector{n: n})
+	return promhttp.HandlerFor(prometheus.Gatherers{prometheus.DefaultGatherer, reg}, promhttp.HandlerOpts{})
+}
+
+type nodeCollector struct{ n *Node }
+
+var (
+	descAnswers = prometheus.NewDesc("herd_gateway_requests_total",
+		"Requests the gateway answered, by service and status class.", []string{"service", "code"}, nil)
+	descRetries = prometheus.NewDesc("herd_gateway_retries_total",
+		"Requests the gateway sent again to another instance.", []string{"service"}, nil)
+	descEjections = prometheus.NewDesc("herd_gateway_ejections_total",
+		"Instances ejected by passive outlier detection.", []string{"service"}, nil)
+	descUpstreamErrors = prometheus.NewDesc("herd_gateway_upstream_errors_total",
+		"Upstream exchanges that failed (connection errors, timeouts, 502/503/504).", []string{"service"}, nil)
+	descInflight = prometheus.NewDesc("herd_gateway_inflight_requests",
+		"Upstream requests in flight.", []string{"service"}, nil)
+	descEjected = prometheus.NewDesc("herd_gateway_ejected_instances",
+		"Instances ejected now.", []string{"service"}, nil)
+	descMembers = prometheus.NewDesc("herd_gossip_members",
+		"Nodes in the gossip view, by status.", []string{"status"}, nil)
+	descInstances = prometheus.NewDesc("herd_catalog_instances",
+		"Instances in this node's catalog, by service.", []string{"service"}, nil)
+	descRole = prometheus.NewDesc("herd_registry_role",
+		"1 for this node's registry role (voter, learner, spare).", []string{"role"}, nil)
+	descSynced = prometheus.NewDesc("herd_catalog_synced",
+		"1 when the catalog follows the registry live, 0 when it serves its last snapshot.", nil, nil)
+)
+
+func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descAnswers, descRetries, descEjections, descUpstreamErrors,
+		descInflight, descEjected, descMembers, descInstances, descRole, descSynced} {
+		ch <- d
+	}
+}
+
+var codeClasses = [6]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"}
+
+func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
+	n := c.n
+	if *n.phase.Load() == "starting" {
+		return // the parts below are not all there yet
+	}
+	if n.gateway != nil {
+		for _, s := range n.gateway.Stats() {
+			for i, v := range s.Answers {
+				if v > 0 {
+					ch <- prometheus.MustNewConstMetric(descAnswers, prometheus.CounterValue, float64(v), s.Service, codeClasses[i])
+				}
+			}
+			ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(s.Retries), s.Service)
+			ch <- prometheus.MustNewConstMetric(descEjections, prometheus.CounterValue, float64(s.Ejections), s.Service)
+			ch <- prometheus.MustNewConstMetric(descUpstreamErrors, prometheus.CounterValue, float64(s.UpstreamErrors), s.Service)
+			ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(s.Inflight), s.Service)
+			ch <- prometheus.MustNewConstMetric(descEjected, prometheus.GaugeValue, float64(s.Ejected), s.Service)
+		}
+	}
+	counts := map[string]int{}
+	for _, g := range n.gossip.Nodes() {
+		counts[g.Status]++
+	}
+	for _, st := range []string{gossip.StatusAlive, gossip.StatusSuspect, gossip.StatusDead, gossip.StatusLeft} {
+		ch <- prometheus.MustNewConstMetric(descMembers, prometheus.GaugeValue, float64(counts[st]), st)
+	}
+	if n.catalog != nil {
+		for _, s := range n.catalog.Services() {
+			ch <- prometheus.MustNewConstMetric(descInstances, prometheus.GaugeValue, float64(s.Instances), s.Name)
+		}
+		synced, _ := n.catalog.Synced()
+		ch <- prometheus.MustNewConstMetric(descSynced, prometheus.GaugeValue, b2f(synced))
+	}
+	ch <- prometheus.MustNewConstMetric(descRole, prometheus.GaugeValue, 1, n.role())
+}
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
