@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"math/rand/v2"
 	"net"
 	"slices"
 	"strconv"
@@ -11,24 +12,152 @@ import (
 	"github.com/herdcluster/herd/api"
 )
 
-// selector chooses which of n usable instances of a service gets the next
-// request. Implementations are safe for concurrent use, never block and take
-// no lock shared between services; n is at least 1 and the result must be in
-// [0, n). Per-service state lives in serviceState so that a policy needs no
-// map of its own.
+// selector chooses which of the usable instances of a service gets the
+// next request. cands holds indexes into insts (at least one); the result
+// is one of cands. Implementations are safe for concurrent use, never block,
+// take no lock, and honour the instances' weights.
 type selector interface {
-	pick(st *serviceState, n int) int
+	pick(st *serviceState, insts []api.Instance, cands []int) int
 }
 
-// roundRobin hands requests to the usable instances in turn. When the set of
-// usable instances changes the rotation simply continues over the new set.
+// weight is an instance's weight, at least 1.
+func weight(in *api.Instance) int { return max(in.Weight, 1) }
+
+// roundRobin hands requests to the usable instances in turn, each as often
+// as its weight says. When the set of usable instances changes the
+// rotation simply continues over the new set.
 type roundRobin struct{}
 
 var _ selector = roundRobin{}
 
-func (roundRobin) pick(st *serviceState, n int) int {
-	return int((st.next.Add(1) - 1) % uint64(n))
+func (roundRobin) pick(st *serviceState, insts []api.Instance, cands []int) int {
+	total := 0
+	for _, i := range cands {
+		total += weight(&insts[i])
+	}
+	k := int((st.next.Add(1) - 1) % uint64(total))
+	for _, i := range cands {
+		if k -= weight(&insts[i]); k < 0 {
+			return i
+		}
+	}
+	return cands[len(cands)-1]
 }
+
+// randomPick picks an instance at random, in proportion to its weight.
+type randomPick struct{}
+
+var _ selector = randomPick{}
+
+func (randomPick) pick(st *serviceState, insts []api.Instance, cands []int) int {
+	return weightedRandom(insts, cands)
+}
+
+func weightedRandom(insts []api.Instance, cands []int) int {
+	total := 0
+	for _, i := range cands {
+		total += weight(&insts[i])
+	}
+	k := rand.IntN(total)
+	for _, i := range cands {
+		if k -= weight(&insts[i]); k < 0 {
+			return i
+		}
+	}
+	return cands[len(cands)-1]
+}
+
+// leastRequest picks, of two instances drawn at random by weight, the one
+// with fewer requests in flight.
+type leastRequest struct{}
+
+var _ selector = leastRequest{}
+
+func (leastRequest) pick(st *serviceState, insts []api.Instance, cands []int) int {
+	a, b := twoOf(insts, cands)
+	if a == b {
+		return a
+	}
+	// The draw honours the weights; the comparison then is on load alone,
+	// and a tie keeps the first draw.
+	if st.healthOf(st.hostport(&insts[b])).inflight.Load() < st.healthOf(st.hostport(&insts[a])).inflight.Load() {
+		return b
+	}
+	return a
+}
+
+// p2c: power of two choices, drawn by weight, over peak-EWMA latency times
+// requests in flight. An instance whose estimate has not been refreshed for
+// a while is picked once to refresh it.
+type p2c struct{}
+
+var _ selector = p2c{}
+
+func (p2c) pick(st *serviceState, insts []api.Instance, cands []int) int {
+	a, b := twoOf(insts, cands)
+	if a == b {
+		return a
+	}
+	now := time.Now().UnixNano()
+	ha, hb := st.healthOf(st.hostport(&insts[a])), st.healthOf(st.hostport(&insts[b]))
+	if ha.stale(now) {
+		return a
+	}
+	if hb.stale(now) {
+		return b
+	}
+	if hb.cost(now) < ha.cost(now) {
+		return b
+	}
+	return a
+}
+
+// twoOf draws two distinct candidates at random, by weight (the same one
+// when there is only one).
+func twoOf(insts []api.Instance, cands []int) (int, int) {
+	if len(cands) == 1 {
+		return cands[0], cands[0]
+	}
+	a := weightedRandom(insts, cands)
+	for range 4 {
+		if b := weightedRandom(insts, cands); b != a {
+			return a, b
+		}
+	}
+	for _, i := range cands { // heavily skewed weights: take any other
+		if i != a {
+			return a, i
+		}
+	}
+	return a, a
+}
+
+// selectorFor returns the policy named name ("" means the default, p2c).
+func selectorFor(name string) (selector, bool) {
+	switch name {
+	case "", BalancerP2C:
+		return p2c{}, true
+	case BalancerRoundRobin:
+		return roundRobin{}, true
+	case BalancerRandom:
+		return randomPick{}, true
+	case BalancerLeastRequest:
+		return leastRequest{}, true
+	}
+	return nil, false
+}
+
+// Balancing policies.
+const (
+	BalancerP2C          = "p2c"
+	BalancerRoundRobin   = "round-robin"
+	BalancerRandom       = "random"
+	BalancerLeastRequest = "least-request"
+)
+
+// MetaBalancer is the instance meta key that chooses a service's policy
+// (read from its first instance), overriding the gateway's.
+const MetaBalancer = "herd.balancer"
 
 // serviceState is the gateway's per-service state.
 type serviceState struct {
@@ -190,19 +319,20 @@ func chooseExcept(sel selector, st *serviceState, live Liveness, insts []api.Ins
 			break
 		}
 	}
-	n := count[want]
-	if n == 0 {
+	if count[want] == 0 {
 		return nil
 	}
-	k := sel.pick(st, n)
+	var cbuf [64]int
+	cands := cbuf[:0]
 	for i, c := range classes {
-		if c != want {
-			continue
+		if c == want {
+			cands = append(cands, i)
 		}
-		if k == 0 {
-			return &insts[i]
-		}
-		k--
 	}
-	return nil // unreachable while pick honours its contract
+	if m := insts[0].Meta; len(m) > 0 {
+		if s, ok := selectorFor(m[MetaBalancer]); ok {
+			sel = s
+		}
+	}
+	return &insts[sel.pick(st, insts, cands)]
 }

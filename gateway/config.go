@@ -55,6 +55,13 @@ type Config struct {
 	// per upstream address. Zero means DefaultMaxIdleConnsPerHost (256); Go's
 	// own default of 2 exhausts ephemeral ports under load (golang/go#13801).
 	MaxIdleConnsPerHost int
+
+	// Balancer is the balancing policy: "round-robin" (the default for
+	// now), "p2c" (power of two choices over peak-EWMA latency times
+	// requests in flight), "least-request" or "random"; all honour instance
+	// weights. A service's instances may choose their own with the meta key
+	// "herd.balancer".
+	Balancer string
 }
 
 // DefaultConfig returns the configuration herd nodes run with unless told
@@ -88,6 +95,10 @@ func (c Config) Validate() error {
 	}
 	if c.MaxIdleConnsPerHost < 0 {
 		return fmt.Errorf("%w: MaxIdleConnsPerHost must not be negative, got %d", ErrInvalidConfig, c.MaxIdleConnsPerHost)
+	}
+	if _, ok := selectorFor(c.Balancer); !ok {
+		return fmt.Errorf("%w: Balancer %q: want %s, %s, %s or %s", ErrInvalidConfig, c.Balancer,
+			BalancerRoundRobin, BalancerP2C, BalancerLeastRequest, BalancerRandom)
 	}
 	for i, o := range c.CORSOrigins {
 		if o == "*" {
@@ -147,6 +158,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxIdleConnsPerHost == 0 {
 		c.MaxIdleConnsPerHost = d.MaxIdleConnsPerHost
+	}
+	if c.Balancer == "" {
+		c.Balancer = BalancerRoundRobin
 	}
 	return c
 }

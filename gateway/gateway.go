@@ -67,12 +67,13 @@ func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway,
 		logger = slog.New(slog.DiscardHandler)
 	}
 	cfg = cfg.withDefaults()
+	sel, _ := selectorFor(cfg.Balancer)
 	g := &Gateway{
 		cfg:       cfg,
 		cat:       cat,
 		live:      live,
 		log:       logger.With("component", "gateway"),
-		sel:       roundRobin{},
+		sel:       sel,
 		cors:      newCORSPolicy(cfg.CORSOrigins),
 		transport: newTransport(cfg),
 		stopped:   make(chan struct{}),

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"math"
 	"math/rand/v2"
 
 	"github.com/herdcluster/herd/api"
@@ -31,9 +32,21 @@ const (
 	maxInflightPerInstance = 1024
 )
 
+// Peak-EWMA latency estimate: a slower sample replaces the estimate at
+// once (peak), a faster one pulls it down with decay ewmaTau; an estimate
+// older than ewmaRefresh makes the instance worth one request to refresh it.
+const (
+	ewmaTau     = 600 * time.Millisecond
+	ewmaRefresh = 5 * time.Second
+)
+
 // health is one instance's record, updated lock-free on the request path.
 type health struct {
-	inflight     atomic.Int64
+	inflight atomic.Int64
+	// ewma is the latency estimate in nanoseconds (float64 bits); at is
+	// when it was last updated (unix nanoseconds, 0 never).
+	ewma         atomic.Uint64
+	at           atomic.Int64
 	consecutive  atomic.Int32
 	ejections    atomic.Int32
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 when never ejected
@@ -138,3 +151,35 @@ func (st *serviceState) saturated(insts []api.Instance) []string {
 }
 
 func nowNano() int64 { return time.Now().UnixNano() }
+
+// observe folds a latency sample into the estimate. Concurrent updates may
+// lose one another's sample; the estimate stays sound.
+func (h *health) observe(d time.Duration, now int64) {
+	sample := float64(d)
+	prev := math.Float64frombits(h.ewma.Load())
+	last := h.at.Load()
+	next := sample
+	if last != 0 && sample < prev {
+		w := math.Exp(-float64(now-last) / float64(ewmaTau))
+		next = prev*w + sample*(1-w)
+	}
+	h.ewma.Store(math.Float64bits(next))
+	h.at.Store(now)
+}
+
+// stale reports whether the estimate is missing or old.
+func (h *health) stale(now int64) bool {
+	at := h.at.Load()
+	return at == 0 || now-at > int64(ewmaRefresh)
+}
+
+// cost is the estimate, decayed for the time since it was last updated (an
+// instance that lost the draw for a while becomes worth trying again), times
+// the requests in flight plus the new one.
+func (h *health) cost(now int64) float64 {
+	e := math.Float64frombits(h.ewma.Load())
+	if at := h.at.Load(); at != 0 && now > at {
+		e *= math.Exp(-float64(now-at) / float64(ewmaTau))
+	}
+	return e * float64(h.inflight.Load()+1)
+}

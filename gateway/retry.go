@@ -60,8 +60,12 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		tried = append(tried, rt.hostport)
 		h := rt.st.healthOf(rt.hostport)
 		h.inflight.Add(1)
+		start := time.Now()
 		resp, err := t.base.RoundTrip(req)
 		h.inflight.Add(-1)
+		if err == nil {
+			h.observe(time.Since(start), start.UnixNano())
+		}
 		failed, retryable := t.classify(req, rt, resp, err)
 		if failed {
 			rt.st.upstreamErrors.Add(1)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/herdcluster/herd/api"
+	"github.com/herdcluster/herd/gateway"
 	"github.com/herdcluster/herd/gossip"
 	"github.com/herdcluster/herd/services"
 )
@@ -48,6 +49,8 @@ type Config struct {
 	Services []string
 	// CORSOrigins are the origins the gateway allows; empty means no CORS.
 	CORSOrigins []string
+	// Balancer is the gateway's balancing policy (see gateway.Config).
+	Balancer string
 
 	// ForceNewCluster restarts the member in DataDir as the only member of a
 	// new cluster, keeping its data (recovery after losing a majority).
@@ -189,6 +192,9 @@ func (c *Config) Validate() error {
 		if o != "*" && !strings.HasPrefix(o, "http://") && !strings.HasPrefix(o, "https://") {
 			return fmt.Errorf("--cors-origins: %q is not an origin (scheme://host[:port]) or *", o)
 		}
+	}
+	if err := (gateway.Config{Balancer: c.Balancer}).Validate(); c.Balancer != "" && err != nil {
+		return fmt.Errorf("--balancer %q: want round-robin, p2c, least-request or random", c.Balancer)
 	}
 	if c.DrainDelay < 0 || c.ShutdownTimeout <= 0 {
 		return errors.New("drain delay must be >= 0 and shutdown timeout > 0")

@@ -201,6 +201,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 
 	gwcfg := gateway.DefaultConfig()
 	gwcfg.CORSOrigins = cfg.CORSOrigins
+	gwcfg.Balancer = cfg.Balancer
 	if n.gateway, err = gateway.New(gwcfg, n.catalog, n.gossip, n.logger); err != nil {
 		return err
 	}

@@ -68,6 +68,7 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.IntVar(&cfg.APIPort, "api-port", cfg.APIPort, "agent HTTP API port")
 	f.IntVar(&cfg.ServicePort, "service-port", cfg.ServicePort, "port of the service handlers this node hosts")
 	f.StringSliceVar(&services, "services", cfg.Services, "built-in services this node hosts (empty: none)")
+	f.StringVar(&cfg.Balancer, "balancer", "round-robin", "gateway balancing policy: round-robin, p2c, least-request or random (a service may choose its own with the instance meta herd.balancer)")
 	f.StringSliceVar(&cors, "cors-origins", nil, "origins the gateway allows for CORS (default: none, no CORS headers)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")

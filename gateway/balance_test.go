@@ -1,0 +1,68 @@
+package gateway_test
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"testing"
+	"time"
+
+	"github.com/herdcluster/herd/gateway"
+)
+
+// p2c sends most requests to the faster of two instances.
+func TestP2CPrefersTheFasterInstance(t *testing.T) {
+	fast := startBackend(t, "fast")
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		// The latency being measured.
+		<-time.After(20 * time.Millisecond)
+		w.Header().Set("X-Backend", "slow")
+	}))
+	t.Cleanup(slow.Close)
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", fast.instance("svc", "node-fast", ""), instanceAt(backendAddr(slow), "svc", "slow", "node-slow", ""))
+	cfg := gateway.DefaultConfig()
+	cfg.Balancer = gateway.BalancerP2C
+	tg := startGateway(t, cfg, cat, live)
+	toFast := 0
+	for range 100 {
+		res, _ := tg.do(t, http.MethodGet, "/svc/", nil, nil)
+		if res.Header.Get("X-Herd-Upstream") == "node-fast" {
+			toFast++
+		}
+	}
+	if toFast < 75 {
+		t.Fatalf("p2c sent %d of 100 requests to the fast instance, want most", toFast)
+	}
+}
+
+// Round-robin honours weights exactly; every policy reaches every instance.
+func TestWeightsAndPolicies(t *testing.T) {
+	a, b := startBackend(t, "a"), startBackend(t, "b")
+	ia, ib := a.instance("svc", "node-a", ""), b.instance("svc", "node-b", "")
+	ia.Weight = 3
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", ia, ib)
+	for _, policy := range []string{gateway.BalancerRoundRobin, gateway.BalancerP2C, gateway.BalancerLeastRequest, gateway.BalancerRandom} {
+		t.Run(policy, func(t *testing.T) {
+			cfg := gateway.DefaultConfig()
+			cfg.Balancer = policy
+			tg := startGateway(t, cfg, cat, live)
+			counts := map[string]int{}
+			for range 80 {
+				res, _ := tg.do(t, http.MethodGet, "/svc/", nil, nil)
+				counts[res.Header.Get("X-Herd-Upstream")]++
+			}
+			if counts["node-a"] == 0 || counts["node-b"] == 0 {
+				t.Fatalf("%s reached %v", policy, counts)
+			}
+			if policy == gateway.BalancerRoundRobin && (counts["node-a"] != 60 || counts["node-b"] != 20) {
+				t.Fatalf("weighted round-robin: %v, want 60/20", counts)
+			}
+		})
+	}
+	bad := gateway.DefaultConfig()
+	bad.Balancer = "fastest"
+	if err := bad.Validate(); err == nil {
+		t.Fatal("unknown balancer accepted")
+	}
+}
