@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build build-linux test check check-deploy cluster bench vagrant-up clean
+.PHONY: all build build-linux test check check-deploy cluster bench bench-proxy vagrant-up clean
 
 all: build
 
@@ -28,6 +28,13 @@ check-deploy: build
 # real node processes, printed as a table. Not part of `make test`.
 bench:
 	./bench/lifecycle.sh
+
+# Proxy throughput: wrk against the hello backend directly, through nginx,
+# through Go's stock httputil.ReverseProxy and through herd's gateway; medians
+# over BENCH_ROUNDS (3) rounds of BENCH_DURATION (10s), JSON in BENCH_OUT
+# (/tmp/herd-bench-proxy.json). Installs wrk and nginx-light when missing.
+bench-proxy: build
+	./bench/proxy.sh
 
 # A static linux/amd64 binary for the VMs.
 build-linux:

@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"strings"
 	"time"
@@ -56,6 +57,18 @@ type Config struct {
 	// own default of 2 exhausts ephemeral ports under load (golang/go#13801).
 	MaxIdleConnsPerHost int
 
+	// TrustedProxies are the networks whose X-Forwarded-For the gateway
+	// keeps (appending the client's address); from anyone else it is
+	// replaced. Empty: trust no one.
+	TrustedProxies []netip.Prefix
+
+	// RateLimit is the sustained requests per second allowed to one client
+	// IP, with bursts of RateBurst; over it the gateway answers 429 with
+	// Retry-After. Zero (the default) means no limit.
+	RateLimit float64
+	// RateBurst is the token bucket's size; zero means max(1, RateLimit).
+	RateBurst int
+
 	// Balancer is the balancing policy: "round-robin" (the default for
 	// now), "p2c" (power of two choices over peak-EWMA latency times
 	// requests in flight), "least-request" or "random"; all honour instance
@@ -95,6 +108,9 @@ func (c Config) Validate() error {
 	}
 	if c.MaxIdleConnsPerHost < 0 {
 		return fmt.Errorf("%w: MaxIdleConnsPerHost must not be negative, got %d", ErrInvalidConfig, c.MaxIdleConnsPerHost)
+	}
+	if c.RateLimit < 0 || c.RateBurst < 0 {
+		return fmt.Errorf("%w: RateLimit and RateBurst must not be negative", ErrInvalidConfig)
 	}
 	if _, ok := selectorFor(c.Balancer); !ok {
 		return fmt.Errorf("%w: Balancer %q: want %s, %s, %s or %s", ErrInvalidConfig, c.Balancer,

@@ -33,6 +33,8 @@ const (
 	// ReasonBodyTooLarge: the request body is over the gateway's limit
 	// (413).
 	ReasonBodyTooLarge = "body_too_large"
+	// ReasonRateLimited: the client sent more than the rate limit (429).
+	ReasonRateLimited = "rate_limited"
 	// ReasonOverloaded: every usable instance already has its maximum of
 	// requests in flight through this gateway (503).
 	ReasonOverloaded = "overloaded"

@@ -29,6 +29,9 @@ type Gateway struct {
 	services serviceStates
 	cors     corsPolicy
 
+	limiter     *limiter // nil without a rate limit
+	rateLimited atomic.Uint64
+
 	transport *http.Transport
 	proxy     *httputil.ReverseProxy
 	engine    *gin.Engine
@@ -77,6 +80,9 @@ func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway,
 		cors:      newCORSPolicy(cfg.CORSOrigins),
 		transport: newTransport(cfg),
 		stopped:   make(chan struct{}),
+	}
+	if cfg.RateLimit > 0 {
+		g.limiter = newLimiter(cfg.RateLimit, cfg.RateBurst)
 	}
 	g.proxy = g.newProxy()
 	engine, err := g.newEngine()

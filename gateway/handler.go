@@ -3,8 +3,11 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"net/netip"
 	"net/url"
+	"strconv"
 	"strings"
 
 	"github.com/gin-gonic/gin"
@@ -23,6 +26,14 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	origin, cors := g.cors.allow(r)
 
+	if g.limiter != nil {
+		if wait, ok := g.limiter.allow(clientIP(r)); !ok {
+			w.Header().Set("Retry-After", strconv.Itoa(int(math.Ceil(wait.Seconds()))))
+			g.rateLimited.Add(1)
+			g.reject(w, id, origin, cors, http.StatusTooManyRequests, ReasonRateLimited, "too many requests from this client; retry later")
+			return
+		}
+	}
 	service, decRest, escRest, ok := splitPath(r.URL)
 	if !ok {
 		g.reject(w, id, origin, cors, http.StatusNotFound, ReasonNoService,
@@ -99,6 +110,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		body:       body,
 		replayable: replayable,
 		upgrade:    r.Header.Get("Upgrade") != "",
+		trustXFF:   g.trusted(r),
 	}
 	rt.path, rt.rawPath = upstreamPath(inst.Path, decRest, escRest)
 	rt.requestID[0] = id
@@ -189,6 +201,29 @@ func hasDotDotSegment(p string) bool {
 	}
 	for seg := range strings.SplitSeq(p, "/") {
 		if seg == ".." {
+			return true
+		}
+	}
+	return false
+}
+
+// clientIP is the address of the peer that sent r.
+func clientIP(r *http.Request) netip.Addr {
+	ap, err := netip.ParseAddrPort(r.RemoteAddr)
+	if err != nil {
+		return netip.Addr{}
+	}
+	return ap.Addr().Unmap()
+}
+
+// trusted reports whether r comes from a trusted proxy.
+func (g *Gateway) trusted(r *http.Request) bool {
+	if len(g.cfg.TrustedProxies) == 0 {
+		return false
+	}
+	ip := clientIP(r)
+	for _, p := range g.cfg.TrustedProxies {
+		if p.Contains(ip) {
 			return true
 		}
 	}

@@ -43,10 +43,13 @@ type route struct {
 	body       []byte
 	replayable bool
 	upgrade    bool
-	path       string // upstream URL.Path
-	rawPath    string // upstream URL.RawPath, "" when Path needs no special escaping
-	origin     string // Origin to answer for CORS, when cors
-	cors       bool   // the gateway handles CORS for this request
+	// trustXFF: the client is in TrustedProxies, so its X-Forwarded-For
+	// is kept.
+	trustXFF bool
+	path     string // upstream URL.Path
+	rawPath  string // upstream URL.RawPath, "" when Path needs no special escaping
+	origin   string // Origin to answer for CORS, when cors
+	cors     bool   // the gateway handles CORS for this request
 
 	// Single-value header slices the response headers point into, so that
 	// setting them costs no allocation.
@@ -145,6 +148,13 @@ func rewrite(pr *httputil.ProxyRequest) {
 	u.RawQuery = pr.In.URL.RawQuery
 	// The Host header follows the URL: the instance, not the gateway.
 	pr.Out.Host = ""
+	if rt.trustXFF {
+		// The client is a trusted proxy: keep the chain it sent, and
+		// SetXForwarded appends the client's address to it.
+		if xff := pr.In.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+			pr.Out.Header["X-Forwarded-For"] = xff
+		}
+	}
 	pr.SetXForwarded()
 }
 

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -111,5 +112,52 @@ func TestRequestBodyLimit(t *testing.T) {
 	res, _ = tg.do(t, http.MethodPost, "/svc/", nil, bytes.NewReader(big[:10<<20]))
 	if res.StatusCode != http.StatusOK {
 		t.Fatalf("body at the limit: %d", res.StatusCode)
+	}
+}
+
+// X-Forwarded-For is kept (and appended to) only from trusted proxies.
+func TestTrustedProxies(t *testing.T) {
+	good := startBackend(t, "good")
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", good.instance("svc", "node-good", ""))
+	hdr := http.Header{"X-Forwarded-For": {"203.0.113.7"}}
+
+	tg := startGateway(t, gateway.DefaultConfig(), cat, live)
+	if _, s := tg.get(t, "/svc/", hdr); s.Header.Get("X-Forwarded-For") != "127.0.0.1" {
+		t.Fatalf("untrusted client: X-Forwarded-For %q, want it replaced", s.Header.Get("X-Forwarded-For"))
+	}
+	cfg := gateway.DefaultConfig()
+	cfg.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	tg = startGateway(t, cfg, cat, live)
+	if _, s := tg.get(t, "/svc/", hdr); s.Header.Get("X-Forwarded-For") != "203.0.113.7, 127.0.0.1" {
+		t.Fatalf("trusted proxy: X-Forwarded-For %q, want the chain kept", s.Header.Get("X-Forwarded-For"))
+	}
+}
+
+// Over the per-client rate limit the gateway answers 429 with Retry-After.
+func TestRateLimit(t *testing.T) {
+	good := startBackend(t, "good")
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", good.instance("svc", "node-good", ""))
+	cfg := gateway.DefaultConfig()
+	cfg.RateLimit, cfg.RateBurst = 1, 5
+	tg := startGateway(t, cfg, cat, live)
+	ok, limited := 0, 0
+	for range 20 {
+		res, body := tg.do(t, http.MethodGet, "/svc/", nil, nil)
+		switch res.StatusCode {
+		case http.StatusOK:
+			ok++
+		case http.StatusTooManyRequests:
+			limited++
+			if res.Header.Get("Retry-After") == "" || !strings.Contains(string(body), "rate_limited") {
+				t.Fatalf("429 without Retry-After or reason: %v %s", res.Header, body)
+			}
+		default:
+			t.Fatalf("status %d", res.StatusCode)
+		}
+	}
+	if ok < 5 || ok > 6 || limited == 0 {
+		t.Fatalf("%d allowed and %d limited of 20 with a burst of 5", ok, limited)
 	}
 }

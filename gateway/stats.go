@@ -21,6 +21,9 @@ type ServiceStats struct {
 	Ejected int
 }
 
+// RateLimited counts requests answered 429 by the rate limit.
+func (g *Gateway) RateLimited() uint64 { return g.rateLimited.Load() }
+
 // Stats returns the counters of every service that has had a request,
 // sorted by service. It reads atomics only; scraping costs the request path
 // nothing.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -51,6 +52,17 @@ type Config struct {
 	CORSOrigins []string
 	// Balancer is the gateway's balancing policy (see gateway.Config).
 	Balancer string
+	// TrustedProxies are CIDRs whose X-Forwarded-For the gateway keeps.
+	TrustedProxies []string
+	// RateLimit is requests per second per client IP at the gateway (0: no
+	// limit), with bursts of RateBurst.
+	RateLimit float64
+	RateBurst int
+	// DialTimeout and ResponseHeaderTimeout bound the gateway's upstream
+	// connects and waits for response headers (0: the gateway's defaults,
+	// 500ms and 15s).
+	DialTimeout           time.Duration
+	ResponseHeaderTimeout time.Duration
 
 	// ForceNewCluster restarts the member in DataDir as the only member of a
 	// new cluster, keeping its data (recovery after losing a majority).
@@ -196,6 +208,15 @@ func (c *Config) Validate() error {
 	if err := (gateway.Config{Balancer: c.Balancer}).Validate(); c.Balancer != "" && err != nil {
 		return fmt.Errorf("--balancer %q: want round-robin, p2c, least-request or random", c.Balancer)
 	}
+	if _, err := c.trustedProxies(); err != nil {
+		return err
+	}
+	if c.RateLimit < 0 || c.RateBurst < 0 {
+		return fmt.Errorf("--rate-limit %v and --rate-burst %d must not be negative", c.RateLimit, c.RateBurst)
+	}
+	if c.DialTimeout < 0 || c.ResponseHeaderTimeout < 0 {
+		return errors.New("--dial-timeout and --response-header-timeout must not be negative")
+	}
 	if c.DrainDelay < 0 || c.ShutdownTimeout <= 0 {
 		return errors.New("drain delay must be >= 0 and shutdown timeout > 0")
 	}
@@ -218,4 +239,21 @@ func contains(list []string, s string) bool {
 		}
 	}
 	return false
+}
+
+// trustedProxies parses TrustedProxies; an address alone is a /32 or /128.
+func (c *Config) trustedProxies() ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, p := range c.TrustedProxies {
+		if pfx, err := netip.ParsePrefix(p); err == nil {
+			out = append(out, pfx.Masked())
+			continue
+		}
+		a, err := netip.ParseAddr(p)
+		if err != nil {
+			return nil, fmt.Errorf("--trusted-proxies: %q is neither a CIDR nor an IP address", p)
+		}
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out, nil
 }

@@ -39,13 +39,15 @@ var (
 		"Instances in this node's catalog, by service.", []string{"service"}, nil)
 	descRole = prometheus.NewDesc("herd_registry_role",
 		"1 for this node's registry role (voter, learner, spare).", []string{"role"}, nil)
+	descRateLimited = prometheus.NewDesc("herd_gateway_rate_limited_total",
+		"Requests answered 429 by the per-client rate limit.", nil, nil)
 	descSynced = prometheus.NewDesc("herd_catalog_synced",
 		"1 when the catalog follows the registry live, 0 when it serves its last snapshot.", nil, nil)
 )
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAnswers, descRetries, descEjections, descUpstreamErrors,
-		descInflight, descEjected, descMembers, descInstances, descRole, descSynced} {
+		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRateLimited} {
 		ch <- d
 	}
 }
@@ -58,6 +60,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		return // the parts below are not all there yet
 	}
 	if n.gateway != nil {
+		ch <- prometheus.MustNewConstMetric(descRateLimited, prometheus.CounterValue, float64(n.gateway.RateLimited()))
 		for _, s := range n.gateway.Stats() {
 			for i, v := range s.Answers {
 				if v > 0 {

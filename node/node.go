@@ -202,6 +202,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	gwcfg := gateway.DefaultConfig()
 	gwcfg.CORSOrigins = cfg.CORSOrigins
 	gwcfg.Balancer = cfg.Balancer
+	gwcfg.TrustedProxies, _ = cfg.trustedProxies() // checked by Validate
+	gwcfg.RateLimit, gwcfg.RateBurst = cfg.RateLimit, cfg.RateBurst
+	gwcfg.DialTimeout, gwcfg.ResponseHeaderTimeout = cfg.DialTimeout, cfg.ResponseHeaderTimeout
 	if n.gateway, err = gateway.New(gwcfg, n.catalog, n.gossip, n.logger); err != nil {
 		return err
 	}

@@ -42,6 +42,7 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 			cfg.Join = flattenList(join)
 			cfg.Services = flattenList(services)
 			cfg.CORSOrigins = flattenList(cors)
+			cfg.TrustedProxies = flattenList(cfg.TrustedProxies)
 			if !cmd.Flags().Changed("data-dir") && os.Getenv("HERD_DATA_DIR") == "" {
 				cfg.DataDir = filepath.Join("data", cfg.Name)
 			}
@@ -69,6 +70,11 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.IntVar(&cfg.ServicePort, "service-port", cfg.ServicePort, "port of the service handlers this node hosts")
 	f.StringSliceVar(&services, "services", cfg.Services, "built-in services this node hosts (empty: none)")
 	f.StringVar(&cfg.Balancer, "balancer", "round-robin", "gateway balancing policy: round-robin, p2c, least-request or random (a service may choose its own with the instance meta herd.balancer)")
+	f.StringSliceVar(&cfg.TrustedProxies, "trusted-proxies", nil, "CIDRs whose X-Forwarded-For the gateway keeps (default: none, it is replaced)")
+	f.Float64Var(&cfg.RateLimit, "rate-limit", 0, "requests per second per client IP at the gateway, 429 beyond (0: no limit)")
+	f.IntVar(&cfg.RateBurst, "rate-burst", 0, "burst allowed above --rate-limit (0: one second's worth)")
+	f.DurationVar(&cfg.DialTimeout, "dial-timeout", 500*time.Millisecond, "gateway: upstream connect timeout")
+	f.DurationVar(&cfg.ResponseHeaderTimeout, "response-header-timeout", 15*time.Second, "gateway: upstream response-header timeout")
 	f.StringSliceVar(&cors, "cors-origins", nil, "origins the gateway allows for CORS (default: none, no CORS headers)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
