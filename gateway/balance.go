@@ -172,6 +172,8 @@ type serviceState struct {
 
 	// Counters for metrics: answers by status class (index status/100,
 	// 0 for anything else), retries, ejections, failed upstream exchanges.
+	latency        latencyHist
+	hedges         atomic.Uint64
 	answers        [6]atomic.Uint64
 	retries        atomic.Uint64
 	ejections      atomic.Uint64

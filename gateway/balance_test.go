@@ -66,3 +66,32 @@ func TestWeightsAndPolicies(t *testing.T) {
 		t.Fatal("unknown balancer accepted")
 	}
 }
+
+// A hung instance does not stall idempotent requests when hedging is on:
+// after the hedge delay a second instance is asked and its answer wins.
+func TestHedgingAroundAHungInstance(t *testing.T) {
+	release := make(chan struct{})
+	hung := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // a paused process: no answer until the test ends
+		case <-release:
+		case <-r.Context().Done():
+		}
+	}))
+	t.Cleanup(func() { close(release); hung.Close() })
+	fast := startBackend(t, "fast")
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", instanceAt(backendAddr(hung), "svc", "a-hung", "node-hung", ""), fast.instance("svc", "node-fast", ""))
+	cfg := gateway.DefaultConfig()
+	cfg.HedgeAfter = 50 * time.Millisecond
+	tg := startGateway(t, cfg, cat, live)
+	for i := range 6 {
+		start := time.Now()
+		res, body := tg.do(t, http.MethodGet, "/svc/", nil, nil)
+		if res.StatusCode != http.StatusOK || res.Header.Get("X-Herd-Upstream") != "node-fast" {
+			t.Fatalf("request %d: %d from %q: %s", i, res.StatusCode, res.Header.Get("X-Herd-Upstream"), body)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("request %d took %s despite hedging", i, d)
+		}
+	}
+}

@@ -69,6 +69,14 @@ type Config struct {
 	// RateBurst is the token bucket's size; zero means max(1, RateLimit).
 	RateBurst int
 
+	// HedgeAfter, when positive, also sends an idempotent request to a
+	// second instance when the first has not answered within it; the first
+	// answer wins. Zero means no hedging.
+	HedgeAfter time.Duration
+	// HedgeAuto hedges after the service's observed p95 latency instead
+	// (at least 10ms; none until there are enough samples).
+	HedgeAuto bool
+
 	// Balancer is the balancing policy: "round-robin" (the default for
 	// now), "p2c" (power of two choices over peak-EWMA latency times
 	// requests in flight), "least-request" or "random"; all honour instance

@@ -58,14 +58,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	tried := make([]string, 0, 1+maxRetries)
 	for attempt := 0; ; attempt++ {
 		tried = append(tried, rt.hostport)
-		h := rt.st.healthOf(rt.hostport)
-		h.inflight.Add(1)
-		start := time.Now()
-		resp, err := t.base.RoundTrip(req)
-		h.inflight.Add(-1)
-		if err == nil {
-			h.observe(time.Since(start), start.UnixNano())
-		}
+		resp, err := t.send(req, rt, &tried)
 		failed, retryable := t.classify(req, rt, resp, err)
 		if failed {
 			rt.st.upstreamErrors.Add(1)
@@ -172,10 +165,13 @@ func (rt *route) retarget(inst *api.Instance) {
 
 // outbound is req sent to the route's current instance, with a fresh copy
 // of the buffered body.
-func (rt *route) outbound(req *http.Request) *http.Request {
+func (rt *route) outbound(req *http.Request) *http.Request { return rt.outboundTo(req, rt.inst) }
+
+// outboundTo is req sent to inst, with a fresh copy of the buffered body.
+func (rt *route) outboundTo(req *http.Request, inst *api.Instance) *http.Request {
 	out := req.Clone(req.Context())
-	out.URL.Host = rt.hostport
-	out.URL.Path, out.URL.RawPath = rt.path, rt.rawPath
+	out.URL.Host = rt.st.hostport(inst)
+	out.URL.Path, out.URL.RawPath = upstreamPath(inst.Path, rt.decRest, rt.escRest)
 	out.Host = ""
 	if rt.body != nil {
 		out.Body = io.NopCloser(bytes.NewReader(rt.body))
@@ -199,4 +195,142 @@ func bufferBody(r *http.Request) (body []byte, replayable bool, err error) {
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
 	return body, true, nil
+}
+
+// once sends req to the instance at hostport, keeping its in-flight count
+// and latency estimate.
+func (t *retryTransport) once(req *http.Request, st *serviceState, hostport string) (*http.Response, error) {
+	h := st.healthOf(hostport)
+	h.inflight.Add(1)
+	start := time.Now()
+	resp, err := t.base.RoundTrip(req)
+	h.inflight.Add(-1)
+	if err == nil {
+		d := time.Since(start)
+		h.observe(d, start.UnixNano())
+		st.latency.observe(d)
+	}
+	return resp, err
+}
+
+// hedgeDelay is how long to wait for the first instance before also asking
+// a second one; 0 means no hedging.
+func (t *retryTransport) hedgeDelay(st *serviceState) time.Duration {
+	cfg := t.g.cfg
+	if cfg.HedgeAuto {
+		// The service's p95; until there are enough samples, no hedging.
+		if p95 := st.latency.quantile(0.95); p95 > 0 {
+			return max(p95, minHedgeDelay)
+		}
+		return 0
+	}
+	return cfg.HedgeAfter
+}
+
+// minHedgeDelay keeps automatic hedging from doubling the load of a
+// service whose p95 is tiny.
+const minHedgeDelay = 10 * time.Millisecond
+
+// attemptResult is the outcome of one of the (at most two) concurrent
+// attempts of a hedged request.
+type attemptResult struct {
+	id   int
+	resp *http.Response
+	err  error
+	inst *api.Instance
+}
+
+// send sends req to the route's instance and, for an idempotent request
+// with a replayable body that has no answer within the hedge delay, also to
+// a second instance: the first response wins and the other attempt is
+// cancelled. Without hedging it is a plain attempt.
+func (t *retryTransport) send(req *http.Request, rt *route, tried *[]string) (*http.Response, error) {
+	delay := t.hedgeDelay(rt.st)
+	if delay <= 0 || !rt.replayable || rt.upgrade || !idempotent(req) || len(rt.insts) < 2 {
+		return t.once(req, rt.st, rt.hostport)
+	}
+	results := make(chan attemptResult, 2)
+	var cancels []context.CancelFunc
+	launch := func(r *http.Request, inst *api.Instance, hostport string) {
+		ctx, cancel := context.WithCancel(r.Context())
+		id := len(cancels)
+		cancels = append(cancels, cancel)
+		go func() {
+			resp, err := t.once(r.WithContext(ctx), rt.st, hostport)
+			results <- attemptResult{id: id, resp: resp, err: err, inst: inst}
+		}()
+	}
+	// abandon cancels every attempt but keep (-1: all) and closes, in the
+	// background, the answers of the pending ones.
+	abandon := func(keep, pending int) {
+		for i, c := range cancels {
+			if i != keep {
+				c()
+			}
+		}
+		if pending > 0 {
+			go func() {
+				for range pending {
+					if r := <-results; r.resp != nil {
+						r.resp.Body.Close()
+					}
+				}
+			}()
+		}
+	}
+	launch(req, rt.inst, rt.hostport)
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	pending, hedged := 1, false
+	var last attemptResult
+	for pending > 0 {
+		select {
+		case r := <-results:
+			pending--
+			if r.err == nil {
+				abandon(r.id, pending)
+				if r.inst != rt.inst {
+					rt.retarget(r.inst)
+				}
+				r.resp.Body = &cancelOnClose{ReadCloser: r.resp.Body, cancel: cancels[r.id]}
+				return r.resp, nil
+			}
+			cancels[r.id]()
+			last = r
+		case <-timer.C:
+			if hedged {
+				continue
+			}
+			next := chooseExcept(t.g.sel, rt.st, t.g.live, rt.insts, *tried)
+			if next == nil {
+				continue
+			}
+			hedged = true
+			rt.st.hedges.Add(1)
+			hp := rt.st.hostport(next)
+			*tried = append(*tried, hp)
+			launch(rt.outboundTo(req, next), next, hp)
+			pending++
+		case <-req.Context().Done():
+			abandon(-1, pending)
+			return nil, req.Context().Err()
+		}
+	}
+	if last.inst != nil && last.inst != rt.inst {
+		rt.retarget(last.inst)
+	}
+	return nil, last.err
+}
+
+// cancelOnClose releases the winning attempt's context once its body is
+// done with.
+type cancelOnClose struct {
+	io.ReadCloser
+	cancel context.CancelFunc
+}
+
+func (c *cancelOnClose) Close() error {
+	err := c.ReadCloser.Close()
+	c.cancel()
+	return err
 }

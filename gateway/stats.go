@@ -19,6 +19,11 @@ type ServiceStats struct {
 	Inflight int64
 	// Ejected is the number of instances ejected now.
 	Ejected int
+	// Hedges counts requests also sent to a second instance because the
+	// first was slow to answer.
+	Hedges uint64
+	// Latency is the histogram of the time to upstream response headers.
+	Latency LatencyHistogram
 }
 
 // RateLimited counts requests answered 429 by the rate limit.
@@ -36,7 +41,8 @@ func (g *Gateway) Stats() []ServiceStats {
 	now := nowNano()
 	for name, st := range *m {
 		s := ServiceStats{Service: name, Retries: st.retries.Load(), Ejections: st.ejections.Load(),
-			UpstreamErrors: st.upstreamErrors.Load(), Ejected: st.ejectedCount(now)}
+			UpstreamErrors: st.upstreamErrors.Load(), Ejected: st.ejectedCount(now),
+			Hedges: st.hedges.Load(), Latency: st.latency.snapshot()}
 		for i := range s.Answers {
 			s.Answers[i] = st.answers[i].Load()
 		}

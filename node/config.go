@@ -63,6 +63,10 @@ type Config struct {
 	// 500ms and 15s).
 	DialTimeout           time.Duration
 	ResponseHeaderTimeout time.Duration
+	// HedgeAfter is "off" (or ""), a duration, or "auto" (the service's
+	// p95): when an idempotent request has no answer by then, the gateway
+	// also asks a second instance.
+	HedgeAfter string
 
 	// ForceNewCluster restarts the member in DataDir as the only member of a
 	// new cluster, keeping its data (recovery after losing a majority).
@@ -208,6 +212,9 @@ func (c *Config) Validate() error {
 	if err := (gateway.Config{Balancer: c.Balancer}).Validate(); c.Balancer != "" && err != nil {
 		return fmt.Errorf("--balancer %q: want round-robin, p2c, least-request or random", c.Balancer)
 	}
+	if _, _, err := c.hedge(); err != nil {
+		return err
+	}
 	if _, err := c.trustedProxies(); err != nil {
 		return err
 	}
@@ -256,4 +263,19 @@ func (c *Config) trustedProxies() ([]netip.Prefix, error) {
 		out = append(out, netip.PrefixFrom(a, a.BitLen()))
 	}
 	return out, nil
+}
+
+// hedge parses HedgeAfter.
+func (c *Config) hedge() (after time.Duration, auto bool, err error) {
+	switch c.HedgeAfter {
+	case "", "off":
+		return 0, false, nil
+	case "auto":
+		return 0, true, nil
+	}
+	d, err := time.ParseDuration(c.HedgeAfter)
+	if err != nil || d <= 0 {
+		return 0, false, fmt.Errorf("--hedge-after %q: want off, auto or a positive duration such as 100ms", c.HedgeAfter)
+	}
+	return d, false, nil
 }

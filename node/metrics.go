@@ -39,6 +39,10 @@ var (
 		"Instances in this node's catalog, by service.", []string{"service"}, nil)
 	descRole = prometheus.NewDesc("herd_registry_role",
 		"1 for this node's registry role (voter, learner, spare).", []string{"role"}, nil)
+	descLatency = prometheus.NewDesc("herd_gateway_upstream_latency_seconds",
+		"Time from sending a request upstream to its response headers, by service.", []string{"service"}, nil)
+	descHedges = prometheus.NewDesc("herd_gateway_hedges_total",
+		"Requests also sent to a second instance because the first was slow.", []string{"service"}, nil)
 	descRateLimited = prometheus.NewDesc("herd_gateway_rate_limited_total",
 		"Requests answered 429 by the per-client rate limit.", nil, nil)
 	descSynced = prometheus.NewDesc("herd_catalog_synced",
@@ -47,7 +51,7 @@ var (
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAnswers, descRetries, descEjections, descUpstreamErrors,
-		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRateLimited} {
+		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRateLimited, descLatency, descHedges} {
 		ch <- d
 	}
 }
@@ -72,6 +76,12 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descUpstreamErrors, prometheus.CounterValue, float64(s.UpstreamErrors), s.Service)
 			ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(s.Inflight), s.Service)
 			ch <- prometheus.MustNewConstMetric(descEjected, prometheus.GaugeValue, float64(s.Ejected), s.Service)
+			ch <- prometheus.MustNewConstMetric(descHedges, prometheus.CounterValue, float64(s.Hedges), s.Service)
+			buckets := make(map[float64]uint64, len(s.Latency.Bounds))
+			for i, b := range s.Latency.Bounds {
+				buckets[b] = s.Latency.Cumulative[i]
+			}
+			ch <- prometheus.MustNewConstHistogram(descLatency, s.Latency.Count, s.Latency.Sum, buckets, s.Service)
 		}
 	}
 	counts := map[string]int{}

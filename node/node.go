@@ -205,6 +205,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	gwcfg.TrustedProxies, _ = cfg.trustedProxies() // checked by Validate
 	gwcfg.RateLimit, gwcfg.RateBurst = cfg.RateLimit, cfg.RateBurst
 	gwcfg.DialTimeout, gwcfg.ResponseHeaderTimeout = cfg.DialTimeout, cfg.ResponseHeaderTimeout
+	gwcfg.HedgeAfter, gwcfg.HedgeAuto, _ = cfg.hedge() // checked by Validate
 	if n.gateway, err = gateway.New(gwcfg, n.catalog, n.gossip, n.logger); err != nil {
 		return err
 	}

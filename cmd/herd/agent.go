@@ -75,6 +75,7 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.IntVar(&cfg.RateBurst, "rate-burst", 0, "burst allowed above --rate-limit (0: one second's worth)")
 	f.DurationVar(&cfg.DialTimeout, "dial-timeout", 500*time.Millisecond, "gateway: upstream connect timeout")
 	f.DurationVar(&cfg.ResponseHeaderTimeout, "response-header-timeout", 15*time.Second, "gateway: upstream response-header timeout")
+	f.StringVar(&cfg.HedgeAfter, "hedge-after", "off", "gateway: also ask a second instance when an idempotent request has no answer by then: off, auto (the service's p95) or a duration")
 	f.StringSliceVar(&cors, "cors-origins", nil, "origins the gateway allows for CORS (default: none, no CORS headers)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
