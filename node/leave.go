@@ -84,7 +84,19 @@ func (n *Node) Leave(ctx context.Context) error {
 				}
 			}
 		}
-		if err := registry.RemoveMember(ctx, n.client, m.ID()); err != nil {
+		// Ask the other voters, not this member: it stops as soon as it
+		// applies its own removal, which would lose the answer.
+		var urls []string
+		for _, o := range others {
+			urls = append(urls, o.ClientURLs...)
+		}
+		cli, err := registry.NewClient(urls, n.logger)
+		if err != nil {
+			return fail(err)
+		}
+		err = registry.RemoveMember(ctx, cli, m.ID())
+		cli.Close()
+		if err != nil {
 			return fail(err)
 		}
 		n.logger.Info("leave: removed this node's member from the registry")
