@@ -26,7 +26,7 @@ echo "check-deploy: ruby -c Vagrantfile"
 ruby -c Vagrantfile >/dev/null
 
 echo "check-deploy: shellcheck"
-shellcheck scripts/*.sh deploy/*.sh .ci/run
+shellcheck scripts/*.sh deploy/*.sh bench/*.sh .ci/run
 
 # systemd-analyze verify checks that ExecStart's binary exists: verify a copy
 # of the unit that points at the freshly built binary, with the environment
