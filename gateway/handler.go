@@ -74,7 +74,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 	if r.Body != nil && r.Body != http.NoBody {
 		// Bodies of unknown length are cut at the limit; the proxy then
 		// answers 413 (proxyError).
-		r.Body = http.MaxBytesReader(w, r.Body, maxRequestBody)
+		r.Body = clientBody{http.MaxBytesReader(w, r.Body, maxRequestBody)}
 	}
 	if h := st.healthOf(st.hostport(inst)); h.inflight.Load() >= maxInflightPerInstance {
 		// Fail fast rather than queue behind an instance that is already

@@ -167,10 +167,11 @@ func (h *health) observe(d time.Duration, now int64) {
 	h.at.Store(now)
 }
 
-// stale reports whether the estimate is missing or old.
+// stale reports whether the estimate is missing or old and no request is
+// on its way to refresh it (a hung instance must not draw every request).
 func (h *health) stale(now int64) bool {
 	at := h.at.Load()
-	return at == 0 || now-at > int64(ewmaRefresh)
+	return (at == 0 || now-at > int64(ewmaRefresh)) && h.inflight.Load() == 0
 }
 
 // cost is the estimate, decayed for the time since it was last updated (an

@@ -47,6 +47,10 @@ func newLimiter(rate float64, burst int) *limiter {
 // allow takes a token for ip; when there is none it says how long until
 // there will be one.
 func (l *limiter) allow(ip netip.Addr) (time.Duration, bool) {
+	if ip.Is6() && !ip.Is4In6() {
+		// One IPv6 client usually holds a whole /64: count it as one.
+		ip = netip.PrefixFrom(ip, 64).Masked().Addr()
+	}
 	b := ip.As16()
 	sh := &l.shard[maphash.Bytes(l.seed, b[:])%uint64(len(l.shard))]
 	now := time.Now()
@@ -54,8 +58,16 @@ func (l *limiter) allow(ip netip.Addr) (time.Duration, bool) {
 	defer sh.mu.Unlock()
 	bk, ok := sh.buckets[ip]
 	if !ok {
-		if len(sh.buckets) >= maxBuckets || now.Sub(sh.sweep) > time.Minute {
+		if (len(sh.buckets) >= maxBuckets && now.Sub(sh.sweep) > time.Second) || now.Sub(sh.sweep) > time.Minute {
 			sh.sweepLocked(now, l)
+		}
+		if len(sh.buckets) >= maxBuckets {
+			// Still full of active clients: forget one (a forgotten client
+			// starts again with a full bucket) rather than grow.
+			for k := range sh.buckets {
+				delete(sh.buckets, k)
+				break
+			}
 		}
 		bk = &bucket{tokens: l.burst, last: now}
 		sh.buckets[ip] = bk

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"math/rand/v2"
 	"net"
@@ -56,23 +57,35 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	t.inflight.Add(1)
 	defer t.inflight.Add(-1)
 	tried := make([]string, 0, 1+maxRetries)
+	holding := false // a retry token is held until the retried send returns
+	defer func() {
+		if holding {
+			t.retriesInflight.Add(-1)
+		}
+	}()
 	for attempt := 0; ; attempt++ {
 		tried = append(tried, rt.hostport)
 		resp, err := t.send(req, rt, &tried)
+		if holding {
+			t.retriesInflight.Add(-1)
+			holding = false
+		}
 		failed, retryable := t.classify(req, rt, resp, err)
 		if failed {
 			rt.st.upstreamErrors.Add(1)
 		}
-		if t.g.noteOutcome(rt, failed) {
-			rt.st.ejections.Add(1)
-			t.g.log.Warn("instance ejected after consecutive failures", "service", rt.inst.Service, "instance", rt.inst.ID, "node", rt.inst.Node, "addr", rt.hostport)
+		if verdict(req, err) {
+			t.g.report(rt, rt.hostport, failed)
 		}
 		if !retryable || attempt >= maxRetries || !t.takeRetry() {
 			return resp, err
 		}
-		next := chooseExcept(t.g.sel, rt.st, t.g.live, rt.insts, tried)
+		holding = true
+		// Retries and hedges pick at random among the rest: they must not
+		// move the round-robin cursor, or the next request's first attempt
+		// would land on the failing instance again.
+		next := chooseExcept(randomPick{}, rt.st, t.g.live, rt.insts, tried)
 		if next == nil {
-			t.retriesInflight.Add(-1)
 			return resp, err
 		}
 		if resp != nil {
@@ -80,13 +93,42 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			resp.Body.Close()
 		}
 		if !sleepJitter(req.Context(), retryBackoff) {
-			t.retriesInflight.Add(-1)
 			return nil, req.Context().Err()
 		}
 		rt.st.retries.Add(1)
 		rt.retarget(next)
 		req = rt.outbound(req)
-		t.retriesInflight.Add(-1)
+	}
+}
+
+// verdict reports whether an attempt's outcome says something about the
+// instance: not when the client went away or the client's own body failed
+// (too large, or broken off), which are no fault of the instance.
+func verdict(req *http.Request, err error) bool {
+	if err == nil {
+		return true
+	}
+	if req.Context().Err() != nil {
+		return false
+	}
+	var tooBig *http.MaxBytesError
+	if errors.As(err, &tooBig) || errors.Is(err, errClientBody) {
+		return false
+	}
+	return true
+}
+
+// errClientBody marks a failure to read the client's request body.
+var errClientBody = errors.New("reading the client's request body")
+
+// report feeds one attempt's outcome to the counters and outlier detection.
+func (g *Gateway) report(rt *route, hostport string, failed bool) {
+	if failed {
+		rt.st.upstreamErrors.Add(1)
+	}
+	if rt.st.report(hostport, failed, len(rt.insts)) {
+		rt.st.ejections.Add(1)
+		g.log.Warn("instance ejected after consecutive failures", "service", rt.inst.Service, "addr", hostport)
 	}
 }
 
@@ -104,16 +146,15 @@ func (t *retryTransport) takeRetry() bool {
 // whether it may be retried.
 func (t *retryTransport) classify(req *http.Request, rt *route, resp *http.Response, err error) (failed, retryable bool) {
 	if err != nil {
-		if req.Context().Err() != nil {
-			return false, false // the client went away: not the instance's fault
+		if !verdict(req, err) {
+			return false, false // the client went away or its body failed
 		}
 		if !rt.replayable || rt.upgrade {
 			return true, false
 		}
 		return true, notSent(err) || idempotent(req)
 	}
-	switch resp.StatusCode {
-	case http.StatusBadGateway, http.StatusServiceUnavailable, http.StatusGatewayTimeout:
+	if retryableStatus(resp.StatusCode) {
 		return true, rt.replayable && !rt.upgrade && idempotent(req)
 	}
 	return false, false
@@ -149,12 +190,6 @@ func sleepJitter(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// noteOutcome feeds outlier detection; it reports whether the instance was
-// just ejected.
-func (g *Gateway) noteOutcome(rt *route, failed bool) bool {
-	return rt.st.report(rt.hostport, failed, len(rt.insts))
-}
-
 // retarget points the route at inst.
 func (rt *route) retarget(inst *api.Instance) {
 	rt.inst = inst
@@ -176,6 +211,7 @@ func (rt *route) outboundTo(req *http.Request, inst *api.Instance) *http.Request
 	if rt.body != nil {
 		out.Body = io.NopCloser(bytes.NewReader(rt.body))
 		out.ContentLength = int64(len(rt.body))
+		out.GetBody = rt.getBody
 	}
 	return out
 }
@@ -194,7 +230,29 @@ func bufferBody(r *http.Request) (body []byte, replayable bool, err error) {
 		return nil, false, err
 	}
 	r.Body = io.NopCloser(bytes.NewReader(body))
+	// With GetBody the transport itself resends on a keep-alive connection
+	// the upstream had closed.
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
 	return body, true, nil
+}
+
+func (rt *route) getBody() (io.ReadCloser, error) {
+	return io.NopCloser(bytes.NewReader(rt.body)), nil
+}
+
+// clientBody marks read errors of a streamed client body, so that they are
+// not held against the instance.
+type clientBody struct{ io.ReadCloser }
+
+func (b clientBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	if err != nil && err != io.EOF {
+		var tooBig *http.MaxBytesError
+		if !errors.As(err, &tooBig) {
+			err = fmt.Errorf("%w: %w", errClientBody, err)
+		}
+	}
+	return n, err
 }
 
 // once sends req to the instance at hostport, keeping its in-flight count
@@ -287,6 +345,16 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried *[]string) (*h
 		select {
 		case r := <-results:
 			pending--
+			if r.err == nil && pending > 0 && retryableStatus(r.resp.StatusCode) {
+				// A quick 502/503/504 must not beat an attempt that may
+				// still succeed.
+				t.g.report(rt, rt.st.hostport(r.inst), true)
+				_, _ = io.Copy(io.Discard, io.LimitReader(r.resp.Body, 64<<10))
+				r.resp.Body.Close()
+				cancels[r.id]()
+				last = attemptResult{id: r.id, err: errHedgeLost, inst: r.inst}
+				continue
+			}
 			if r.err == nil {
 				abandon(r.id, pending)
 				if r.inst != rt.inst {
@@ -296,15 +364,20 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried *[]string) (*h
 				return r.resp, nil
 			}
 			cancels[r.id]()
+			if pending > 0 && verdict(req, r.err) {
+				// Reported here: the caller sees only the final outcome.
+				t.g.report(rt, rt.st.hostport(r.inst), true)
+			}
 			last = r
 		case <-timer.C:
 			if hedged {
 				continue
 			}
-			next := chooseExcept(t.g.sel, rt.st, t.g.live, rt.insts, *tried)
-			if next == nil {
-				continue
+			next := chooseExcept(randomPick{}, rt.st, t.g.live, rt.insts, *tried)
+			if next == nil || !t.takeRetry() {
+				continue // hedges share the retry budget
 			}
+			defer t.retriesInflight.Add(-1)
 			hedged = true
 			rt.st.hedges.Add(1)
 			hp := rt.st.hostport(next)
@@ -320,6 +393,14 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried *[]string) (*h
 		rt.retarget(last.inst)
 	}
 	return nil, last.err
+}
+
+// errHedgeLost stands for an attempt answered 502/503/504 while another was
+// still pending.
+var errHedgeLost = errors.New("answered 502/503/504 while another attempt was pending")
+
+func retryableStatus(code int) bool {
+	return code == http.StatusBadGateway || code == http.StatusServiceUnavailable || code == http.StatusGatewayTimeout
 }
 
 // cancelOnClose releases the winning attempt's context once its body is
