@@ -12,25 +12,40 @@ import (
 	"github.com/herdcluster/herd/api"
 )
 
-// selector chooses which of the usable instances of a service gets the
-// next request. cands holds indexes into insts (at least one); the result
-// is one of cands. Implementations are safe for concurrent use, never block,
-// take no lock, and honour the instances' weights.
-type selector interface {
-	pick(st *serviceState, insts []api.Instance, cands []int) int
+// selector is a balancing policy: it chooses which of the usable instances
+// of a service gets the next request. cands holds indexes into insts (at
+// least one); the result is one of cands. Every policy is safe for
+// concurrent use, never blocks, takes no lock, and honours the instances'
+// weights. It is a plain value with a switch rather than an interface, so
+// that cands stays on the caller's stack.
+type selector uint8
+
+const (
+	selRoundRobin selector = iota
+	selP2C
+	selLeastRequest
+	selRandom
+)
+
+func (s selector) pick(st *serviceState, insts []api.Instance, cands []int) int {
+	switch s {
+	case selP2C:
+		return pickP2C(st, insts, cands)
+	case selLeastRequest:
+		return pickLeastRequest(st, insts, cands)
+	case selRandom:
+		return weightedRandom(insts, cands)
+	}
+	return pickRoundRobin(st, insts, cands)
 }
 
 // weight is an instance's weight, at least 1.
 func weight(in *api.Instance) int { return max(in.Weight, 1) }
 
-// roundRobin hands requests to the usable instances in turn, each as often
-// as its weight says. When the set of usable instances changes the
+// pickRoundRobin hands requests to the usable instances in turn, each as
+// often as its weight says. When the set of usable instances changes the
 // rotation simply continues over the new set.
-type roundRobin struct{}
-
-var _ selector = roundRobin{}
-
-func (roundRobin) pick(st *serviceState, insts []api.Instance, cands []int) int {
+func pickRoundRobin(st *serviceState, insts []api.Instance, cands []int) int {
 	total := 0
 	for _, i := range cands {
 		total += weight(&insts[i])
@@ -44,15 +59,7 @@ func (roundRobin) pick(st *serviceState, insts []api.Instance, cands []int) int 
 	return cands[len(cands)-1]
 }
 
-// randomPick picks an instance at random, in proportion to its weight.
-type randomPick struct{}
-
-var _ selector = randomPick{}
-
-func (randomPick) pick(st *serviceState, insts []api.Instance, cands []int) int {
-	return weightedRandom(insts, cands)
-}
-
+// weightedRandom picks an instance at random, in proportion to its weight.
 func weightedRandom(insts []api.Instance, cands []int) int {
 	total := 0
 	for _, i := range cands {
@@ -67,13 +74,9 @@ func weightedRandom(insts []api.Instance, cands []int) int {
 	return cands[len(cands)-1]
 }
 
-// leastRequest picks, of two instances drawn at random by weight, the one
-// with fewer requests in flight.
-type leastRequest struct{}
-
-var _ selector = leastRequest{}
-
-func (leastRequest) pick(st *serviceState, insts []api.Instance, cands []int) int {
+// pickLeastRequest picks, of two instances drawn at random by weight, the
+// one with fewer requests in flight.
+func pickLeastRequest(st *serviceState, insts []api.Instance, cands []int) int {
 	a, b := twoOf(insts, cands)
 	if a == b {
 		return a
@@ -86,14 +89,10 @@ func (leastRequest) pick(st *serviceState, insts []api.Instance, cands []int) in
 	return a
 }
 
-// p2c: power of two choices, drawn by weight, over peak-EWMA latency times
-// requests in flight. An instance whose estimate has not been refreshed for
-// a while is picked once to refresh it.
-type p2c struct{}
-
-var _ selector = p2c{}
-
-func (p2c) pick(st *serviceState, insts []api.Instance, cands []int) int {
+// pickP2C: power of two choices, drawn by weight, over peak-EWMA latency
+// times requests in flight. An instance whose estimate has not been
+// refreshed for a while is picked once to refresh it.
+func pickP2C(st *serviceState, insts []api.Instance, cands []int) int {
 	a, b := twoOf(insts, cands)
 	if a == b {
 		return a
@@ -136,15 +135,15 @@ func twoOf(insts []api.Instance, cands []int) (int, int) {
 func selectorFor(name string) (selector, bool) {
 	switch name {
 	case "", BalancerP2C:
-		return p2c{}, true
+		return selP2C, true
 	case BalancerRoundRobin:
-		return roundRobin{}, true
+		return selRoundRobin, true
 	case BalancerRandom:
-		return randomPick{}, true
+		return selRandom, true
 	case BalancerLeastRequest:
-		return leastRequest{}, true
+		return selLeastRequest, true
 	}
-	return nil, false
+	return 0, false
 }
 
 // Balancing policies.

@@ -56,7 +56,8 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	t.inflight.Add(1)
 	defer t.inflight.Add(-1)
-	tried := make([]string, 0, 1+maxRetries)
+	var triedBuf [2 * (1 + maxRetries)]string // each attempt and its hedge
+	tried := triedBuf[:0]
 	holding := false // a retry token is held until the retried send returns
 	defer func() {
 		if holding {
@@ -65,7 +66,10 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}()
 	for attempt := 0; ; attempt++ {
 		tried = append(tried, rt.hostport)
-		resp, err := t.send(req, rt, &tried)
+		resp, hedgedTo, err := t.send(req, rt, tried)
+		if hedgedTo != "" {
+			tried = append(tried, hedgedTo)
+		}
 		if holding {
 			t.retriesInflight.Add(-1)
 			holding = false
@@ -84,7 +88,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		// Retries and hedges pick at random among the rest: they must not
 		// move the round-robin cursor, or the next request's first attempt
 		// would land on the failing instance again.
-		next := chooseExcept(randomPick{}, rt.st, t.g.live, rt.insts, tried)
+		next := chooseExcept(selRandom, rt.st, t.g.live, rt.insts, tried)
 		if next == nil {
 			return resp, err
 		}
@@ -302,10 +306,13 @@ type attemptResult struct {
 // with a replayable body that has no answer within the hedge delay, also to
 // a second instance: the first response wins and the other attempt is
 // cancelled. Without hedging it is a plain attempt.
-func (t *retryTransport) send(req *http.Request, rt *route, tried *[]string) (*http.Response, error) {
+//
+// It returns the "address:port" of the instance it hedged to, "" if none.
+func (t *retryTransport) send(req *http.Request, rt *route, tried []string) (*http.Response, string, error) {
 	delay := t.hedgeDelay(rt.st)
 	if delay <= 0 || !rt.replayable || rt.upgrade || !idempotent(req) || len(rt.insts) < 2 {
-		return t.once(req, rt.st, rt.hostport)
+		resp, err := t.once(req, rt.st, rt.hostport)
+		return resp, "", err
 	}
 	results := make(chan attemptResult, 2)
 	var cancels []context.CancelFunc
@@ -339,7 +346,7 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried *[]string) (*h
 	launch(req, rt.inst, rt.hostport)
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
-	pending, hedged := 1, false
+	pending, hedgedTo := 1, ""
 	var last attemptResult
 	for pending > 0 {
 		select {
@@ -361,7 +368,7 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried *[]string) (*h
 					rt.retarget(r.inst)
 				}
 				r.resp.Body = &cancelOnClose{ReadCloser: r.resp.Body, cancel: cancels[r.id]}
-				return r.resp, nil
+				return r.resp, hedgedTo, nil
 			}
 			cancels[r.id]()
 			if pending > 0 && verdict(req, r.err) {
@@ -370,29 +377,27 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried *[]string) (*h
 			}
 			last = r
 		case <-timer.C:
-			if hedged {
+			if hedgedTo != "" {
 				continue
 			}
-			next := chooseExcept(randomPick{}, rt.st, t.g.live, rt.insts, *tried)
+			next := chooseExcept(selRandom, rt.st, t.g.live, rt.insts, tried)
 			if next == nil || !t.takeRetry() {
 				continue // hedges share the retry budget
 			}
 			defer t.retriesInflight.Add(-1)
-			hedged = true
 			rt.st.hedges.Add(1)
-			hp := rt.st.hostport(next)
-			*tried = append(*tried, hp)
-			launch(rt.outboundTo(req, next), next, hp)
+			hedgedTo = rt.st.hostport(next)
+			launch(rt.outboundTo(req, next), next, hedgedTo)
 			pending++
 		case <-req.Context().Done():
 			abandon(-1, pending)
-			return nil, req.Context().Err()
+			return nil, hedgedTo, req.Context().Err()
 		}
 	}
 	if last.inst != nil && last.inst != rt.inst {
 		rt.retarget(last.inst)
 	}
-	return nil, last.err
+	return nil, hedgedTo, last.err
 }
 
 // errHedgeLost stands for an attempt answered 502/503/504 while another was
