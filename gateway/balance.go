@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"math"
 	"math/rand/v2"
 	"net"
 	"slices"
@@ -25,10 +26,15 @@ const (
 	selP2C
 	selLeastRequest
 	selRandom
+	// selHash: rendezvous hashing on a request key (a header or a cookie,
+	// named by the service's meta herd.hash-on), for affinity.
+	selHash
 )
 
-func (s selector) pick(st *serviceState, insts []api.Instance, cands []int) int {
+func (s selector) pick(st *serviceState, insts []api.Instance, cands []int, key uint64) int {
 	switch s {
+	case selHash:
+		return pickHash(insts, cands, key)
 	case selP2C:
 		return pickP2C(st, insts, cands)
 	case selLeastRequest:
@@ -57,6 +63,47 @@ func pickRoundRobin(st *serviceState, insts []api.Instance, cands []int) int {
 		}
 	}
 	return cands[len(cands)-1]
+}
+
+// pickHash picks by rendezvous (highest random weight) hashing of key with
+// each instance's ID: the same key goes to the same instance while it is
+// usable, and only the keys of an instance that goes away move. Weights
+// scale the scores. Without a key it falls back to random.
+func pickHash(insts []api.Instance, cands []int, key uint64) int {
+	if key == 0 {
+		return weightedRandom(insts, cands)
+	}
+	best, bestScore := cands[0], -1.0
+	for _, i := range cands {
+		h := mix(key ^ stringHash(insts[i].ID))
+		// Map to (0,1], then weight: -w/ln(u) keeps the weighted choice
+		// consistent.
+		u := (float64(h>>11) + 1) / (1 << 53)
+		score := -float64(weight(&insts[i])) / math.Log(u)
+		if score > bestScore {
+			best, bestScore = i, score
+		}
+	}
+	return best
+}
+
+// stringHash is FNV-1a.
+func stringHash(s string) uint64 {
+	h := uint64(14695981039346656037)
+	for i := 0; i < len(s); i++ {
+		h ^= uint64(s[i])
+		h *= 1099511628211
+	}
+	return h
+}
+
+// mix is splitmix64's finaliser.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	return x ^ (x >> 31)
 }
 
 // weightedRandom picks an instance at random, in proportion to its weight.
@@ -142,6 +189,8 @@ func selectorFor(name string) (selector, bool) {
 		return selRandom, true
 	case BalancerLeastRequest:
 		return selLeastRequest, true
+	case BalancerHash:
+		return selHash, true
 	}
 	return 0, false
 }
@@ -152,7 +201,14 @@ const (
 	BalancerRoundRobin   = "round-robin"
 	BalancerRandom       = "random"
 	BalancerLeastRequest = "least-request"
+	// BalancerHash is per service only: its instances' meta herd.hash-on
+	// names the key ("header:X-User" or "cookie:session").
+	BalancerHash = "hash"
 )
+
+// MetaHashOn is the instance meta key naming the hash key of the "hash"
+// policy: "header:<name>" or "cookie:<name>".
+const MetaHashOn = "herd.hash-on"
 
 // MetaBalancer is the instance meta key that chooses a service's policy
 // (read from its first instance), overriding the gateway's.
@@ -290,12 +346,20 @@ func classify(status string) uint8 {
 // left, never those on dead or departed nodes. It returns nil when none is
 // usable. It does not allocate for services of up to 64 instances.
 func choose(sel selector, st *serviceState, live Liveness, insts []api.Instance) *api.Instance {
-	return chooseExcept(sel, st, live, insts, nil)
+	return chooseExcept(sel, st, live, insts, nil, pickOpts{})
+}
+
+// pickOpts carries what some policies need beyond the instances.
+type pickOpts struct {
+	// key is the request's hash key for the hash policy, 0 when none.
+	key uint64
+	// local is this node's name when --prefer-local is on.
+	local string
 }
 
 // chooseExcept is choose, skipping the instances whose "address:port" is in
 // tried (a retry goes to another instance).
-func chooseExcept(sel selector, st *serviceState, live Liveness, insts []api.Instance, tried []string) *api.Instance {
+func chooseExcept(sel selector, st *serviceState, live Liveness, insts []api.Instance, tried []string, o pickOpts) *api.Instance {
 	var buf [64]uint8
 	classes := buf[:0]
 	var count [4]int
@@ -330,10 +394,18 @@ func chooseExcept(sel selector, st *serviceState, live Liveness, insts []api.Ins
 			cands = append(cands, i)
 		}
 	}
-	if m := insts[0].Meta; len(m) > 0 {
+	if o.local != "" && want == classAlive {
+		// --prefer-local: this node's own instance while it is healthy.
+		for _, i := range cands {
+			if insts[i].Node == o.local {
+				return &insts[i]
+			}
+		}
+	}
+	if m := insts[0].Meta; len(m) > 0 && sel != selRandom {
 		if s, ok := selectorFor(m[MetaBalancer]); ok {
 			sel = s
 		}
 	}
-	return &insts[sel.pick(st, insts, cands)]
+	return &insts[sel.pick(st, insts, cands, o.key)]
 }

@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herdcluster/herd/api"
 	"github.com/herdcluster/herd/gateway"
 )
 
@@ -93,5 +94,65 @@ func TestHedgingAroundAHungInstance(t *testing.T) {
 		if d := time.Since(start); d > 2*time.Second {
 			t.Fatalf("request %d took %s despite hedging", i, d)
 		}
+	}
+}
+
+// The hash policy keeps a key on one instance, and only the keys of an
+// instance that goes away move.
+func TestHashAffinity(t *testing.T) {
+	var insts []api.Instance
+	for _, name := range []string{"a", "b", "c"} {
+		in := startBackend(t, name).instance("svc", "node-"+name, "")
+		in.Meta = map[string]string{gateway.MetaBalancer: gateway.BalancerHash, gateway.MetaHashOn: "header:X-User"}
+		insts = append(insts, in)
+	}
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", insts...)
+	tg := startGateway(t, gateway.DefaultConfig(), cat, live)
+	owner := map[string]string{}
+	users := []string{"ann", "bob", "cid", "dee", "eve", "fay", "gus", "hal", "ivy", "jon"}
+	for _, u := range users {
+		for range 3 {
+			res, _ := tg.do(t, http.MethodGet, "/svc/", http.Header{"X-User": {u}}, nil)
+			up := res.Header.Get("X-Herd-Upstream")
+			if owner[u] != "" && owner[u] != up {
+				t.Fatalf("user %s went to %s then %s", u, owner[u], up)
+			}
+			owner[u] = up
+		}
+	}
+	spread := map[string]bool{}
+	for _, o := range owner {
+		spread[o] = true
+	}
+	if len(spread) < 2 {
+		t.Fatalf("10 users all hashed to %v", spread)
+	}
+	live.set("node-a", api.StatusDead)
+	for _, u := range users {
+		res, _ := tg.do(t, http.MethodGet, "/svc/", http.Header{"X-User": {u}}, nil)
+		up := res.Header.Get("X-Herd-Upstream")
+		if owner[u] != "node-a" && up != owner[u] {
+			t.Fatalf("user %s moved from %s to %s though its instance stayed", u, owner[u], up)
+		}
+	}
+}
+
+// --prefer-local sends traffic to this node's instance while it is healthy.
+func TestPreferLocal(t *testing.T) {
+	a, b := startBackend(t, "a"), startBackend(t, "b")
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", a.instance("svc", "node-a", ""), b.instance("svc", "node-b", ""))
+	cfg := gateway.DefaultConfig()
+	cfg.LocalNode, cfg.PreferLocal = "node-b", true
+	tg := startGateway(t, cfg, cat, live)
+	for range 10 {
+		if res, _ := tg.do(t, http.MethodGet, "/svc/", nil, nil); res.Header.Get("X-Herd-Upstream") != "node-b" {
+			t.Fatalf("answered by %s, want the local node-b", res.Header.Get("X-Herd-Upstream"))
+		}
+	}
+	live.set("node-b", api.StatusSuspect)
+	if res, _ := tg.do(t, http.MethodGet, "/svc/", nil, nil); res.Header.Get("X-Herd-Upstream") != "node-a" {
+		t.Fatalf("local node suspect: answered by %s, want node-a", res.Header.Get("X-Herd-Upstream"))
 	}
 }

@@ -77,6 +77,12 @@ type Config struct {
 	// (at least 10ms; none until there are enough samples).
 	HedgeAuto bool
 
+	// LocalNode is the name of the node the gateway runs on; with
+	// PreferLocal, that node's instance of a service takes the traffic while
+	// it is healthy (alive, not ejected).
+	LocalNode   string
+	PreferLocal bool
+
 	// Balancer is the balancing policy: "round-robin" (the default for
 	// now), "p2c" (power of two choices over peak-EWMA latency times
 	// requests in flight), "least-request" or "random"; all honour instance
@@ -119,6 +125,9 @@ func (c Config) Validate() error {
 	}
 	if c.RateLimit < 0 || c.RateBurst < 0 {
 		return fmt.Errorf("%w: RateLimit and RateBurst must not be negative", ErrInvalidConfig)
+	}
+	if c.Balancer == BalancerHash {
+		return fmt.Errorf("%w: Balancer %q is chosen per service, with the instance meta %s and %s", ErrInvalidConfig, c.Balancer, MetaBalancer, MetaHashOn)
 	}
 	if _, ok := selectorFor(c.Balancer); !ok {
 		return fmt.Errorf("%w: Balancer %q: want %s, %s, %s or %s", ErrInvalidConfig, c.Balancer,

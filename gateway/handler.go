@@ -59,7 +59,11 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	st := g.services.get(service)
-	inst := choose(g.sel, st, g.live, insts)
+	opts := pickOpts{key: hashKey(r, insts), local: g.cfg.LocalNode}
+	if !g.cfg.PreferLocal {
+		opts.local = ""
+	}
+	inst := chooseExcept(g.sel, st, g.live, insts, nil, opts)
 	if inst == nil {
 		g.reject(w, id, origin, cors, http.StatusServiceUnavailable, ReasonNoLiveInstance,
 			fmt.Sprintf("service %q has %d registered instances, none on a live node", service, len(insts)))
@@ -79,7 +83,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 	if h := st.healthOf(st.hostport(inst)); h.inflight.Load() >= maxInflightPerInstance {
 		// Fail fast rather than queue behind an instance that is already
 		// saturated: another instance, or 503.
-		inst = chooseExcept(g.sel, st, g.live, insts, st.saturated(insts))
+		inst = chooseExcept(g.sel, st, g.live, insts, st.saturated(insts), opts)
 		if inst == nil {
 			g.reject(w, id, origin, cors, http.StatusServiceUnavailable, ReasonOverloaded,
 				fmt.Sprintf("every instance of service %q has %d requests in flight through this gateway", service, maxInflightPerInstance))
@@ -228,4 +232,31 @@ func (g *Gateway) trusted(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// hashKey is the request's key for a service whose instances ask for the
+// hash policy (meta herd.hash-on "header:<name>" or "cookie:<name>"); 0 when
+// the service does not hash or the request lacks the key.
+func hashKey(r *http.Request, insts []api.Instance) uint64 {
+	m := insts[0].Meta
+	if len(m) == 0 || m[MetaBalancer] != BalancerHash {
+		return 0
+	}
+	kind, name, ok := strings.Cut(m[MetaHashOn], ":")
+	if !ok || name == "" {
+		return 0
+	}
+	var v string
+	switch kind {
+	case "header":
+		v = r.Header.Get(name)
+	case "cookie":
+		if c, err := r.Cookie(name); err == nil {
+			v = c.Value
+		}
+	}
+	if v == "" {
+		return 0
+	}
+	return mix(stringHash(v)) | 1
 }

@@ -88,7 +88,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		// Retries and hedges pick at random among the rest: they must not
 		// move the round-robin cursor, or the next request's first attempt
 		// would land on the failing instance again.
-		next := chooseExcept(selRandom, rt.st, t.g.live, rt.insts, tried)
+		next := chooseExcept(selRandom, rt.st, t.g.live, rt.insts, tried, pickOpts{})
 		if next == nil {
 			return resp, err
 		}
@@ -380,7 +380,7 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried []string) (*ht
 			if hedgedTo != "" {
 				continue
 			}
-			next := chooseExcept(selRandom, rt.st, t.g.live, rt.insts, tried)
+			next := chooseExcept(selRandom, rt.st, t.g.live, rt.insts, tried, pickOpts{})
 			if next == nil || !t.takeRetry() {
 				continue // hedges share the retry budget
 			}

@@ -52,6 +52,9 @@ type Config struct {
 	CORSOrigins []string
 	// Balancer is the gateway's balancing policy (see gateway.Config).
 	Balancer string
+	// PreferLocal makes the gateway send a service's traffic to this node's
+	// own instance while it is healthy.
+	PreferLocal bool
 	// TrustedProxies are CIDRs whose X-Forwarded-For the gateway keeps.
 	TrustedProxies []string
 	// RateLimit is requests per second per client IP at the gateway (0: no

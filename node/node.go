@@ -202,6 +202,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	gwcfg := gateway.DefaultConfig()
 	gwcfg.CORSOrigins = cfg.CORSOrigins
 	gwcfg.Balancer = cfg.Balancer
+	gwcfg.LocalNode, gwcfg.PreferLocal = cfg.Name, cfg.PreferLocal
 	gwcfg.TrustedProxies, _ = cfg.trustedProxies() // checked by Validate
 	gwcfg.RateLimit, gwcfg.RateBurst = cfg.RateLimit, cfg.RateBurst
 	gwcfg.DialTimeout, gwcfg.ResponseHeaderTimeout = cfg.DialTimeout, cfg.ResponseHeaderTimeout
