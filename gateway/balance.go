@@ -4,6 +4,7 @@ import (
 	"math"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"slices"
 	"strconv"
 	"sync"
@@ -229,19 +230,28 @@ type serviceState struct {
 	// 0 for anything else), retries, ejections, failed upstream exchanges.
 	latency        latencyHist
 	hedges         atomic.Uint64
-	answers        [6]atomic.Uint64
+	answers        [2][6]atomic.Uint64 // by method class (0 read, 1 write), then status class
 	retries        atomic.Uint64
 	ejections      atomic.Uint64
 	upstreamErrors atomic.Uint64
 }
 
 // countAnswer records the status of an answer to the service.
-func (st *serviceState) countAnswer(status int) {
+func (st *serviceState) countAnswer(method string, status int) {
 	c := status / 100
 	if c < 1 || c > 5 {
 		c = 0
 	}
-	st.answers[c].Add(1)
+	st.answers[methodClass(method)][c].Add(1)
+}
+
+// methodClass is 0 for reads (GET, HEAD, OPTIONS) and 1 for the rest.
+func methodClass(m string) int {
+	switch m {
+	case http.MethodGet, http.MethodHead, http.MethodOptions:
+		return 0
+	}
+	return 1
 }
 
 type hostKey struct {

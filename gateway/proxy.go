@@ -163,7 +163,7 @@ func rewrite(pr *httputil.ProxyRequest) {
 func (g *Gateway) modifyResponse(res *http.Response) error {
 	rt := routeFrom(res.Request.Context())
 	if rt.st != nil {
-		rt.st.countAnswer(res.StatusCode)
+		rt.st.countAnswer(res.Request.Method, res.StatusCode)
 	}
 	h := res.Header
 	h["X-Request-Id"] = rt.requestID[:]
@@ -198,7 +198,7 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	}
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
-		rt.st.countAnswer(http.StatusRequestEntityTooLarge)
+		rt.st.countAnswer(r.Method, http.StatusRequestEntityTooLarge)
 		writeError(w, http.StatusRequestEntityTooLarge, ReasonBodyTooLarge,
 			fmt.Sprintf("request body is over the gateway's limit of %d bytes", maxRequestBody))
 		return
@@ -207,7 +207,7 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 	if isTimeout(err) {
 		status, reason = http.StatusGatewayTimeout, ReasonUpstreamTimeout
 	}
-	rt.st.countAnswer(status)
+	rt.st.countAnswer(r.Method, status)
 	g.log.Warn("upstream request failed",
 		"service", rt.inst.Service, "instance", rt.inst.ID, "node", rt.inst.Node,
 		"addr", rt.hostport, "reason", reason, "err", err)

@@ -5,9 +5,10 @@ import "sort"
 // ServiceStats are the gateway's counters for one service since it started.
 type ServiceStats struct {
 	Service string
-	// Answers counts answers by status class: index 1 is 1xx ... 5 is 5xx
-	// (index 0: anything else, such as 499 for a client gone).
-	Answers [6]uint64
+	// Answers counts answers by method class (0: GET, HEAD, OPTIONS; 1:
+	// the rest) and status class: index 1 is 1xx ... 5 is 5xx (index 0:
+	// anything else).
+	Answers [2][6]uint64
 	// Retries counts requests sent again to another instance.
 	Retries uint64
 	// Ejections counts instances ejected by outlier detection.
@@ -43,8 +44,10 @@ func (g *Gateway) Stats() []ServiceStats {
 		s := ServiceStats{Service: name, Retries: st.retries.Load(), Ejections: st.ejections.Load(),
 			UpstreamErrors: st.upstreamErrors.Load(), Ejected: st.ejectedCount(now),
 			Hedges: st.hedges.Load(), Latency: st.latency.snapshot()}
-		for i := range s.Answers {
-			s.Answers[i] = st.answers[i].Load()
+		for m := range s.Answers {
+			for i := range s.Answers[m] {
+				s.Answers[m][i] = st.answers[m][i].Load()
+			}
 		}
 		if h := st.health.Load(); h != nil {
 			for _, rec := range *h {

@@ -22,7 +22,7 @@ type nodeCollector struct{ n *Node }
 
 var (
 	descAnswers = prometheus.NewDesc("herd_gateway_requests_total",
-		"Requests the gateway answered, by service and status class.", []string{"service", "code"}, nil)
+		"Requests the gateway answered, by service, method class (read: GET, HEAD, OPTIONS; write: the rest) and status class.", []string{"service", "method", "code"}, nil)
 	descRetries = prometheus.NewDesc("herd_gateway_retries_total",
 		"Requests the gateway sent again to another instance.", []string{"service"}, nil)
 	descEjections = prometheus.NewDesc("herd_gateway_ejections_total",
@@ -56,7 +56,10 @@ func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	}
 }
 
-var codeClasses = [6]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"}
+var (
+	codeClasses   = [6]string{"other", "1xx", "2xx", "3xx", "4xx", "5xx"}
+	methodClasses = [2]string{"read", "write"}
+)
 
 func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	n := c.n
@@ -66,9 +69,11 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	if n.gateway != nil {
 		ch <- prometheus.MustNewConstMetric(descRateLimited, prometheus.CounterValue, float64(n.gateway.RateLimited()))
 		for _, s := range n.gateway.Stats() {
-			for i, v := range s.Answers {
-				if v > 0 {
-					ch <- prometheus.MustNewConstMetric(descAnswers, prometheus.CounterValue, float64(v), s.Service, codeClasses[i])
+			for m, byCode := range s.Answers {
+				for i, v := range byCode {
+					if v > 0 {
+						ch <- prometheus.MustNewConstMetric(descAnswers, prometheus.CounterValue, float64(v), s.Service, methodClasses[m], codeClasses[i])
+					}
 				}
 			}
 			ch <- prometheus.MustNewConstMetric(descRetries, prometheus.CounterValue, float64(s.Retries), s.Service)

@@ -91,7 +91,7 @@ func TestStartServeCloseLeavesNoGoroutines(t *testing.T) {
 		t.Fatalf("GET /metrics: %d %v", code, err)
 	}
 	for _, want := range []string{
-		`herd_gateway_requests_total{code="2xx",service="hello"}`,
+		`herd_gateway_requests_total{code="2xx",method="read",service="hello"}`,
 		`herd_gossip_members{status="alive"} 1`,
 		`herd_catalog_instances{service="echo"} 1`,
 		`herd_registry_role{role="voter"} 1`,
