@@ -207,6 +207,11 @@ const (
 	BalancerHash = "hash"
 )
 
+// MetaResponseHeaderTimeout is the instance meta key with which a service
+// sets its own response-header timeout (a Go duration such as "60s"),
+// longer or shorter than the gateway's.
+const MetaResponseHeaderTimeout = "herd.response-header-timeout"
+
 // MetaHashOn is the instance meta key naming the hash key of the "hash"
 // policy: "header:<name>" or "cookie:<name>".
 const MetaHashOn = "herd.hash-on"

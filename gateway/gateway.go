@@ -33,9 +33,12 @@ type Gateway struct {
 	rateLimited atomic.Uint64
 
 	transport *http.Transport
-	proxy     *httputil.ReverseProxy
-	engine    *gin.Engine
-	srv       *http.Server
+	// noHeaderTimeout is transport without a response-header timeout, for
+	// services that set their own (shares nothing else: its own pool).
+	noHeaderTimeout *http.Transport
+	proxy           *httputil.ReverseProxy
+	engine          *gin.Engine
+	srv             *http.Server
 
 	// baseCtx is the parent of every request context; cancelBase aborts
 	// whatever is still running when Shutdown gives up waiting.
@@ -79,7 +82,12 @@ func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway,
 		sel:       sel,
 		cors:      newCORSPolicy(cfg.CORSOrigins),
 		transport: newTransport(cfg),
-		stopped:   make(chan struct{}),
+		noHeaderTimeout: func() *http.Transport {
+			tr := newTransport(cfg)
+			tr.ResponseHeaderTimeout = 0
+			return tr
+		}(),
+		stopped: make(chan struct{}),
 	}
 	if cfg.RateLimit > 0 {
 		g.limiter = newLimiter(cfg.RateLimit, cfg.RateBurst)
@@ -180,6 +188,7 @@ func (g *Gateway) shutdown(ctx context.Context) error {
 		}
 	}
 	g.transport.CloseIdleConnections() // step 4
+	g.noHeaderTimeout.CloseIdleConnections()
 	if err != nil {
 		return fmt.Errorf("gateway: shutdown: %w", err)
 	}

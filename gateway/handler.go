@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gin-gonic/gin"
 	"github.com/herdcluster/herd/api"
@@ -115,6 +116,11 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		replayable: replayable,
 		upgrade:    r.Header.Get("Upgrade") != "",
 		trustXFF:   g.trusted(r),
+	}
+	if v := insts[0].Meta[MetaResponseHeaderTimeout]; v != "" {
+		if d, err := time.ParseDuration(v); err == nil && d > 0 {
+			rt.headerTimeout = d
+		}
 	}
 	rt.path, rt.rawPath = upstreamPath(inst.Path, decRest, escRest)
 	rt.requestID[0] = id

@@ -93,3 +93,43 @@ func TestTrailersAndTraceparent(t *testing.T) {
 		t.Fatalf("upstream saw traceparent %q, want %q", got, tp)
 	}
 }
+
+// A service's own response-header timeout (instance meta) replaces the
+// gateway's, longer or shorter.
+func TestPerServiceResponseHeaderTimeout(t *testing.T) {
+	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select { // the slowness being measured
+		case <-time.After(400 * time.Millisecond):
+		case <-r.Context().Done():
+			return
+		}
+		fmt.Fprint(w, "late")
+	}))
+	t.Cleanup(slow.Close)
+	patient := instanceAt(backendAddr(slow), "patient", "p1", "node-p", "")
+	patient.Meta = map[string]string{gateway.MetaResponseHeaderTimeout: "5s"}
+	hasty := instanceAt(backendAddr(slow), "hasty", "h1", "node-h", "")
+	hasty.Meta = map[string]string{gateway.MetaResponseHeaderTimeout: "50ms"}
+	plain := instanceAt(backendAddr(slow), "plain", "x1", "node-x", "")
+	cat, live := newCatalog(), newLiveness()
+	cat.set("patient", patient)
+	cat.set("hasty", hasty)
+	cat.set("plain", plain)
+	cfg := gateway.DefaultConfig()
+	cfg.ResponseHeaderTimeout = 200 * time.Millisecond
+	tg := startGateway(t, cfg, cat, live)
+
+	if res, body := tg.do(t, http.MethodGet, "/plain/", nil, nil); res.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("gateway timeout 200ms, upstream 400ms: %d %s", res.StatusCode, body)
+	}
+	if res, body := tg.do(t, http.MethodGet, "/patient/", nil, nil); res.StatusCode != http.StatusOK || string(body) != "late" {
+		t.Fatalf("service timeout 5s, upstream 400ms: %d %s", res.StatusCode, body)
+	}
+	start := time.Now()
+	if res, body := tg.do(t, http.MethodGet, "/hasty/", nil, nil); res.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("service timeout 50ms, upstream 400ms: %d %s", res.StatusCode, body)
+	}
+	if d := time.Since(start); d > 350*time.Millisecond {
+		t.Fatalf("the 50ms service timeout answered after %s", d)
+	}
+}

@@ -46,10 +46,13 @@ type route struct {
 	// trustXFF: the client is in TrustedProxies, so its X-Forwarded-For
 	// is kept.
 	trustXFF bool
-	path     string // upstream URL.Path
-	rawPath  string // upstream URL.RawPath, "" when Path needs no special escaping
-	origin   string // Origin to answer for CORS, when cors
-	cors     bool   // the gateway handles CORS for this request
+	// headerTimeout is the service's own response-header timeout (meta
+	// herd.response-header-timeout), 0 for the gateway's.
+	headerTimeout time.Duration
+	path          string // upstream URL.Path
+	rawPath       string // upstream URL.RawPath, "" when Path needs no special escaping
+	origin        string // Origin to answer for CORS, when cors
+	cors          bool   // the gateway handles CORS for this request
 
 	// Single-value header slices the response headers point into, so that
 	// setting them costs no allocation.

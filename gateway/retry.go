@@ -265,7 +265,13 @@ func (t *retryTransport) once(req *http.Request, st *serviceState, hostport stri
 	h := st.healthOf(hostport)
 	h.inflight.Add(1)
 	start := time.Now()
-	resp, err := t.base.RoundTrip(req)
+	var resp *http.Response
+	var err error
+	if rt := routeFrom(req.Context()); rt != nil && rt.headerTimeout > 0 {
+		resp, err = t.withHeaderTimeout(req, rt.headerTimeout)
+	} else {
+		resp, err = t.base.RoundTrip(req)
+	}
 	h.inflight.Add(-1)
 	if err == nil {
 		d := time.Since(start)
@@ -419,4 +425,42 @@ func (c *cancelOnClose) Close() error {
 	err := c.ReadCloser.Close()
 	c.cancel()
 	return err
+}
+
+// errHeaderTimeout is a service's own response-header timeout passing.
+var errHeaderTimeout = &headerTimeoutError{}
+
+type headerTimeoutError struct{}
+
+func (*headerTimeoutError) Error() string {
+	return "timeout awaiting response headers (the service's own limit)"
+}
+func (*headerTimeoutError) Timeout() bool   { return true }
+func (*headerTimeoutError) Temporary() bool { return true }
+
+// withHeaderTimeout sends req through the transport without a header
+// timeout of its own, bounding the wait for headers by d (a service's
+// override of the gateway's timeout, longer or shorter). Once headers are
+// in, the body streams unbounded; its context is released on Close.
+func (t *retryTransport) withHeaderTimeout(req *http.Request, d time.Duration) (*http.Response, error) {
+	ctx, cancel := context.WithCancel(req.Context())
+	timer := time.AfterFunc(d, cancel)
+	resp, err := t.g.noHeaderTimeout.RoundTrip(req.WithContext(ctx))
+	if !timer.Stop() {
+		// The timer fired: whatever came back came too late.
+		if resp != nil {
+			resp.Body.Close()
+		}
+		cancel()
+		if req.Context().Err() != nil {
+			return nil, req.Context().Err()
+		}
+		return nil, errHeaderTimeout
+	}
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
+	return resp, nil
 }
