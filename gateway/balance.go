@@ -230,6 +230,8 @@ type serviceState struct {
 	// health holds the passive outlier record of each instance, by
 	// "address:port", copy on write.
 	health atomic.Pointer[map[string]*health]
+	// ejectMu serialises ejection decisions (the 50% cap).
+	ejectMu sync.Mutex
 
 	// Counters for metrics: answers by status class (index status/100,
 	// 0 for anything else), retries, ejections, failed upstream exchanges.

@@ -65,15 +65,27 @@ func (st *serviceState) healthOf(hostport string) *health {
 		}
 	}
 	m := make(map[string]*health, 1+lenOf(old))
-	if old != nil && len(*old) < maxCachedHosts {
+	if old != nil {
+		full := len(*old) >= maxCachedHosts
+		now := time.Now().UnixNano()
 		for k, v := range *old {
-			m[k] = v
+			// Past the bound, only records that still matter are kept
+			// (instances come and go with new ports): an ejection, a
+			// request in flight, or a recent latency estimate.
+			if !full || v.active(now) {
+				m[k] = v
+			}
 		}
 	}
 	h := &health{}
 	m[hostport] = h
 	st.health.Store(&m)
 	return h
+}
+
+// active reports whether the record holds state worth keeping.
+func (h *health) active(now int64) bool {
+	return h.ejected(now) || h.inflight.Load() > 0 || (h.at.Load() != 0 && now-h.at.Load() < int64(time.Minute))
 }
 
 // isEjected reports whether the instance at hostport is ejected now.
@@ -103,6 +115,13 @@ func (st *serviceState) report(hostport string, failed bool, instances int) bool
 	now := time.Now().UnixNano()
 	n := h.consecutive.Add(1)
 	if n < ejectAfter || h.ejected(now) {
+		return false
+	}
+	// Check and eject under the service's lock (failures only, never the
+	// success path), so two concurrent failures cannot both pass the cap.
+	st.ejectMu.Lock()
+	defer st.ejectMu.Unlock()
+	if h.ejected(now) {
 		return false
 	}
 	if st.ejectedCount(now)+1 > instances/2 {

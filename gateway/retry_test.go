@@ -161,3 +161,39 @@ func TestRateLimit(t *testing.T) {
 		t.Fatalf("%d allowed and %d limited of 20 with a burst of 5", ok, limited)
 	}
 }
+
+// However many requests fail at once, at most half of a service's
+// instances are ejected.
+func TestEjectionCapUnderConcurrency(t *testing.T) {
+	failing := func() *httptest.Server {
+		s := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			http.Error(w, "down", http.StatusServiceUnavailable)
+		}))
+		t.Cleanup(s.Close)
+		return s
+	}
+	a, b := failing(), failing()
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", instanceAt(backendAddr(a), "svc", "a", "node-a", ""), instanceAt(backendAddr(b), "svc", "b", "node-b", ""))
+	tg := startGateway(t, gateway.DefaultConfig(), cat, live)
+	done := make(chan struct{})
+	for range 8 {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for range 20 {
+				res, err := http.Get(tg.url + "/svc/")
+				if err == nil {
+					res.Body.Close()
+				}
+			}
+		}()
+	}
+	for range 8 {
+		<-done
+	}
+	for _, s := range tg.gw.Stats() {
+		if s.Service == "svc" && s.Ejected > 1 {
+			t.Fatalf("%d of 2 instances ejected at once", s.Ejected)
+		}
+	}
+}
