@@ -92,21 +92,9 @@ func TestJoinConcurrentAndRestart(t *testing.T) {
 func TestJoinReplacesAbandonedLearner(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	m1, err := Bootstrap(ctx, testMemberConfig(t, "n1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m1.Close)
-	cli := newTestClient(t, m1.ClientURL())
+	m1, cli := bootstrapFirst(t, ctx)
 	cfg := testMemberConfig(t, "n2")
-	var stale uint64
-	waitFor(t, 20*time.Second, "the abandoned learner added", func() bool {
-		resp, err := cli.MemberAddAsLearner(ctx, []string{cfg.PeerURL()})
-		if err == nil {
-			stale = resp.Member.ID
-		}
-		return err == nil
-	})
+	stale := addTestLearner(t, ctx, cli, cfg).Member.ID
 	m2, err := Join(ctx, cfg, []string{m1.ClientURL()})
 	if err != nil {
 		t.Fatal(err)
@@ -126,19 +114,10 @@ func TestJoinReplacesAbandonedLearner(t *testing.T) {
 func TestLearnerRestartPromotesAndRemovalReported(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	m1, err := Bootstrap(ctx, testMemberConfig(t, "n1"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(m1.Close)
-	cli := newTestClient(t, m1.ClientURL())
+	m1, cli := bootstrapFirst(t, ctx)
 
 	cfg := testMemberConfig(t, "n2")
-	var resp *clientv3.MemberAddResponse
-	waitFor(t, 20*time.Second, "learner added", func() bool {
-		resp, err = cli.MemberAddAsLearner(ctx, []string{cfg.PeerURL()})
-		return err == nil
-	})
+	resp := addTestLearner(t, ctx, cli, cfg)
 	initial := "n1=" + m1.PeerURL() + ",n2=" + cfg.PeerURL()
 	learner, err := startMember(ctx, cfg, modeExisting, initial, "")
 	if err != nil {
@@ -172,4 +151,28 @@ func TestLearnerRestartPromotesAndRemovalReported(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("a removed member reported nothing")
 	}
+}
+
+// bootstrapFirst starts a one-member registry named n1 and a client to it.
+func bootstrapFirst(t *testing.T, ctx context.Context) (*Member, *clientv3.Client) {
+	t.Helper()
+	m, err := Bootstrap(ctx, testMemberConfig(t, "n1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	return m, newTestClient(t, m.ClientURL())
+}
+
+// addTestLearner adds cfg's peer URL as a learner through cli, retrying while
+// etcd refuses reconfiguration.
+func addTestLearner(t *testing.T, ctx context.Context, cli *clientv3.Client, cfg MemberConfig) *clientv3.MemberAddResponse {
+	t.Helper()
+	var resp *clientv3.MemberAddResponse
+	waitFor(t, 20*time.Second, "learner added", func() bool {
+		var err error
+		resp, err = cli.MemberAddAsLearner(ctx, []string{cfg.PeerURL()})
+		return err == nil
+	})
+	return resp
 }
