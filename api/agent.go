@@ -74,6 +74,12 @@ type ServiceResponse struct {
 	Revision  int64      `json:"revision"`
 }
 
+// InstanceResponse answers GET /v1/services/{name}/instances/{id}.
+type InstanceResponse struct {
+	Instance Instance `json:"instance"`
+	Revision int64    `json:"revision"`
+}
+
 // Error is the body of every error answer of the agent API and the gateway.
 type Error struct {
 	Error string `json:"error"`

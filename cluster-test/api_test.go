@@ -85,6 +85,21 @@ func TestRegistrationAPI(t *testing.T) {
 	if in.Node != "node1" || in.Weight != 5 || in.Meta["k"] != "v" || in.Path != "/echo" {
 		t.Fatalf("instance %+v", in)
 	}
+	// A consistent read answers from the registry itself, for the service
+	// and for one instance; a bad ?consistent value is named.
+	var one api.InstanceResponse
+	if code, err := getJSON(n1.api()+"/v1/services/web/instances/web-1?consistent", &one); code != 200 || err != nil || one.Instance.Weight != 5 || one.Revision == 0 {
+		t.Fatalf("consistent instance read: %d %v %+v", code, err, one)
+	}
+	if code, err := getJSON(n1.api()+"/v1/services/web?consistent=true", &svc); code != 200 || err != nil || len(svc.Instances) != 1 {
+		t.Fatalf("consistent service read: %d %v %+v", code, err, svc)
+	}
+	if code, _ := getJSON(n1.api()+"/v1/services/web/instances/web-2?consistent", nil); code != 404 {
+		t.Fatalf("consistent read of a missing instance: %d, want 404", code)
+	}
+	if code, e := do(t, http.MethodGet, n1.api()+"/v1/services/web?consistent=maybe", ""); code != 400 || e.Field != "consistent" {
+		t.Fatalf("?consistent=maybe: %d %+v, want 400 naming consistent", code, e)
+	}
 	resp, err := httpClient.Post(n1.gateway()+"/web/x?y=1", "text/plain", bytes.NewBufferString("hi"))
 	if err != nil {
 		t.Fatal(err)
@@ -147,6 +162,14 @@ func TestNoQuorum(t *testing.T) {
 		t.Fatalf("register without quorum took %s", took)
 	}
 	t.Logf("registration without quorum refused with 503 after %s", took.Round(time.Millisecond))
+	// A consistent read cannot be served without quorum; the catalog still
+	// answers from memory.
+	if code, e := do(t, http.MethodGet, n1.api()+"/v1/services/kept?consistent", ""); code != http.StatusServiceUnavailable || e.Reason != "registry_unavailable" {
+		t.Fatalf("consistent read without quorum: %d %+v, want 503", code, e)
+	}
+	if code, _ := getJSON(n1.api()+"/v1/services/kept", nil); code != 200 {
+		t.Fatalf("catalog read without quorum: %d, want 200", code)
+	}
 	waitUntil(t, 20*time.Second, "node1 degraded", func() error {
 		var rd api.Readiness
 		code, err := getJSON(n1.api()+"/readyz", &rd)

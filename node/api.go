@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -33,6 +34,7 @@ func newAPIServer(n *Node) *apiServer {
 	mux.HandleFunc("GET /v1/members", s.members)
 	mux.HandleFunc("GET /v1/services", s.services)
 	mux.HandleFunc("GET /v1/services/{name}", s.service)
+	mux.HandleFunc("GET /v1/services/{name}/instances/{id}", s.instance)
 	mux.HandleFunc("PUT /v1/services/{name}/instances/{id}", s.register)
 	mux.HandleFunc("DELETE /v1/services/{name}/instances/{id}", s.deregister)
 	mux.HandleFunc("POST /v1/leave", s.leave)
@@ -195,12 +197,64 @@ func (s *apiServer) service(w http.ResponseWriter, r *http.Request) {
 		writeFieldError(w, err)
 		return
 	}
-	ins := s.n.catalog.Instances(name)
+	ins, rev, ok := s.read(w, r, name, "")
+	if !ok {
+		return
+	}
 	if len(ins) == 0 {
 		writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("service %q has no registered instances", name), Reason: "unknown_service"})
 		return
 	}
-	writeJSON(w, http.StatusOK, api.ServiceResponse{Name: name, Instances: ins, Revision: s.n.catalog.Revision()})
+	writeJSON(w, http.StatusOK, api.ServiceResponse{Name: name, Instances: ins, Revision: rev})
+}
+
+// instance answers GET /v1/services/{name}/instances/{id}.
+func (s *apiServer) instance(w http.ResponseWriter, r *http.Request) {
+	if !s.running(w) {
+		return
+	}
+	name, id, ok := instancePath(w, r)
+	if !ok {
+		return
+	}
+	ins, rev, ok := s.read(w, r, name, id)
+	if !ok {
+		return
+	}
+	if len(ins) == 0 {
+		writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("service %q has no instance %q", name, id), Reason: "not_found"})
+		return
+	}
+	writeJSON(w, http.StatusOK, api.InstanceResponse{Instance: ins[0], Revision: rev})
+}
+
+// consistentReadTimeout bounds a ?consistent read.
+const consistentReadTimeout = 5 * time.Second
+
+// read returns the instances of service (only id, when set) from the
+// catalog, or with ?consistent from the registry itself by a linearizable
+// read (503 without quorum). It has answered the request when ok is false.
+func (s *apiServer) read(w http.ResponseWriter, r *http.Request, service, id string) (ins []api.Instance, rev int64, ok bool) {
+	q := r.URL.Query()
+	if !q.Has("consistent") {
+		ins, rev = s.n.catalog.Instances(service), s.n.catalog.Revision()
+		if id != "" {
+			ins = slices.DeleteFunc(ins, func(in api.Instance) bool { return in.ID != id })
+		}
+		return ins, rev, true
+	}
+	switch v := q.Get("consistent"); v {
+	case "", "true", "1":
+	default:
+		writeJSON(w, http.StatusBadRequest, api.Error{Error: fmt.Sprintf("consistent=%q: leave it empty or set it to true", v), Field: "consistent", Reason: "invalid_field"})
+		return nil, 0, false
+	}
+	ins, rev, err := registry.ReadInstances(r.Context(), s.n.client, consistentReadTimeout, service, id)
+	if err != nil {
+		writeRegistryError(w, err)
+		return nil, 0, false
+	}
+	return ins, rev, true
 }
 
 func writeFieldError(w http.ResponseWriter, err error) {
