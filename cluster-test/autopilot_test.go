@@ -177,14 +177,8 @@ func TestRebuiltNodeRejoins(t *testing.T) {
 	})
 	for _, gw := range nodes {
 		waitUntil(t, 20*time.Second, "node3 reached through "+gw.Name, func() error {
-			for range 6 {
-				if from, err := helloFrom(gw.gateway()); err != nil {
-					return err
-				} else if from == "node3" {
-					return nil
-				}
-			}
-			return fmt.Errorf("node3 not reached")
+			_, err := reachAll(gw.gateway(), []string{"node3"}, 3*time.Second)
+			return err
 		})
 	}
 }

@@ -83,18 +83,24 @@ type Config struct {
 	LocalNode   string
 	PreferLocal bool
 
-	// Balancer is the balancing policy: "round-robin" (the default for
-	// now), "p2c" (power of two choices over peak-EWMA latency times
-	// requests in flight), "least-request" or "random"; all honour instance
+	// Balancer is the balancing policy: "p2c" (power of two choices over
+	// peak-EWMA latency times requests in flight; "" means p2c),
+	// "round-robin", "least-request" or "random"; all honour instance
 	// weights. A service's instances may choose their own with the meta key
 	// "herd.balancer".
+	//
+	// p2c sends most requests to the instances that answer fastest (on one
+	// machine, usually the local one), so traffic is not spread evenly; every
+	// live instance still gets requests: an idle instance's estimate decays
+	// (600ms), and one not asked for 5s is asked once to refresh it.
 	Balancer string
 }
 
 // DefaultConfig returns the configuration herd nodes run with unless told
-// otherwise: no CORS and the default timeouts and pool size.
+// otherwise: no CORS, the default timeouts and pool size, p2c balancing.
 func DefaultConfig() Config {
 	return Config{
+		Balancer:              BalancerP2C,
 		DialTimeout:           DefaultDialTimeout,
 		ResponseHeaderTimeout: DefaultResponseHeaderTimeout,
 		ReadHeaderTimeout:     DefaultReadHeaderTimeout,
@@ -193,7 +199,7 @@ func (c Config) withDefaults() Config {
 		c.MaxIdleConnsPerHost = d.MaxIdleConnsPerHost
 	}
 	if c.Balancer == "" {
-		c.Balancer = BalancerRoundRobin
+		c.Balancer = BalancerP2C
 	}
 	return c
 }

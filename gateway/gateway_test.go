@@ -66,7 +66,9 @@ func TestRoundRobin(t *testing.T) {
 		insts = append(insts, b.instance("rr", "node-"+string(rune('a'+i)), ""))
 	}
 	cat.set("rr", insts...)
-	tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+	cfg := gateway.DefaultConfig()
+	cfg.Balancer = gateway.BalancerRoundRobin // the default, p2c, favours the fastest
+	tg := startGateway(t, cfg, cat, newLiveness())
 
 	for range 30 {
 		tg.get(t, "/rr/", nil)

@@ -193,13 +193,31 @@ func (h *health) stale(now int64) bool {
 	return (at == 0 || now-at > int64(ewmaRefresh)) && h.inflight.Load() == 0
 }
 
-// cost is the estimate, decayed for the time since it was last updated (an
-// instance that lost the draw for a while becomes worth trying again), times
-// the requests in flight plus the new one.
+// cost is the estimate times the requests in flight plus the new one.
+//
+// An idle instance's estimate decays for the time since it was last updated,
+// so one that lost the draw for a while becomes worth trying again. While
+// requests are in flight it does not: silence from a busy instance is no
+// sign that it got faster, and a hung instance whose estimate decayed would
+// win every draw. Requests in flight with no estimate yet (a new instance
+// whose first answers are still out) cost noEstimateCost each, not zero.
 func (h *health) cost(now int64) float64 {
+	inflight := h.inflight.Load()
+	at := h.at.Load()
+	if at == 0 {
+		if inflight == 0 {
+			return 0
+		}
+		return noEstimateCost * float64(inflight+1)
+	}
 	e := math.Float64frombits(h.ewma.Load())
-	if at := h.at.Load(); at != 0 && now > at {
+	if inflight == 0 && now > at {
 		e *= math.Exp(-float64(now-at) / float64(ewmaTau))
 	}
-	return e * float64(h.inflight.Load()+1)
+	return e * float64(inflight+1)
 }
+
+// noEstimateCost is the latency assumed, per request in flight, for an
+// instance that has not answered yet: high enough that instances with an
+// estimate are preferred, and growing with the requests piled onto it.
+const noEstimateCost = float64(time.Second)

@@ -69,7 +69,7 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.IntVar(&cfg.APIPort, "api-port", cfg.APIPort, "agent HTTP API port")
 	f.IntVar(&cfg.ServicePort, "service-port", cfg.ServicePort, "port of the service handlers this node hosts")
 	f.StringSliceVar(&services, "services", cfg.Services, "built-in services this node hosts (empty: none)")
-	f.StringVar(&cfg.Balancer, "balancer", "round-robin", "gateway balancing policy: round-robin, p2c, least-request or random (a service may choose its own with the instance meta herd.balancer)")
+	f.StringVar(&cfg.Balancer, "balancer", "p2c", "gateway balancing policy: p2c (power of two choices over peak-EWMA latency x requests in flight: favours the fastest instances, still reaches every one), round-robin, least-request or random (a service may choose its own with the instance meta herd.balancer)")
 	f.BoolVar(&cfg.PreferLocal, "prefer-local", false, "gateway: send a service's traffic to this node's own instance while it is healthy")
 	f.StringSliceVar(&cfg.TrustedProxies, "trusted-proxies", nil, "CIDRs whose X-Forwarded-For the gateway keeps (default: none, it is replaced)")
 	f.Float64Var(&cfg.RateLimit, "rate-limit", 0, "requests per second per client IP at the gateway, 429 beyond (0: no limit)")
