@@ -235,7 +235,8 @@ type serviceState struct {
 
 	// Counters for metrics: answers by status class (index status/100,
 	// 0 for anything else), retries, ejections, failed upstream exchanges.
-	latency        latencyHist
+	latency        latencyHist // time to the upstream's response headers, per attempt
+	duration       latencyHist // whole requests: received to response body done
 	hedges         atomic.Uint64
 	answers        [2][6]atomic.Uint64 // by method class (0 read, 1 write), then status class
 	retries        atomic.Uint64

@@ -21,6 +21,7 @@ func (g *Gateway) serveGin(c *gin.Context) { g.serve(c.Writer, c.Request) }
 
 // serve routes one request: name the service, pick a live instance, proxy.
 func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
 	id, idOK := inboundRequestID(r.Header)
 	if !idOK {
 		id = newRequestID()
@@ -132,12 +133,17 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		}
 		r.Header["X-Request-Id"] = rt.requestID[:]
 	}
-	if r.Header.Get("Upgrade") != "" {
+	if rt.upgrade {
 		// Once hijacked, the connection is invisible to http.Server.Shutdown.
 		g.tunnels.add()
 		defer g.tunnels.done()
 	}
 	g.proxy.ServeHTTP(w, r.WithContext(rt))
+	if !rt.upgrade {
+		// The whole request, retries, hedges and the body included. A
+		// tunnel's lifetime is no request latency.
+		st.duration.observe(time.Since(start))
+	}
 }
 
 // reject answers a request the gateway cannot route.

@@ -58,6 +58,9 @@ type LatencyHistogram struct {
 	Sum        float64
 }
 
+// snapshot reads the histogram without stopping writers. Count is the sum
+// of the buckets read, not the count field, so that the buckets never add
+// up to more than Count while observations race the read.
 func (h *latencyHist) snapshot() LatencyHistogram {
 	out := LatencyHistogram{Bounds: latencyBounds[:], Cumulative: make([]uint64, len(latencyBounds))}
 	var c uint64
@@ -65,7 +68,7 @@ func (h *latencyHist) snapshot() LatencyHistogram {
 		c += h.buckets[i].Load()
 		out.Cumulative[i] = c
 	}
-	out.Count = h.count.Load()
+	out.Count = c + h.buckets[len(latencyBounds)].Load()
 	out.Sum = time.Duration(h.sumNs.Load()).Seconds()
 	return out
 }

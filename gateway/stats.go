@@ -23,8 +23,14 @@ type ServiceStats struct {
 	// Hedges counts requests also sent to a second instance because the
 	// first was slow to answer.
 	Hedges uint64
-	// Latency is the histogram of the time to upstream response headers.
+	// Latency is the histogram of the time to upstream response headers,
+	// one sample per attempt.
 	Latency LatencyHistogram
+	// Duration is the histogram of whole requests proxied to the service,
+	// from the gateway receiving the request to the end of the response
+	// body, retries and hedges included; upgraded connections (WebSockets)
+	// are not counted.
+	Duration LatencyHistogram
 }
 
 // RateLimited counts requests answered 429 by the rate limit.
@@ -43,7 +49,7 @@ func (g *Gateway) Stats() []ServiceStats {
 	for name, st := range *m {
 		s := ServiceStats{Service: name, Retries: st.retries.Load(), Ejections: st.ejections.Load(),
 			UpstreamErrors: st.upstreamErrors.Load(), Ejected: st.ejectedCount(now),
-			Hedges: st.hedges.Load(), Latency: st.latency.snapshot()}
+			Hedges: st.hedges.Load(), Latency: st.latency.snapshot(), Duration: st.duration.snapshot()}
 		for m := range s.Answers {
 			for i := range s.Answers[m] {
 				s.Answers[m][i] = st.answers[m][i].Load()

@@ -3,6 +3,7 @@ package node
 import (
 	"net/http"
 
+	"github.com/herdcluster/herd/gateway"
 	"github.com/herdcluster/herd/gossip"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -41,6 +42,8 @@ var (
 		"1 for this node's registry role (voter, learner, spare).", []string{"role"}, nil)
 	descLatency = prometheus.NewDesc("herd_gateway_upstream_latency_seconds",
 		"Time from sending a request upstream to its response headers, by service.", []string{"service"}, nil)
+	descDuration = prometheus.NewDesc("herd_gateway_request_duration_seconds",
+		"Whole-request time through the gateway, from receiving the request to the end of the response body (retries and hedges included; upgraded connections not counted), by service.", []string{"service"}, nil)
 	descHedges = prometheus.NewDesc("herd_gateway_hedges_total",
 		"Requests also sent to a second instance because the first was slow.", []string{"service"}, nil)
 	descRateLimited = prometheus.NewDesc("herd_gateway_rate_limited_total",
@@ -51,7 +54,7 @@ var (
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAnswers, descRetries, descEjections, descUpstreamErrors,
-		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRateLimited, descLatency, descHedges} {
+		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRateLimited, descLatency, descDuration, descHedges} {
 		ch <- d
 	}
 }
@@ -82,11 +85,8 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(s.Inflight), s.Service)
 			ch <- prometheus.MustNewConstMetric(descEjected, prometheus.GaugeValue, float64(s.Ejected), s.Service)
 			ch <- prometheus.MustNewConstMetric(descHedges, prometheus.CounterValue, float64(s.Hedges), s.Service)
-			buckets := make(map[float64]uint64, len(s.Latency.Bounds))
-			for i, b := range s.Latency.Bounds {
-				buckets[b] = s.Latency.Cumulative[i]
-			}
-			ch <- prometheus.MustNewConstHistogram(descLatency, s.Latency.Count, s.Latency.Sum, buckets, s.Service)
+			ch <- constHistogram(descLatency, s.Latency, s.Service)
+			ch <- constHistogram(descDuration, s.Duration, s.Service)
 		}
 	}
 	counts := map[string]int{}
@@ -104,6 +104,15 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descSynced, prometheus.GaugeValue, b2f(synced))
 	}
 	ch <- prometheus.MustNewConstMetric(descRole, prometheus.GaugeValue, 1, n.role())
+}
+
+// constHistogram is h as a Prometheus histogram with the given labels.
+func constHistogram(desc *prometheus.Desc, h gateway.LatencyHistogram, labels ...string) prometheus.Metric {
+	buckets := make(map[float64]uint64, len(h.Bounds))
+	for i, b := range h.Bounds {
+		buckets[b] = h.Cumulative[i]
+	}
+	return prometheus.MustNewConstHistogram(desc, h.Count, h.Sum, buckets, labels...)
 }
 
 func b2f(b bool) float64 {

@@ -85,23 +85,34 @@ func TestStartServeCloseLeavesNoGoroutines(t *testing.T) {
 		return nil
 	})
 	// Metrics: etcd's own, and the node's from the gateway, gossip and the
-	// catalog.
-	code, metrics, err := get(api + "/metrics")
-	if err != nil || code != 200 {
-		t.Fatalf("GET /metrics: %d %v", code, err)
-	}
-	for _, want := range []string{
-		`herd_gateway_requests_total{code="2xx",method="read",service="hello"}`,
-		`herd_gossip_members{status="alive"} 1`,
-		`herd_catalog_instances{service="echo"} 1`,
-		`herd_registry_role{role="voter"} 1`,
-		`herd_catalog_synced 1`,
-		`etcd_server_has_leader 1`,
-	} {
-		if !strings.Contains(metrics, want) {
-			t.Errorf("/metrics lacks %s", want)
+	// catalog. A request is in the duration histogram once the gateway's
+	// handler returns, which may be just after the client read the answer.
+	waitFor(t, 10*time.Second, "metrics", func() error {
+		code, metrics, err := get(api + "/metrics")
+		if err != nil || code != 200 {
+			return fmt.Errorf("GET /metrics: %d %v", code, err)
 		}
-	}
+		var missing []string
+		for _, want := range []string{
+			`herd_gateway_requests_total{code="2xx",method="read",service="hello"}`,
+			`herd_gateway_request_duration_seconds_count{service="hello"}`,
+			`herd_gateway_request_duration_seconds_bucket{service="hello",le="+Inf"}`,
+			`herd_gateway_upstream_latency_seconds_count{service="hello"}`,
+			`herd_gossip_members{status="alive"} 1`,
+			`herd_catalog_instances{service="echo"} 1`,
+			`herd_registry_role{role="voter"} 1`,
+			`herd_catalog_synced 1`,
+			`etcd_server_has_leader 1`,
+		} {
+			if !strings.Contains(metrics, want) {
+				missing = append(missing, want)
+			}
+		}
+		if len(missing) > 0 {
+			return fmt.Errorf("/metrics lacks %v", missing)
+		}
+		return nil
+	})
 
 	if err := n.Close(context.Background()); err != nil {
 		t.Fatal(err)
