@@ -52,6 +52,9 @@ type MembersResponse struct {
 	Leader string `json:"leader"`
 	// Error says why registry roles could not be read, when they could not.
 	Error string `json:"error,omitempty"`
+	// Alarms are the registry's active alarms (e.g. "NOSPACE on member
+	// 8e9e05c52164694d"); an operator must act on any of them.
+	Alarms []string `json:"alarms,omitempty"`
 }
 
 // ServiceSummary is one entry of GET /v1/services.

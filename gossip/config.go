@@ -30,6 +30,11 @@ type Config struct {
 	// ReapAfter is how long dead and left nodes stay in the view (default
 	// 1h); zero means memberlist's own default handling only.
 	ReapAfter time.Duration
+	// ReconnectInterval is how often the node tries to rejoin one node it
+	// sees dead (default 2s; negative: never). memberlist never contacts a
+	// dead node again by itself, so without this two sides of a healed
+	// partition would each go on seeing the other dead.
+	ReconnectInterval time.Duration
 	// SecretKey, when set (16, 24 or 32 bytes), encrypts gossip.
 	SecretKey []byte
 	// Logger receives gossip and memberlist log lines.
@@ -45,6 +50,8 @@ func DefaultConfig(name string) Config {
 		ProbeInterval: time.Second,
 		SuspectMargin: time.Second,
 		ReapAfter:     time.Hour,
+
+		ReconnectInterval: 2 * time.Second,
 	}
 }
 

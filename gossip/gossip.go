@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"sort"
 	"strings"
@@ -129,6 +130,10 @@ func New(cfg Config, meta Meta) (*Gossip, error) {
 	g.ml = ml
 	g.wg.Add(1)
 	go g.refreshLoop()
+	if cfg.ReconnectInterval > 0 {
+		g.wg.Add(1)
+		go g.reconnectLoop()
+	}
 	return g, nil
 }
 
@@ -249,6 +254,49 @@ func (g *Gossip) refreshLoop() {
 				g.publish()
 			}
 		}
+	}
+}
+
+// reconnectLoop tries, every ReconnectInterval, to rejoin one node (at
+// random) that the view holds dead but that has not left, the way Serf's
+// reconnector does. A node that was cut off by a partition is dead to the
+// others and they to it; memberlist itself never dials a dead node again,
+// so after the partition heals this is what merges the two sides. The TCP
+// probe first (bounded by the interval) keeps a black-holed address
+// from holding up Close for memberlist's 10s TCP timeout.
+func (g *Gossip) reconnectLoop() {
+	defer g.wg.Done()
+	t := time.NewTicker(g.cfg.ReconnectInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-g.stop:
+			return
+		case <-t.C:
+		}
+		var dead []Node
+		g.mu.Lock()
+		for _, e := range g.nodes {
+			if e.node.Status == StatusDead && e.node.Name != g.cfg.Name {
+				dead = append(dead, e.node)
+			}
+		}
+		g.mu.Unlock()
+		if len(dead) == 0 {
+			continue
+		}
+		n := dead[rand.IntN(len(dead))]
+		pctx, pcancel := context.WithTimeout(context.Background(), g.cfg.ReconnectInterval)
+		err := probeTCP(pctx, n.Addr)
+		pcancel()
+		if err != nil {
+			continue
+		}
+		if _, err := g.ml.Join([]string{n.Addr}); err != nil {
+			g.logger.Debug("reconnecting to a dead node failed", "node", n.Name, "addr", n.Addr, "err", oneLine(err))
+			continue
+		}
+		g.logger.Info("reconnected to a node seen dead", "node", n.Name, "addr", n.Addr)
 	}
 }
 

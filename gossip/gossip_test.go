@@ -215,3 +215,26 @@ func TestCloseUnderPacketFlood(t *testing.T) {
 		conn.Close()
 	}
 }
+
+// Two sides that each saw the other die (a partition, or a node that came
+// back without --join) merge again: the reconnect loop dials dead nodes.
+func TestReconnectToDeadNode(t *testing.T) {
+	a, b := startNode(t, "a"), startNode(t, "b")
+	if _, err := b.Join(context.Background(), []string{a.LocalAddr()}); err != nil {
+		t.Fatal(err)
+	}
+	waitStatus(t, a, "b", StatusAlive, 5*time.Second)
+	_ = b.Close()
+	waitStatus(t, a, "b", StatusDead, 20*time.Second)
+
+	// b comes back on the same address knowing nobody: only a's reconnect
+	// loop can bring the two together.
+	cfg := b.cfg
+	b2, err := New(cfg, Meta{ID: "b-id", GatewayPort: 8080})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = b2.Close() })
+	waitStatus(t, a, "b", StatusAlive, 15*time.Second)
+	waitStatus(t, b2, "a", StatusAlive, 15*time.Second)
+}

@@ -135,6 +135,13 @@ func (n *Node) Members(ctx context.Context) api.MembersResponse {
 	if *n.phase.Load() != "starting" && n.client != nil {
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		list, leader, err := registry.Members(cctx, n.client)
+		if err == nil {
+			alarms, aerr := registry.Alarms(cctx, n.client)
+			if aerr != nil {
+				alarms = []string{"unknown: the alarm list could not be read: " + aerr.Error()}
+			}
+			resp.Alarms = alarms
+		}
 		cancel()
 		if err != nil {
 			resp.Error = "registry roles are from gossip: " + err.Error()

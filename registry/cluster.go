@@ -59,3 +59,17 @@ func toInfo(ms []*etcdserverpb.Member) []MemberInfo {
 	}
 	return out
 }
+
+// Alarms lists the registry's active alarms (NOSPACE, CORRUPT), each as
+// "<alarm> on member <id>".
+func Alarms(ctx context.Context, cli *clientv3.Client) ([]string, error) {
+	resp, err := cli.AlarmList(ctx)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	var out []string
+	for _, a := range resp.Alarms {
+		out = append(out, fmt.Sprintf("%s on member %x", a.Alarm, a.MemberID))
+	}
+	return out, nil
+}

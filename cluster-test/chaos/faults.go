@@ -1,0 +1,349 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"net/http"
+	"slices"
+	"syscall"
+	"time"
+)
+
+// A Fault is one thing the suite does to the cluster, with its inverse.
+type Fault struct {
+	// Name is what the report calls it, e.g. "kill-leader".
+	Name string
+	// Hold is how long the fault lasts before it is healed.
+	Hold time.Duration
+	// Removal: the targets' instances must leave every other node's
+	// catalog within the lease TTL plus a bound (the fault lasts long
+	// enough, and the targets cannot renew their lease meanwhile).
+	Removal bool
+	// Budget is the most gateway errors allowed while the fault lasts
+	// (clients use only the nodes the fault does not target); -1 reports
+	// them without a budget.
+	Budget int
+	// Wipes: the targets lose their registrations (data dir wiped, or a
+	// graceful leave).
+	Wipes bool
+	// inject does the fault and returns the nodes it targets and its
+	// inverse. The heal function returns when the inverse is done (not
+	// when the cluster has recovered).
+	inject func(r *Run, rng *rand.Rand) (targets []*Node, heal func() error, err error)
+}
+
+// electionTimeout is herd's Raft election timeout.
+const electionTimeout = time.Second
+
+// Faults returns every fault the suite knows, for a cluster of n nodes,
+// holding the long ones for hold.
+func Faults(n int, hold time.Duration) []Fault {
+	minority := (n - 1) / 2
+	split := fmt.Sprintf("split-%d|%d", n-minority, minority)
+	fs := []Fault{
+		{Name: "kill-leader", Hold: hold, Removal: true, Budget: 0, inject: kill(true, false)},
+		{Name: "kill-follower", Hold: hold, Removal: true, Budget: 0, inject: kill(false, false)},
+		{Name: "kill-wipe", Hold: hold, Removal: true, Budget: 0, Wipes: true, inject: kill(false, true)},
+		{Name: "pause-0.5x", Hold: electionTimeout / 2, Budget: 0, inject: pause},
+		{Name: "pause-2x", Hold: 2 * electionTimeout, Budget: 0, inject: pause},
+		{Name: "pause-10x", Hold: 10 * electionTimeout, Budget: 0, inject: pause},
+		{Name: "isolate", Hold: hold, Removal: true, Budget: 0, inject: isolate(false)},
+		{Name: "isolate-leader", Hold: hold, Removal: true, Budget: 0, inject: isolate(true)},
+		{Name: split, Hold: hold, Removal: true, Budget: 0, inject: splitMinority(minority)},
+		{Name: "one-way", Hold: hold, Removal: true, Budget: -1, inject: oneWay},
+		{Name: "bridge", Hold: hold, Budget: -1, inject: bridge},
+		{Name: "flap", Hold: hold, Budget: -1, inject: flap},
+		{Name: "throttle", Hold: hold, Budget: -1, inject: throttle},
+		{Name: "leave-join", Hold: 5 * time.Second, Removal: true, Budget: 0, Wipes: true, inject: leaveJoin},
+		{Name: "rolling-restart", Budget: 0, inject: rollingRestart},
+	}
+	return fs
+}
+
+// SmokeFaults are the faults make chaos-smoke runs: kill -9 of the leader,
+// a pause, an isolated node and a majority|minority split.
+var SmokeFaults = []string{"kill-leader", "pause-2x", "isolate", "split-2|1"}
+
+// pick returns a node: the leader when leader is set, else any follower.
+func pick(r *Run, rng *rand.Rand, leader bool) (*Node, error) {
+	l, err := r.C.LeaderNode()
+	if err != nil {
+		return nil, err
+	}
+	if leader {
+		return l, nil
+	}
+	var others []*Node
+	for _, n := range r.C.nodes {
+		if n != l {
+			others = append(others, n)
+		}
+	}
+	return others[rng.IntN(len(others))], nil
+}
+
+func kill(leader, wipe bool) func(*Run, *rand.Rand) ([]*Node, func() error, error) {
+	return func(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
+		n, err := pick(r, rng, leader)
+		if err != nil {
+			return nil, nil, err
+		}
+		r.affect(n)
+		r.TL.Add("kill -9 %s", n.Name)
+		if err := n.Kill(); err != nil {
+			return nil, nil, err
+		}
+		if wipe {
+			r.TL.Add("wipe the data dir of %s", n.Name)
+			if err := n.Wipe(); err != nil {
+				return nil, nil, err
+			}
+		}
+		return []*Node{n}, func() error {
+			r.TL.Add("restart %s", n.Name)
+			return n.Start()
+		}, nil
+	}
+}
+
+func pause(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
+	n, err := pick(r, rng, rng.IntN(2) == 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.affect(n)
+	r.TL.Add("SIGSTOP %s", n.Name)
+	if err := n.Signal(syscall.SIGSTOP); err != nil {
+		return nil, nil, err
+	}
+	return []*Node{n}, func() error {
+		r.TL.Add("SIGCONT %s", n.Name)
+		return n.Signal(syscall.SIGCONT)
+	}, nil
+}
+
+// cut drops all traffic between the groups a and b, both ways.
+func cut(r *Run, a, b []*Node) error {
+	for _, x := range a {
+		for _, y := range b {
+			if err := r.C.Net.Drop(x.Index, y.IP, true); err != nil {
+				return err
+			}
+			if err := r.C.Net.Drop(y.Index, x.IP, true); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func healAll(r *Run) error {
+	for _, n := range r.C.nodes {
+		if err := r.C.Net.Heal(n.Index); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func except(all []*Node, out ...*Node) []*Node {
+	var rest []*Node
+	for _, n := range all {
+		if !slices.Contains(out, n) {
+			rest = append(rest, n)
+		}
+	}
+	return rest
+}
+
+func isolate(leader bool) func(*Run, *rand.Rand) ([]*Node, func() error, error) {
+	return func(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
+		n, err := pick(r, rng, leader)
+		if err != nil {
+			return nil, nil, err
+		}
+		r.affect(n)
+		r.TL.Add("isolate %s from every other node (iptables DROP both ways)", n.Name)
+		if err := cut(r, []*Node{n}, except(r.C.nodes, n)); err != nil {
+			return nil, nil, err
+		}
+		return []*Node{n}, func() error {
+			r.TL.Add("heal the partition")
+			return healAll(r)
+		}, nil
+	}
+}
+
+func splitMinority(size int) func(*Run, *rand.Rand) ([]*Node, func() error, error) {
+	return func(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
+		perm := rng.Perm(len(r.C.nodes))
+		var minority []*Node
+		for _, i := range perm[:size] {
+			minority = append(minority, r.C.nodes[i])
+		}
+		r.affect(minority...)
+		majority := except(r.C.nodes, minority...)
+		r.TL.Add("split %v | %v (iptables DROP both ways)", names(majority), names(minority))
+		if err := cut(r, minority, majority); err != nil {
+			return nil, nil, err
+		}
+		return minority, func() error {
+			r.TL.Add("heal the split")
+			return healAll(r)
+		}, nil
+	}
+}
+
+func oneWay(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
+	n, err := pick(r, rng, rng.IntN(2) == 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.affect(n)
+	r.TL.Add("one-way cut: everything %s sends to the other nodes is dropped; it still hears them", n.Name)
+	for _, o := range except(r.C.nodes, n) {
+		if err := r.C.Net.Drop(n.Index, o.IP, false); err != nil {
+			return nil, nil, err
+		}
+	}
+	return []*Node{n}, func() error {
+		r.TL.Add("heal the one-way cut")
+		return healAll(r)
+	}, nil
+}
+
+// bridge cuts two nodes apart while every other node sees both.
+func bridge(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
+	perm := rng.Perm(len(r.C.nodes))
+	a, b := r.C.nodes[perm[0]], r.C.nodes[perm[1]]
+	r.affect(a, b)
+	r.TL.Add("bridge: %s and %s cannot reach each other; %v reach both", a.Name, b.Name, names(except(r.C.nodes, a, b)))
+	if err := cut(r, []*Node{a}, []*Node{b}); err != nil {
+		return nil, nil, err
+	}
+	return []*Node{a, b}, func() error {
+		r.TL.Add("heal the bridge partition")
+		return healAll(r)
+	}, nil
+}
+
+// flap isolates a node and heals it, every 2 seconds, for the fault's hold.
+func flap(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
+	n, err := pick(r, rng, rng.IntN(2) == 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.affect(n)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		cutNow := true
+		tick := time.NewTicker(2 * time.Second)
+		defer tick.Stop()
+		for {
+			var err error
+			if cutNow {
+				r.TL.Add("flap: isolate %s", n.Name)
+				err = cut(r, []*Node{n}, except(r.C.nodes, n))
+			} else {
+				r.TL.Add("flap: heal %s", n.Name)
+				err = healAll(r)
+			}
+			if err != nil {
+				done <- err
+				return
+			}
+			cutNow = !cutNow
+			select {
+			case <-ctx.Done():
+				done <- nil
+				return
+			case <-tick.C:
+			}
+		}
+	}()
+	return []*Node{n}, func() error {
+		cancel()
+		err := <-done
+		r.TL.Add("stop flapping; heal %s", n.Name)
+		if herr := healAll(r); err == nil {
+			err = herr
+		}
+		return err
+	}, nil
+}
+
+func throttle(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
+	n, err := pick(r, rng, rng.IntN(2) == 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.affect(n)
+	r.TL.Add("cap what %s sends to 256kbit (tc tbf)", n.Name)
+	if err := r.C.Net.Throttle(n.Index, "256kbit"); err != nil {
+		return nil, nil, err
+	}
+	return []*Node{n}, func() error {
+		r.TL.Add("remove the bandwidth cap of %s", n.Name)
+		return r.C.Net.Heal(n.Index)
+	}, nil
+}
+
+// leaveJoin: a node leaves gracefully (herd leave), and comes back as a new
+// node with an empty data dir.
+func leaveJoin(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
+	n, err := pick(r, rng, rng.IntN(2) == 0)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.affect(n)
+	r.TL.Add("%s leaves gracefully (POST /v1/leave)", n.Name)
+	code, e, err := send(context.Background(), http.MethodPost, n.API()+"/v1/leave", nil)
+	if err != nil || code != 200 {
+		return nil, nil, fmt.Errorf("leave %s: %d %+v %v", n.Name, code, e, err)
+	}
+	if err := n.WaitExit(60 * time.Second); err != nil {
+		return nil, nil, err
+	}
+	r.TL.Add("%s has left and stopped; its data dir is wiped", n.Name)
+	if err := n.Wipe(); err != nil {
+		return nil, nil, err
+	}
+	return []*Node{n}, func() error {
+		r.TL.Add("%s joins again as a new node", n.Name)
+		return n.Start()
+	}, nil
+}
+
+// rollingRestart restarts every node in turn, gracefully, waiting for the
+// cluster to be whole before the next. It does all its work in heal.
+func rollingRestart(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
+	return nil, func() error {
+		for _, n := range r.C.nodes {
+			r.affect(n)
+			r.TL.Add("rolling restart: stop %s (SIGTERM)", n.Name)
+			if err := n.Stop(60 * time.Second); err != nil {
+				return err
+			}
+			r.TL.Add("rolling restart: start %s", n.Name)
+			if err := n.Start(); err != nil {
+				return err
+			}
+			if err := waitFor(90*time.Second, "the cluster whole after restarting "+n.Name, func() error { return r.C.Healthy(r.voters()) }); err != nil {
+				return err
+			}
+			r.window(n, false)
+			r.unaffect(n)
+		}
+		return nil
+	}, nil
+}
+
+func names(ns []*Node) []string {
+	var out []string
+	for _, n := range ns {
+		out = append(out, n.Name)
+	}
+	return out
+}
