@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build build-linux test check check-deploy cluster bench bench-proxy vagrant-up clean
+.PHONY: all build build-linux test check check-deploy cluster bench bench-proxy chaos chaos-smoke chaos-cleanup chaos-deps vagrant-up clean
 
 all: build
 
@@ -12,8 +12,10 @@ build:
 
 # gofmt, vet, then the race-enabled tests of every package (the end-to-end
 # suite in cluster-test/ builds bin/herd itself).
+# As root it also runs chaos-smoke (network namespaces need root).
 test: check check-deploy
 	$(GO) test -race -count=1 -timeout 15m ./...
+	@if [ "$$(id -u)" = 0 ]; then $(MAKE) --no-print-directory chaos-smoke; else echo "make test: chaos-smoke skipped: it needs root (network namespaces, iptables)"; fi
 
 check:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -35,6 +37,36 @@ bench:
 # (/tmp/herd-bench-proxy.json). Installs wrk and nginx-light when missing.
 bench-proxy: build
 	./bench/proxy.sh
+
+# The chaos suite: real nodes in network namespaces, crashes, pauses,
+# partitions, churn; linearizability and no-loss checks. Needs root.
+# CHAOS_FAULTS: all, smoke, or names (kill-leader,pause-2x,isolate,split,...);
+# CHAOS_NODES: 3, 5 or 3,5; CHAOS_SEED (0: from the clock) and CHAOS_SEEDS
+# (runs per node count, seeds SEED, SEED+1, ...) replay a schedule;
+# CHAOS_HOLD: how long crashes and partitions last. Reports, histories and
+# timelines go to cluster-test/chaos/artifacts/chaos/.
+CHAOS_FAULTS ?= all
+CHAOS_NODES ?= 3,5
+CHAOS_SEED ?= 0
+CHAOS_SEEDS ?= 1
+CHAOS_HOLD ?= 25s
+CHAOS_ARGS = -chaos.nodes $(CHAOS_NODES) -chaos.seed $(CHAOS_SEED) -chaos.seeds $(CHAOS_SEEDS) -chaos.hold $(CHAOS_HOLD)
+chaos: chaos-deps
+	$(GO) test -count=1 -timeout 0 -v -run '^TestChaos$$' ./cluster-test/chaos/ -args -chaos.faults $(CHAOS_FAULTS) $(CHAOS_ARGS)
+
+# The subset make test runs as root: kill -9 of the leader, a pause, an
+# isolated node and a 2|1 split, on 3 nodes (about 3 minutes).
+chaos-smoke: chaos-deps
+	$(GO) test -count=1 -timeout 10m -v -run '^TestChaos$$' ./cluster-test/chaos/ -args -chaos.faults smoke -chaos.nodes 3 -chaos.seed $(CHAOS_SEED)
+
+# Removes what an interrupted chaos run left: node processes, namespaces,
+# links, data dirs.
+chaos-cleanup: chaos-deps
+	$(GO) run ./cluster-test/chaos/cmd/herd-chaos cleanup
+
+# Root, ip, iptables and tc; installs iproute2 and iptables when missing.
+chaos-deps:
+	@./scripts/chaos-deps.sh
 
 # A static linux/amd64 binary for the VMs.
 build-linux:

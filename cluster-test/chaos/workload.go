@@ -133,7 +133,7 @@ func (r *Registry) one(ctx context.Context, client int, rng *rand.Rand) {
 	op := Op{Client: client}
 	p := rng.Float64()
 	switch {
-	case p < 0.4:
+	case p < 0.45:
 		r.mu.Lock()
 		r.seq++
 		op.Value = fmt.Sprintf("v%d", r.seq)
