@@ -255,7 +255,8 @@ func (r *Run) execute() error {
 	r.reg = NewRegistry(c, r.keys, cfg.Clients, cfg.OpRate, cfg.Seed)
 	r.traffic = NewTraffic(c, cfg.GatewayRate, "/hello/", r.healthy)
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); r.compact(ctx) }()
 	go func() { defer wg.Done(); r.reg.Run(ctx) }()
 	go func() { defer wg.Done(); r.traffic.Run(ctx) }()
 	go func() { defer wg.Done(); r.poll(ctx) }()
@@ -264,8 +265,8 @@ func (r *Run) execute() error {
 		wg.Wait()
 	}
 	defer stopLoad()
-	r.TL.Add("workloads started: %d registry clients at %.0f ops/s each on %d keys; gateway GET /hello/ at %.0f/s",
-		cfg.Clients, cfg.OpRate, len(r.keys), cfg.GatewayRate)
+	r.TL.Add("workloads started: %d registry clients at %.0f ops/s each on %d keys; gateway GET /hello/ at %.0f/s; compaction every %s",
+		cfg.Clients, cfg.OpRate, len(r.keys), cfg.GatewayRate, compactEvery)
 	warm := time.NewTimer(5 * time.Second) // a before-phase for the first fault
 	<-warm.C
 
