@@ -17,9 +17,11 @@ type Fault struct {
 	// Hold is how long the fault lasts before it is healed.
 	Hold time.Duration
 	// Removal: the targets' instances must leave every other node's
-	// catalog within the lease TTL plus a bound (the fault lasts long
-	// enough, and the targets cannot renew their lease meanwhile).
-	Removal bool
+	// catalog within RemovalBy of the fault (default: lease TTL plus
+	// removalBound), because the targets cannot renew their lease, or
+	// left.
+	Removal   bool
+	RemovalBy time.Duration
 	// Budget is the most gateway errors allowed while the fault lasts
 	// (clients use only the nodes the fault does not target); -1 reports
 	// them without a budget.
@@ -55,7 +57,7 @@ func Faults(n int, hold time.Duration) []Fault {
 		{Name: "bridge", Hold: hold, Budget: -1, inject: bridge},
 		{Name: "flap", Hold: hold, Budget: -1, inject: flap},
 		{Name: "throttle", Hold: hold, Budget: -1, inject: throttle},
-		{Name: "leave-join", Hold: 5 * time.Second, Removal: true, Budget: 0, Wipes: true, inject: leaveJoin},
+		{Name: "leave-join", Hold: 8 * time.Second, Removal: true, RemovalBy: 6 * time.Second, Budget: 0, Wipes: true, inject: leaveJoin},
 		{Name: "rolling-restart", Budget: 0, inject: rollingRestart},
 	}
 	return fs

@@ -129,6 +129,9 @@ func (r *Run) save() {
 		writeJSON(filepath.Join(r.Cfg.OutDir, "requests.json"), r.traffic.Requests())
 	}
 	writeJSON(filepath.Join(r.Cfg.OutDir, "report.json"), rep)
+	r.mu.Lock()
+	writeJSON(filepath.Join(r.Cfg.OutDir, "catalog-reads.json"), r.polls)
+	r.mu.Unlock()
 	if f, err := os.Create(filepath.Join(r.Cfg.OutDir, "table.txt")); err == nil {
 		r.Table(f)
 		f.Close()

@@ -92,8 +92,9 @@ type FaultResult struct {
 	Checked    int      `json:"registrations_checked"`
 	Problems   []string `json:"problems,omitempty"`
 
-	removal bool
-	inject  time.Duration
+	removal   bool
+	removalBy time.Duration
+	inject    time.Duration
 	heal    time.Duration
 	healthy time.Duration
 }
@@ -341,9 +342,16 @@ func (r *Run) registerLive(n *Node) error {
 // one injects f, holds it, heals it, waits for the cluster to be whole and
 // runs the checks that hold after every fault.
 func (r *Run) one(f Fault, rng *rand.Rand) error {
-	res := FaultResult{Fault: f.Name, Budget: f.Budget, removal: f.Removal}
+	res := FaultResult{Fault: f.Name, Budget: f.Budget, removal: f.Removal, removalBy: f.RemovalBy}
+	if res.removalBy == 0 {
+		res.removalBy = leaseTTL + removalBound
+	}
+	leader := "none"
+	if l, err := r.C.LeaderNode(); err == nil {
+		leader = l.Name
+	}
 	res.inject = r.TL.Now()
-	r.TL.Add("=== fault %s (hold %s)", f.Name, f.Hold)
+	r.TL.Add("=== fault %s (hold %s; the leader is %s)", f.Name, f.Hold, leader)
 	targets, heal, err := f.inject(r, rng)
 	if err != nil {
 		return fmt.Errorf("injecting %s: %w", f.Name, err)
@@ -616,7 +624,7 @@ func (r *Run) checkCatalogTimes() {
 		if !res.removal {
 			continue
 		}
-		deadline := res.inject + leaseTTL + removalBound
+		deadline := res.inject + res.removalBy
 		for _, t := range res.Targets {
 			seen := 0
 			for _, p := range polls {
@@ -625,12 +633,12 @@ func (r *Run) checkCatalogTimes() {
 				}
 				seen++
 				if contains(p.Live, t) {
-					r.fail("%s: %s's instance still in %s's catalog %.1fs after the fault (bound %s)", res.Fault, t, p.Node, (p.At - res.inject).Seconds(), leaseTTL+removalBound)
+					r.fail("%s: %s's instance still in %s's catalog %.1fs after the fault (bound %s)", res.Fault, t, p.Node, (p.At - res.inject).Seconds(), res.removalBy)
 					break
 				}
 			}
 			if seen == 0 {
-				r.fail("%s: no catalog was read between %s after the fault and its heal, so the removal of %s's instance is unchecked (hold the fault longer)", res.Fault, leaseTTL+removalBound, t)
+				r.fail("%s: no catalog was read between %s after the fault and its heal, so the removal of %s's instance is unchecked (hold the fault longer)", res.Fault, res.removalBy, t)
 			}
 		}
 	}
