@@ -33,6 +33,8 @@ type Gateway struct {
 	rateLimited atomic.Uint64
 
 	transport *http.Transport
+	// lean sends the simple requests itself and the rest through transport.
+	lean *leanTransport
 	// noHeaderTimeout is transport without a response-header timeout, for
 	// services that set their own (shares nothing else: its own pool).
 	noHeaderTimeout *http.Transport
@@ -89,6 +91,7 @@ func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway,
 		}(),
 		stopped: make(chan struct{}),
 	}
+	g.lean = newLeanTransport(cfg, g.transport)
 	if cfg.RateLimit > 0 {
 		g.limiter = newLimiter(cfg.RateLimit, cfg.RateBurst)
 	}
@@ -187,7 +190,7 @@ func (g *Gateway) shutdown(ctx context.Context) error {
 			g.log.Warn("closing client connections", "err", cerr)
 		}
 	}
-	g.transport.CloseIdleConnections() // step 4
+	g.lean.CloseIdleConnections() // step 4, g.transport's too
 	g.noHeaderTimeout.CloseIdleConnections()
 	if err != nil {
 		return fmt.Errorf("gateway: shutdown: %w", err)

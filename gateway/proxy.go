@@ -124,7 +124,7 @@ func newTransport(cfg Config) *http.Transport {
 func (g *Gateway) newProxy() *httputil.ReverseProxy {
 	return &httputil.ReverseProxy{
 		Rewrite:        rewrite,
-		Transport:      &retryTransport{g: g, base: g.transport},
+		Transport:      &retryTransport{g: g, base: g.lean},
 		BufferPool:     newBufferPool(),
 		ModifyResponse: g.modifyResponse,
 		ErrorHandler:   g.proxyError,

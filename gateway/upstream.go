@@ -1,0 +1,404 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptrace"
+	"net/textproto"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// leanTransport sends the requests that make up nearly all gateway traffic
+// (idempotent, no body, no upgrade) over its own pool of HTTP/1.1
+// connections, reading the answer in the calling goroutine. http.Transport
+// hands every request to a writer goroutine and every answer back from a
+// reader goroutine per connection; on a proxy that does little else, those
+// handoffs are a large share of the CPU per request. Every other request
+// goes to fallback, which also keeps its own connections.
+//
+// A connection is reused once its answer was read to the end without error,
+// the upstream did not ask to close it, and the request's context was not
+// cancelled meanwhile; otherwise it is closed. A request that fails on a
+// reused connection before any byte of an answer came back (the upstream
+// had closed its idle end) is sent once more on a new connection: it is
+// idempotent and has no body, which is also what http.Transport does.
+type leanTransport struct {
+	fallback      *http.Transport
+	dial          func(ctx context.Context, network, addr string) (net.Conn, error)
+	headerTimeout time.Duration // 0: none
+	maxIdle       int           // idle connections kept per upstream address
+	idleTimeout   time.Duration // an idle connection older than this is closed
+
+	// pools maps "address:port" to its idle connections, copy on write.
+	pools atomic.Pointer[map[string]*connPool]
+	mu    sync.Mutex // serialises writers of pools, and the sweep timer
+	sweep *time.Timer
+	// closed is set by CloseIdleConnections at shutdown: connections are
+	// no longer kept.
+	closed atomic.Bool
+}
+
+var _ http.RoundTripper = (*leanTransport)(nil)
+
+func newLeanTransport(cfg Config, fallback *http.Transport) *leanTransport {
+	d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: upstreamKeepAlive}
+	return &leanTransport{
+		fallback:      fallback,
+		dial:          d.DialContext,
+		headerTimeout: fallback.ResponseHeaderTimeout,
+		maxIdle:       cfg.MaxIdleConnsPerHost,
+		idleTimeout:   upstreamIdleConnTimeout,
+	}
+}
+
+// connPool holds idle connections to one upstream address.
+type connPool struct {
+	idle   chan *upConn
+	used   atomic.Int64 // unix nanoseconds of the last get
+	closed *atomic.Bool // the transport's: keep no connection
+}
+
+// upConn is one upstream connection with its buffers.
+type upConn struct {
+	net.Conn
+	br        *bufio.Reader
+	bw        *bufio.Writer
+	pool      *connPool
+	idleSince atomic.Int64 // unix nanoseconds, set when it goes idle
+}
+
+// lean reports whether req can take the lean path.
+func lean(req *http.Request) bool {
+	if req.URL.Scheme != "http" || req.ContentLength != 0 || len(req.TransferEncoding) > 0 ||
+		(req.Body != nil && req.Body != http.NoBody) {
+		return false
+	}
+	switch req.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodDelete, http.MethodPut:
+	default:
+		return false
+	}
+	_, upgrade := req.Header["Upgrade"]
+	return !upgrade
+}
+
+// RoundTrip sends req and returns the upstream's answer, whose body reads
+// straight from the connection.
+func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+	if !lean(req) {
+		return t.fallback.RoundTrip(req)
+	}
+	ctx := req.Context()
+	for attempt := 0; ; attempt++ {
+		pc, reused, err := t.get(ctx, req.URL.Host)
+		if err != nil {
+			return nil, err
+		}
+		resp, answered, err := pc.roundTrip(ctx, req, t.headerTimeout)
+		if err == nil {
+			return resp, nil
+		}
+		pc.Close()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if reused && !answered && attempt == 0 {
+			continue // the upstream had closed its idle end
+		}
+		return nil, err
+	}
+}
+
+// aLongTimeAgo is a deadline in the past: it fails blocked reads and writes
+// at once.
+var aLongTimeAgo = time.Unix(1, 0)
+
+// roundTrip writes req and reads the answer's header. answered says whether
+// any of the answer came back (if not, the request may not have reached the
+// upstream at all).
+func (pc *upConn) roundTrip(ctx context.Context, req *http.Request, headerTimeout time.Duration) (resp *http.Response, answered bool, err error) {
+	if headerTimeout > 0 {
+		// Covers the write too: an upstream that does not read is as stuck
+		// as one that does not answer.
+		if err := pc.SetDeadline(time.Now().Add(headerTimeout)); err != nil {
+			return nil, false, err
+		}
+	}
+	stop := func() bool { return true }
+	if ctx.Done() != nil {
+		// The client going away aborts whatever the connection is doing;
+		// the connection is then closed, never reused.
+		stop = context.AfterFunc(ctx, func() { _ = pc.SetDeadline(aLongTimeAgo) })
+	}
+	if err := req.Write(pc.bw); err != nil {
+		stop()
+		return nil, false, err
+	}
+	if err := pc.bw.Flush(); err != nil {
+		stop()
+		return nil, false, err
+	}
+	for {
+		if _, err := pc.br.Peek(1); err != nil {
+			stop()
+			return nil, false, err
+		}
+		resp, err = http.ReadResponse(pc.br, req)
+		if err != nil {
+			stop()
+			return nil, true, err
+		}
+		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
+			break
+		}
+		// 1xx: passed on to whoever asked (ReverseProxy forwards them to
+		// the client), then the real answer follows.
+		if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
+			if err := trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
+				stop()
+				return nil, true, err
+			}
+		}
+	}
+	if headerTimeout > 0 {
+		// The body streams unbounded (SSE, downloads).
+		if err := pc.SetDeadline(time.Time{}); err != nil {
+			stop()
+			return nil, true, err
+		}
+	}
+	if ctx.Err() != nil {
+		// Cancelled while the deadline was being cleared: the abort may
+		// have been undone.
+		stop()
+		return nil, true, ctx.Err()
+	}
+	keep := !resp.Close && !req.Close
+	if resp.Body == http.NoBody {
+		pc.done(stop, keep)
+		return resp, true, nil
+	}
+	resp.Body = &leanBody{rc: resp.Body, pc: pc, stop: stop, keep: keep}
+	return resp, true, nil
+}
+
+// done hands the connection back to its pool when its exchange finished
+// cleanly and may be followed by another, and closes it otherwise.
+func (pc *upConn) done(stop func() bool, keep bool) {
+	if !stop() || !keep || pc.pool.closed.Load() {
+		// stop false: the context was cancelled and the deadline is
+		// (or is about to be) in the past.
+		pc.Close()
+		return
+	}
+	pc.idleSince.Store(time.Now().UnixNano())
+	select {
+	case pc.pool.idle <- pc:
+	default:
+		pc.Close() // the pool is full
+	}
+}
+
+// leanBody is an answer's body read from an upConn. Reading it to the end
+// releases the connection; closing it earlier closes the connection, since
+// the rest of the answer would have to be read first (a stream may never
+// end).
+type leanBody struct {
+	rc   io.ReadCloser
+	pc   *upConn
+	stop func() bool
+	keep bool
+
+	mu       sync.Mutex // Close may come from another goroutine than Read
+	released bool
+}
+
+func (b *leanBody) Read(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.released {
+		return 0, errBodyClosed
+	}
+	n, err := b.rc.Read(p)
+	if err == io.EOF {
+		b.released = true
+		b.pc.done(b.stop, b.keep)
+	} else if err != nil {
+		b.released = true
+		b.stop()
+		b.pc.Close()
+	}
+	return n, err
+}
+
+func (b *leanBody) Close() error {
+	// An unfinished body: fail a Read blocked in another goroutine before
+	// taking the lock it holds.
+	if !b.tryRelease() {
+		return nil
+	}
+	b.stop()
+	return b.pc.Close()
+}
+
+// tryRelease marks the body released, closing the connection first when a
+// Read may be blocked on it; it reports whether the body was still held.
+func (b *leanBody) tryRelease() bool {
+	if b.mu.TryLock() {
+		defer b.mu.Unlock()
+		if b.released {
+			return false
+		}
+		b.released = true
+		return true
+	}
+	// A Read is in progress: unblock it, then wait for it.
+	_ = b.pc.SetDeadline(aLongTimeAgo)
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.released {
+		return false
+	}
+	b.released = true
+	return true
+}
+
+var errBodyClosed = errors.New("gateway: read on a closed upstream body")
+
+// get returns an idle connection to addr, or a new one; reused says which.
+func (t *leanTransport) get(ctx context.Context, addr string) (pc *upConn, reused bool, err error) {
+	p := t.pool(addr)
+	now := time.Now().UnixNano()
+	if now-p.used.Load() > int64(time.Second) {
+		p.used.Store(now) // coarse: the sweep only needs minutes
+	}
+	for {
+		select {
+		case pc := <-p.idle:
+			if now-pc.idleSince.Load() > int64(t.idleTimeout) {
+				pc.Close()
+				continue
+			}
+			return pc, true, nil
+		default:
+		}
+		break
+	}
+	c, err := t.dial(ctx, "tcp", addr)
+	if err != nil {
+		return nil, false, err
+	}
+	return &upConn{Conn: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10), pool: p}, false, nil
+}
+
+// pool returns addr's pool, creating it (and arming the sweep of idle
+// connections).
+func (t *leanTransport) pool(addr string) *connPool {
+	if m := t.pools.Load(); m != nil {
+		if p, ok := (*m)[addr]; ok {
+			return p
+		}
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := t.pools.Load()
+	if old != nil {
+		if p, ok := (*old)[addr]; ok {
+			return p
+		}
+	}
+	m := make(map[string]*connPool, 1+lenOf(old))
+	if old != nil {
+		for k, v := range *old {
+			m[k] = v
+		}
+	}
+	p := &connPool{idle: make(chan *upConn, max(t.maxIdle, 1)), closed: &t.closed}
+	p.used.Store(time.Now().UnixNano())
+	m[addr] = p
+	t.pools.Store(&m)
+	if t.sweep == nil && !t.closed.Load() {
+		t.sweep = time.AfterFunc(t.idleTimeout, t.sweepIdle)
+	}
+	return p
+}
+
+// sweepIdle closes the connections idle for longer than idleTimeout and
+// forgets the pools left empty and unused for as long (instances come and
+// go with new addresses), then runs again while any pool remains. A
+// request still holding a connection of a forgotten pool puts it back
+// there, where nobody takes it: the pool and its connection are then
+// garbage, and the runtime closes such a connection's socket.
+func (t *leanTransport) sweepIdle() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	old := t.pools.Load()
+	if old == nil || t.closed.Load() {
+		t.sweep = nil
+		return
+	}
+	now := time.Now().UnixNano()
+	m := make(map[string]*connPool, len(*old))
+	for addr, p := range *old {
+		for range len(p.idle) {
+			var pc *upConn
+			select {
+			case pc = <-p.idle:
+			default:
+			}
+			if pc == nil {
+				break
+			}
+			if now-pc.idleSince.Load() > int64(t.idleTimeout) {
+				pc.Close()
+				continue
+			}
+			select {
+			case p.idle <- pc:
+			default:
+				pc.Close()
+			}
+		}
+		if len(p.idle) > 0 || now-p.used.Load() <= int64(t.idleTimeout) {
+			m[addr] = p
+		}
+	}
+	t.pools.Store(&m)
+	if len(m) == 0 {
+		t.sweep = nil
+		return
+	}
+	t.sweep.Reset(t.idleTimeout)
+}
+
+// CloseIdleConnections closes every idle connection and keeps none from
+// now on (the gateway is shutting down).
+func (t *leanTransport) CloseIdleConnections() {
+	t.closed.Store(true)
+	t.mu.Lock()
+	if t.sweep != nil {
+		t.sweep.Stop()
+		t.sweep = nil
+	}
+	t.mu.Unlock()
+	if m := t.pools.Load(); m != nil {
+		for _, p := range *m {
+			for {
+				select {
+				case pc := <-p.idle:
+					pc.Close()
+					continue
+				default:
+				}
+				break
+			}
+		}
+	}
+	t.fallback.CloseIdleConnections()
+}

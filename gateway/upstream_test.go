@@ -1,0 +1,161 @@
+package gateway_test
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"sync/atomic"
+	"testing"
+
+	"github.com/herdcluster/herd/gateway"
+)
+
+// connCounter counts the connections a test backend accepts and closes.
+type connCounter struct{ opened, closed atomic.Int64 }
+
+func (c *connCounter) track(_ net.Conn, s http.ConnState) {
+	switch s {
+	case http.StateNew:
+		c.opened.Add(1)
+	case http.StateClosed, http.StateHijacked:
+		c.closed.Add(1)
+	}
+}
+
+// startCountingBackend serves h and counts its connections.
+func startCountingBackend(t *testing.T, h http.HandlerFunc) (*httptest.Server, *connCounter) {
+	t.Helper()
+	cc := &connCounter{}
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.ConnState = cc.track
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv, cc
+}
+
+// Requests one after another share one upstream connection, whatever the
+// method and whether the answer has a body; an answer that asks to close
+// the connection is not followed by another on it.
+func TestUpstreamConnectionReuse(t *testing.T) {
+	srv, cc := startCountingBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/empty":
+			w.WriteHeader(http.StatusNoContent)
+		case "/cached":
+			w.WriteHeader(http.StatusNotModified)
+		case "/close":
+			w.Header().Set("Connection", "close")
+			_, _ = io.WriteString(w, "bye\n")
+		case "/chunked":
+			_, _ = io.WriteString(w, "one\n")
+			w.(http.Flusher).Flush()
+			_, _ = io.WriteString(w, "two\n")
+		default:
+			_, _ = io.WriteString(w, "hello\n")
+		}
+	})
+	cat := newCatalog()
+	cat.set("svc", instanceAt(backendAddr(srv), "svc", "svc-1", "node-a", ""))
+	tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+
+	for _, rq := range []struct{ method, path, body string }{
+		{http.MethodGet, "/svc/", "hello\n"},
+		{http.MethodHead, "/svc/", ""},
+		{http.MethodGet, "/svc/empty", ""},
+		{http.MethodGet, "/svc/cached", ""},
+		{http.MethodOptions, "/svc/", "hello\n"},
+		{http.MethodDelete, "/svc/", "hello\n"},
+		{http.MethodGet, "/svc/chunked", "one\ntwo\n"},
+		{http.MethodGet, "/svc/", "hello\n"},
+	} {
+		res, body := tg.do(t, rq.method, rq.path, nil, nil)
+		if res.StatusCode >= 400 || string(body) != rq.body {
+			t.Fatalf("%s %s: %d %q, want %q", rq.method, rq.path, res.StatusCode, body, rq.body)
+		}
+	}
+	if n := cc.opened.Load(); n != 1 {
+		t.Fatalf("8 requests in a row opened %d upstream connections, want 1", n)
+	}
+	for range 3 {
+		if res, body := tg.do(t, http.MethodGet, "/svc/close", nil, nil); res.StatusCode != http.StatusOK || string(body) != "bye\n" {
+			t.Fatalf("GET /svc/close: %d %q", res.StatusCode, body)
+		}
+	}
+	if n := cc.opened.Load(); n != 3 {
+		t.Fatalf("3 answers with Connection: close: %d connections in all, want 3 (the first on the one already open)", n)
+	}
+}
+
+// An idle upstream connection that the upstream closed does not fail the
+// next request: it goes out again on a new connection, and reaches the
+// upstream once.
+func TestUpstreamClosedIdleConnection(t *testing.T) {
+	var hits atomic.Int64
+	srv, cc := startCountingBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		hits.Add(1)
+		_, _ = io.WriteString(w, "hello\n")
+	})
+	cat := newCatalog()
+	cat.set("svc", instanceAt(backendAddr(srv), "svc", "svc-1", "node-a", ""))
+	tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+	for i := range 3 {
+		if res, body := tg.do(t, http.MethodGet, "/svc/", nil, nil); res.StatusCode != http.StatusOK || string(body) != "hello\n" {
+			t.Fatalf("request %d: %d %q", i, res.StatusCode, body)
+		}
+		srv.CloseClientConnections()
+		waitFor(t, "the upstream to close its end", func() bool { return cc.closed.Load() == cc.opened.Load() })
+	}
+	if n := hits.Load(); n != 3 {
+		t.Fatalf("3 requests reached the upstream %d times", n)
+	}
+	for _, s := range tg.gw.Stats() {
+		if s.UpstreamErrors != 0 || s.Retries != 0 {
+			t.Fatalf("stale connections counted as failures: %+v", s)
+		}
+	}
+}
+
+// A client that hangs up in the middle of a streamed answer takes the
+// upstream connection down with it; the next request gets a new one.
+func TestUpstreamConnectionClosedWithClient(t *testing.T) {
+	release := make(chan struct{})
+	srv, cc := startCountingBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/stream" {
+			_, _ = io.WriteString(w, "first\n")
+			w.(http.Flusher).Flush()
+			select { // the rest never comes while the client is there
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		_, _ = io.WriteString(w, "hello\n")
+	})
+	t.Cleanup(func() { close(release) })
+	cat := newCatalog()
+	cat.set("svc", instanceAt(backendAddr(srv), "svc", "svc-1", "node-a", ""))
+	tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, tg.url+"/svc/stream", nil)
+	res, err := tg.client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(res.Body).ReadString('\n')
+	if err != nil || line != "first\n" {
+		t.Fatalf("first line %q, %v", line, err)
+	}
+	cancel()
+	res.Body.Close()
+	waitFor(t, "the upstream connection to close", func() bool { return cc.closed.Load() == 1 })
+	if res, body := tg.do(t, http.MethodGet, "/svc/", nil, nil); res.StatusCode != http.StatusOK || string(body) != "hello\n" {
+		t.Fatalf("after the hang-up: %d %q", res.StatusCode, body)
+	}
+	if n := cc.opened.Load(); n != 2 {
+		t.Fatalf("%d upstream connections, want 2", n)
+	}
+}
