@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -18,6 +19,7 @@ import (
 	"time"
 
 	"github.com/herdcluster/herd/api"
+	"github.com/herdcluster/herd/registry"
 )
 
 // Cluster is one run's herd nodes, each a real bin/herd process in its own
@@ -353,6 +355,43 @@ func (c *Cluster) Healthy(voters int) error {
 		}
 		if nv != voters {
 			return fmt.Errorf("%s sees %d voters, want %d", n.Name, nv, voters)
+		}
+		if n == c.nodes[0] {
+			if err := c.votersServe(m); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// votersServe checks that every voter of the member list is served by its
+// node: a node rebuilt with an empty data dir comes back as a spare under
+// the same name, and until it has replaced its stale member the list still
+// shows a voter of that name that nothing serves.
+func (c *Cluster) votersServe(m api.MembersResponse) error {
+	for _, mm := range m.Members {
+		if mm.Role != api.RoleVoter {
+			continue
+		}
+		n := c.Node(mm.Name)
+		if n == nil {
+			return fmt.Errorf("voter %s is no node of the cluster", mm.Name)
+		}
+		ep := "http://" + n.IP + ":2379"
+		cli, err := registry.NewClient([]string{ep}, slog.New(slog.DiscardHandler))
+		if err != nil {
+			return err
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		st, err := cli.Status(ctx, ep)
+		cancel()
+		cli.Close()
+		if err != nil {
+			return fmt.Errorf("voter %s (member %s): its node does not serve it: %v", mm.Name, mm.MemberID, err)
+		}
+		if got := strconv.FormatUint(st.Header.MemberId, 16); got != mm.MemberID {
+			return fmt.Errorf("voter %s is member %s, but its node serves member %s (a stale member)", mm.Name, mm.MemberID, got)
 		}
 	}
 	return nil

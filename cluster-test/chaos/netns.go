@@ -187,6 +187,13 @@ func (n *Net) Close() error {
 	return nil
 }
 
+// killAll kills the processes of every namespace of nw.
+func killAll(nw *Net) {
+	for _, nn := range nw.Nodes {
+		killNS(nn.NS)
+	}
+}
+
 // killNS kills every process in namespace ns (after a SIGCONT, so that a
 // paused one dies too).
 func killNS(ns string) {

@@ -8,10 +8,12 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sort"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/anishathalye/porcupine"
@@ -209,6 +211,23 @@ func Execute(cfg Config) (r *Run, err error) {
 	defer func() {
 		if cerr := nw.Close(); cerr != nil && err == nil {
 			err = cerr
+		}
+	}()
+	// An interrupted run (Ctrl-C, a CI timeout's SIGTERM) still removes its
+	// processes and namespaces; make chaos-cleanup is for SIGKILL.
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	interrupted := make(chan struct{})
+	defer close(interrupted)
+	go func() {
+		select {
+		case s := <-sigs:
+			fmt.Fprintf(os.Stderr, "chaos: %s: removing the run's nodes and network %s\n", s, nw.ID)
+			killAll(nw)
+			_ = nw.Close()
+			os.Exit(1)
+		case <-interrupted:
 		}
 	}()
 	dir, err := os.MkdirTemp("", nsPrefix+nw.ID+"-")
