@@ -39,8 +39,12 @@ type Gateway struct {
 	// services that set their own (shares nothing else: its own pool).
 	noHeaderTimeout *http.Transport
 	proxy           *httputil.ReverseProxy
-	engine          *gin.Engine
-	srv             *http.Server
+	// rtrip and bufs are the proxy's transport and copy buffers, which
+	// forward shares.
+	rtrip  *retryTransport
+	bufs   *bufferPool
+	engine *gin.Engine
+	srv    *http.Server
 
 	// baseCtx is the parent of every request context; cancelBase aborts
 	// whatever is still running when Shutdown gives up waiting.

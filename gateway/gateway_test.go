@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -118,37 +119,57 @@ func TestUpstreamPath(t *testing.T) {
 	}
 }
 
+// Forwarding and hop-by-hop headers are handled alike on both of the
+// gateway's paths: requests without a body (its own lean path) and with
+// one (httputil.ReverseProxy).
 func TestForwardingHeaders(t *testing.T) {
 	b := startBackend(t, "hdr")
 	cat := newCatalog()
 	cat.set("hdr", b.instance("hdr", "node-h", ""))
 	tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
 
-	res, s := tg.get(t, "/hdr/x", http.Header{
-		"X-Forwarded-For":   {"6.6.6.6"},
-		"X-Forwarded-Host":  {"evil.example"},
-		"X-Forwarded-Proto": {"https"},
-		"Forwarded":         {"for=6.6.6.6"},
-		"Connection":        {"X-Foo"},
-		"X-Foo":             {"hop"},
-		hdrUpstreamHopHop:   {"1"},
-	})
-	checks := []struct {
-		name, got, want string
-	}{
-		{"X-Forwarded-For replaced", strings.Join(s.Header.Values("X-Forwarded-For"), ","), "127.0.0.1"},
-		{"X-Forwarded-Host", strings.Join(s.Header.Values("X-Forwarded-Host"), ","), tg.addr},
-		{"X-Forwarded-Proto", strings.Join(s.Header.Values("X-Forwarded-Proto"), ","), "http"},
-		{"Forwarded stripped", s.Header.Get("Forwarded"), ""},
-		{"Connection-listed request header stripped", s.Header.Get("X-Foo"), ""},
-		{"Host is the upstream", s.Host, b.srv.Listener.Addr().String()},
-		{"Connection-listed response header stripped", res.Header.Get("X-Bar"), ""},
-		{"X-Herd-Upstream", res.Header.Get("X-Herd-Upstream"), "node-h"},
-	}
-	for _, c := range checks {
-		t.Run(c.name, func(t *testing.T) {
-			if c.got != c.want {
-				t.Errorf("got %q, want %q", c.got, c.want)
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		t.Run(method, func(t *testing.T) {
+			var body io.Reader
+			if method == http.MethodPost {
+				body = strings.NewReader("payload")
+			}
+			res, raw := tg.do(t, method, "/hdr/x", http.Header{
+				"X-Forwarded-For":     {"6.6.6.6"},
+				"X-Forwarded-Host":    {"evil.example"},
+				"X-Forwarded-Proto":   {"https"},
+				"Forwarded":           {"for=6.6.6.6"},
+				"Connection":          {"X-Foo, Keep-Alive"},
+				"Keep-Alive":          {"timeout=5"},
+				"Proxy-Authorization": {"Basic c2VjcmV0"},
+				"X-Foo":               {"hop"},
+				"Te":                  {"trailers"},
+				"X-Kept":              {"a", "b"},
+				hdrUpstreamHopHop:     {"1"},
+			}, body)
+			var s seen
+			mustUnmarshal(t, raw, &s)
+			checks := []struct {
+				name, got, want string
+			}{
+				{"X-Forwarded-For replaced", strings.Join(s.Header.Values("X-Forwarded-For"), ","), "127.0.0.1"},
+				{"X-Forwarded-Host", strings.Join(s.Header.Values("X-Forwarded-Host"), ","), tg.addr},
+				{"X-Forwarded-Proto", strings.Join(s.Header.Values("X-Forwarded-Proto"), ","), "http"},
+				{"Forwarded stripped", s.Header.Get("Forwarded"), ""},
+				{"Connection-listed request header stripped", s.Header.Get("X-Foo"), ""},
+				{"Keep-Alive stripped", s.Header.Get("Keep-Alive"), ""},
+				{"Proxy-Authorization stripped", s.Header.Get("Proxy-Authorization"), ""},
+				{"Te: trailers passed", s.Header.Get("Te"), "trailers"},
+				{"other headers kept", strings.Join(s.Header.Values("X-Kept"), ","), "a,b"},
+				{"Host is the upstream", s.Host, b.srv.Listener.Addr().String()},
+				{"Connection-listed response header stripped", res.Header.Get("X-Bar"), ""},
+				{"X-Herd-Upstream", res.Header.Get("X-Herd-Upstream"), "node-h"},
+				{"body", strconv.Itoa(s.BodyLen), map[string]string{http.MethodGet: "0", http.MethodPost: "7"}[method]},
+			}
+			for _, c := range checks {
+				if c.got != c.want {
+					t.Errorf("%s: got %q, want %q", c.name, c.got, c.want)
+				}
 			}
 		})
 	}

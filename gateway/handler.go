@@ -138,7 +138,11 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		g.tunnels.add()
 		defer g.tunnels.done()
 	}
-	g.proxy.ServeHTTP(w, r.WithContext(rt))
+	if leanInbound(r, rt) {
+		g.forward(w, r, rt)
+	} else {
+		g.proxy.ServeHTTP(w, r.WithContext(rt))
+	}
 	if !rt.upgrade {
 		// The whole request, retries, hedges and the body included. A
 		// tunnel's lifetime is no request latency.

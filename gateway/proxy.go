@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httputil"
+	"net/url"
 	"sync"
 	"time"
 
@@ -58,6 +59,10 @@ type route struct {
 	// setting them costs no allocation.
 	requestID [1]string
 	upstream  [1]string
+	// forwarded backs X-Forwarded-For and X-Forwarded-Host, and url the
+	// outbound URL, of a request sent by forward.
+	forwarded [2]string
+	url       url.URL
 }
 
 var _ context.Context = (*route)(nil)
@@ -122,10 +127,12 @@ func newTransport(cfg Config) *http.Transport {
 
 // newProxy builds the one reverse proxy shared by every request.
 func (g *Gateway) newProxy() *httputil.ReverseProxy {
+	g.rtrip = &retryTransport{g: g, base: g.lean}
+	g.bufs = newBufferPool()
 	return &httputil.ReverseProxy{
 		Rewrite:        rewrite,
-		Transport:      &retryTransport{g: g, base: g.lean},
-		BufferPool:     newBufferPool(),
+		Transport:      g.rtrip,
+		BufferPool:     g.bufs,
 		ModifyResponse: g.modifyResponse,
 		ErrorHandler:   g.proxyError,
 		ErrorLog:       slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),

@@ -1,0 +1,264 @@
+package gateway
+
+import (
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/textproto"
+	"net/url"
+	"strings"
+)
+
+// forward proxies a request without a body that may be sent again (see
+// leanInbound), which is nearly all gateway traffic, doing what
+// httputil.ReverseProxy does for it with less copying: the outbound header
+// shares the inbound's values instead of cloning them, the forwarding
+// headers point into the route, and the answer's header values move to the
+// client's header map as they are. Everything else (bodies, upgrades) goes
+// through g.proxy. Both end in the same retrying transport, modifyResponse
+// and proxyError.
+func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, rt *route) {
+	out := r.WithContext(rt)
+	rt.url = url.URL{Scheme: "http", Host: rt.hostport, Path: rt.path, RawPath: rt.rawPath,
+		RawQuery: r.URL.RawQuery, ForceQuery: r.URL.ForceQuery}
+	out.URL = &rt.url
+	out.Host = "" // the Host header follows the URL: the instance
+	out.RequestURI = ""
+	out.Body = nil
+	out.Close = false
+	out.Header = rt.outboundHeader(r)
+
+	res, err := g.rtrip.RoundTrip(out)
+	if err != nil {
+		g.proxyError(w, out, err)
+		return
+	}
+	if res.StatusCode == http.StatusSwitchingProtocols {
+		res.Body.Close()
+		g.proxyError(w, out, errUnaskedUpgrade)
+		return
+	}
+	removeHopByHop(res.Header)
+	_ = g.modifyResponse(res)
+	dst := w.Header()
+	moveHeader(dst, res.Header)
+	// The Trailer header is not in res.Header: announce the trailers the
+	// upstream announced.
+	announced := len(res.Trailer)
+	if announced > 0 {
+		keys := make([]string, 0, announced)
+		for k := range res.Trailer {
+			keys = append(keys, k)
+		}
+		dst["Trailer"] = []string{strings.Join(keys, ", ")}
+	}
+	w.WriteHeader(res.StatusCode)
+	if err := g.copyBody(w, res); err != nil {
+		res.Body.Close()
+		// Headers are out: all that is left is to break the connection,
+		// so the client sees a truncated answer, not a complete one. The
+		// server recovers this panic quietly.
+		panic(http.ErrAbortHandler)
+	}
+	res.Body.Close() // fills res.Trailer
+	if len(res.Trailer) > 0 {
+		// Trailers need chunking, also for a short body whose length the
+		// server would otherwise compute.
+		if f, ok := w.(http.Flusher); ok {
+			f.Flush()
+		}
+	}
+	if len(res.Trailer) == announced {
+		moveHeader(dst, res.Trailer)
+		return
+	}
+	for k, vv := range res.Trailer {
+		dst[http.TrailerPrefix+k] = vv
+	}
+}
+
+// errUnaskedUpgrade: the upstream switched protocols though nobody asked.
+var errUnaskedUpgrade = errors.New("upstream switched protocols without an upgrade request")
+
+// leanInbound reports whether r goes through forward: no body, nothing to
+// upgrade, and a method that may be sent again.
+func leanInbound(r *http.Request, rt *route) bool {
+	if rt.upgrade || rt.body != nil || r.ContentLength != 0 || len(r.TransferEncoding) > 0 ||
+		(r.Body != nil && r.Body != http.NoBody) {
+		return false
+	}
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodDelete, http.MethodPut:
+		return true
+	}
+	return false
+}
+
+// Shared single-value header slices. Header maps may hold them: nothing
+// writes into a header value slice in place (Set replaces it, Add appends
+// past its capacity).
+var (
+	valueEmpty    = []string{""}
+	valueTrailers = []string{"trailers"}
+	valueHTTP     = []string{"http"}
+	valueHTTPS    = []string{"https"}
+)
+
+// outboundHeader is the header sent upstream for r: r's own without the
+// hop-by-hop headers (also those r's Connection header names) and without
+// the client's forwarding headers, plus X-Forwarded-For (the client's
+// address, after the chain a trusted proxy sent), X-Forwarded-Host and
+// X-Forwarded-Proto. The values are r's, shared, not copied.
+func (rt *route) outboundHeader(r *http.Request) http.Header {
+	in := r.Header
+	h := make(http.Header, len(in)+4)
+	conn := in["Connection"]
+	for k, vv := range in {
+		if hopByHop(k) || forwarding(k) || (len(conn) > 0 && listed(conn, k)) {
+			continue
+		}
+		h[k] = vv
+	}
+	// Tell the upstream trailers are welcome when the client said so.
+	if hasToken(in["Te"], "trailers") {
+		h["Te"] = valueTrailers
+	}
+	if _, ok := h["User-Agent"]; !ok {
+		h["User-Agent"] = valueEmpty // not Go's own
+	}
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		if prior := in["X-Forwarded-For"]; rt.trustXFF && len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
+		}
+		rt.forwarded[0] = ip
+		h["X-Forwarded-For"] = rt.forwarded[0:1:1]
+	}
+	rt.forwarded[1] = r.Host
+	h["X-Forwarded-Host"] = rt.forwarded[1:2:2]
+	if r.TLS == nil {
+		h["X-Forwarded-Proto"] = valueHTTP
+	} else {
+		h["X-Forwarded-Proto"] = valueHTTPS
+	}
+	return h
+}
+
+// hopByHop reports whether k (canonical) is a hop-by-hop header.
+func hopByHop(k string) bool {
+	switch k {
+	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
+		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
+		return true
+	}
+	return false
+}
+
+// forwarding reports whether k (canonical) is a forwarding header the
+// client may not set.
+func forwarding(k string) bool {
+	switch k {
+	case "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
+		return true
+	}
+	return false
+}
+
+// listed reports whether the Connection header values conn name k.
+func listed(conn []string, k string) bool {
+	for _, v := range conn {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(tok), k) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// hasToken reports whether the comma-separated values hold token.
+func hasToken(values []string, token string) bool {
+	for _, v := range values {
+		for tok := range strings.SplitSeq(v, ",") {
+			if strings.EqualFold(textproto.TrimString(tok), token) {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// removeHopByHop deletes from h the hop-by-hop headers and those its
+// Connection header names.
+func removeHopByHop(h http.Header) {
+	for _, v := range h["Connection"] {
+		for tok := range strings.SplitSeq(v, ",") {
+			if tok = textproto.TrimString(tok); tok != "" {
+				h.Del(tok)
+			}
+		}
+	}
+	for _, k := range [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
+		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
+		delete(h, k)
+	}
+}
+
+// moveHeader adds src's values to dst, handing over src's slices where dst
+// has none of its own (src is not used afterwards).
+func moveHeader(dst, src http.Header) {
+	for k, vv := range src {
+		if old, ok := dst[k]; ok {
+			dst[k] = append(old, vv...)
+			continue
+		}
+		dst[k] = vv
+	}
+}
+
+// copyBody copies the answer's body to the client, flushing after every
+// write for streams (no length) and server-sent events, as ReverseProxy
+// does.
+func (g *Gateway) copyBody(w http.ResponseWriter, res *http.Response) error {
+	if res.Body == http.NoBody {
+		return nil
+	}
+	var f http.Flusher
+	if res.ContentLength == -1 || isEventStream(res.Header["Content-Type"]) {
+		f, _ = w.(http.Flusher)
+	}
+	buf := g.bufs.Get()
+	defer g.bufs.Put(buf)
+	for {
+		n, rerr := res.Body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			if f != nil {
+				f.Flush()
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+}
+
+// isEventStream reports whether the Content-Type is text/event-stream
+// (parameters and case aside).
+func isEventStream(ct []string) bool {
+	if len(ct) == 0 {
+		return false
+	}
+	const want = "text/event-stream"
+	v := strings.TrimSpace(ct[0])
+	if len(v) < len(want) || !strings.EqualFold(v[:len(want)], want) {
+		return false
+	}
+	rest := strings.TrimSpace(v[len(want):])
+	return rest == "" || rest[0] == ';'
+}
