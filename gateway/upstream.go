@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -136,10 +137,7 @@ func (pc *upConn) roundTrip(ctx context.Context, req *http.Request, headerTimeou
 		// the connection is then closed, never reused.
 		stop = context.AfterFunc(ctx, func() { _ = pc.SetDeadline(aLongTimeAgo) })
 	}
-	if err := req.Write(pc.bw); err != nil {
-		stop()
-		return nil, false, err
-	}
+	writeRequest(pc.bw, req)
 	if err := pc.bw.Flush(); err != nil {
 		stop()
 		return nil, false, err
@@ -166,8 +164,10 @@ func (pc *upConn) roundTrip(ctx context.Context, req *http.Request, headerTimeou
 			}
 		}
 	}
-	if headerTimeout > 0 {
-		// The body streams unbounded (SSE, downloads).
+	if headerTimeout > 0 && !buffered(resp, pc.br) {
+		// The body streams unbounded (SSE, downloads). (A body already
+		// read in full needs no more reads; the next request sets its own
+		// deadline.)
 		if err := pc.SetDeadline(time.Time{}); err != nil {
 			stop()
 			return nil, true, err
@@ -186,6 +186,74 @@ func (pc *upConn) roundTrip(ctx context.Context, req *http.Request, headerTimeou
 	}
 	resp.Body = &leanBody{rc: resp.Body, pc: pc, stop: stop, keep: keep}
 	return resp, true, nil
+}
+
+// buffered reports whether resp's whole body is already in br.
+func buffered(resp *http.Response, br *bufio.Reader) bool {
+	if resp.Body == http.NoBody {
+		return true
+	}
+	return resp.ContentLength >= 0 && len(resp.TransferEncoding) == 0 && int64(br.Buffered()) >= resp.ContentLength
+}
+
+// writeRequest writes req's request line and header to bw as
+// Request.Write would for a request without a body, minus its generality
+// (no sorting of the header, no transfer writer). Values are the inbound
+// request's, which the server has validated; line breaks are still
+// replaced, as Request.Write does.
+func writeRequest(bw *bufio.Writer, req *http.Request) {
+	bw.WriteString(req.Method)
+	bw.WriteByte(' ')
+	u := req.URL
+	if p := u.EscapedPath(); p != "" {
+		bw.WriteString(p)
+	} else {
+		bw.WriteByte('/')
+	}
+	if u.ForceQuery || u.RawQuery != "" {
+		bw.WriteByte('?')
+		bw.WriteString(u.RawQuery)
+	}
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	if req.Host != "" {
+		bw.WriteString(req.Host)
+	} else {
+		bw.WriteString(u.Host)
+	}
+	bw.WriteString("\r\n")
+	ua, hasUA := req.Header["User-Agent"]
+	switch {
+	case !hasUA:
+		bw.WriteString("User-Agent: Go-http-client/1.1\r\n")
+	case len(ua) > 0 && ua[0] != "":
+		writeField(bw, "User-Agent", ua[0])
+	}
+	if req.Close {
+		bw.WriteString("Connection: close\r\n")
+	}
+	if req.Method == http.MethodPut {
+		bw.WriteString("Content-Length: 0\r\n") // as Request.Write does
+	}
+	for k, vv := range req.Header {
+		switch k {
+		case "Host", "User-Agent", "Content-Length", "Transfer-Encoding", "Trailer":
+			continue
+		}
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+	bw.WriteString("\r\n")
+}
+
+func writeField(bw *bufio.Writer, k, v string) {
+	if strings.ContainsAny(v, "\r\n") {
+		v = strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ").Replace(v)
+	}
+	bw.WriteString(k)
+	bw.WriteString(": ")
+	bw.WriteString(textproto.TrimString(v))
+	bw.WriteString("\r\n")
 }
 
 // done hands the connection back to its pool when its exchange finished

@@ -159,3 +159,37 @@ func TestUpstreamConnectionClosedWithClient(t *testing.T) {
 		t.Fatalf("%d upstream connections, want 2", n)
 	}
 }
+
+// What the lean path writes upstream: the request line with the query as
+// sent (an empty one too), and the client's User-Agent or none at all
+// (never Go's).
+func TestUpstreamRequestLine(t *testing.T) {
+	b := startBackend(t, "line")
+	cat := newCatalog()
+	cat.set("svc", b.instance("svc", "node-l", "/base"))
+	tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+	tests := []struct {
+		name, method, path string
+		ua                 []string
+		wantURI, wantUA    string
+	}{
+		{"query", http.MethodGet, "/svc/a%2Fb?x=1&y=%zz", []string{"curl/8"}, "/base/a%2Fb?x=1&y=%zz", "curl/8"},
+		{"empty query", http.MethodGet, "/svc/a?", []string{"curl/8"}, "/base/a?", "curl/8"},
+		{"no user agent", http.MethodDelete, "/svc/", []string{""}, "/base/", ""},
+		{"put without a body", http.MethodPut, "/svc/k", []string{"app/1"}, "/base/k", "app/1"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			res, raw := tg.do(t, tt.method, tt.path, http.Header{"User-Agent": tt.ua}, nil)
+			if res.StatusCode != http.StatusOK {
+				t.Fatalf("%d %s", res.StatusCode, raw)
+			}
+			var s seen
+			mustUnmarshal(t, raw, &s)
+			if s.Method != tt.method || s.RequestURI != tt.wantURI || s.Header.Get("User-Agent") != tt.wantUA {
+				t.Fatalf("upstream saw %s %s with User-Agent %q, want %s %s and %q",
+					s.Method, s.RequestURI, s.Header.Get("User-Agent"), tt.method, tt.wantURI, tt.wantUA)
+			}
+		})
+	}
+}
