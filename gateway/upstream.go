@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -109,11 +110,19 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if reused && !answered && attempt == 0 {
+		if reused && !answered && attempt == 0 && closedByPeer(err) {
 			continue // the upstream had closed its idle end
 		}
 		return nil, err
 	}
+}
+
+// closedByPeer reports whether err says the other end closed the
+// connection (not a timeout: an upstream that does not answer on a reused
+// connection would not answer on a new one either).
+func closedByPeer(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // aLongTimeAgo is a deadline in the past: it fails blocked reads and writes
@@ -259,7 +268,9 @@ func writeField(bw *bufio.Writer, k, v string) {
 // done hands the connection back to its pool when its exchange finished
 // cleanly and may be followed by another, and closes it otherwise.
 func (pc *upConn) done(stop func() bool, keep bool) {
-	if !stop() || !keep || pc.pool.closed.Load() {
+	// Bytes past the end of the answer mean the upstream and the gateway
+	// disagree on where it ended: the connection cannot carry another.
+	if !stop() || !keep || pc.pool.closed.Load() || pc.br.Buffered() > 0 {
 		// stop false: the context was cancelled and the deadline is
 		// (or is about to be) in the past.
 		pc.Close()

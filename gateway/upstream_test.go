@@ -9,6 +9,7 @@ import (
 	"net/http/httptest"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/herdcluster/herd/gateway"
 )
@@ -191,5 +192,87 @@ func TestUpstreamRequestLine(t *testing.T) {
 					s.Method, s.RequestURI, s.Header.Get("User-Agent"), tt.method, tt.wantURI, tt.wantUA)
 			}
 		})
+	}
+}
+
+// An upstream that does not answer on a reused connection is not asked
+// again on a new one: the client waits one response-header timeout, not
+// two, and the upstream sees the request once.
+func TestUpstreamTimeoutOnReusedConnection(t *testing.T) {
+	var hits atomic.Int64
+	release := make(chan struct{})
+	srv, _ := startCountingBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) > 1 {
+			select { // hung
+			case <-release:
+			case <-r.Context().Done():
+			}
+			return
+		}
+		_, _ = io.WriteString(w, "hello\n")
+	})
+	t.Cleanup(func() { close(release) })
+	cat := newCatalog()
+	cat.set("svc", instanceAt(backendAddr(srv), "svc", "svc-1", "node-a", ""))
+	cfg := gateway.DefaultConfig()
+	cfg.ResponseHeaderTimeout = 300 * time.Millisecond
+	tg := startGateway(t, cfg, cat, newLiveness())
+	if res, _ := tg.do(t, http.MethodGet, "/svc/", nil, nil); res.StatusCode != http.StatusOK {
+		t.Fatalf("first request: %d", res.StatusCode)
+	}
+	start := time.Now()
+	res, body := tg.do(t, http.MethodGet, "/svc/", nil, nil)
+	if res.StatusCode != http.StatusGatewayTimeout {
+		t.Fatalf("hung upstream: %d %s, want 504", res.StatusCode, body)
+	}
+	if n := hits.Load(); n != 2 {
+		t.Fatalf("the upstream saw %d requests, want 2", n)
+	}
+	if d := time.Since(start); d >= 2*cfg.ResponseHeaderTimeout {
+		t.Fatalf("504 after %s: the timeout was waited out twice", d)
+	}
+}
+
+// An answer followed by bytes it did not announce leaves its connection
+// unusable: the next request goes out on a new one.
+func TestUpstreamExtraBytesAfterAnswer(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	var accepted atomic.Int64
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			accepted.Add(1)
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					if _, err := http.ReadRequest(br); err != nil {
+						return
+					}
+					// Content-Length says 3, then comes more.
+					if _, err := io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\nEXTRA"); err != nil {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	cat := newCatalog()
+	cat.set("svc", instanceAt(ln.Addr().(*net.TCPAddr), "svc", "svc-1", "node-a", ""))
+	tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+	for i := range 3 {
+		if res, body := tg.do(t, http.MethodGet, "/svc/", nil, nil); res.StatusCode != http.StatusOK || string(body) != "ok\n" {
+			t.Fatalf("request %d: %d %q", i, res.StatusCode, body)
+		}
+	}
+	if n := accepted.Load(); n != 3 {
+		t.Fatalf("%d upstream connections for 3 requests, want 3", n)
 	}
 }
