@@ -229,15 +229,16 @@ func bufferBody(r *http.Request) (body []byte, replayable bool, err error) {
 	if r.ContentLength < 0 || r.ContentLength > maxReplayBody {
 		return nil, false, nil
 	}
-	body = make([]byte, r.ContentLength)
-	if _, err := io.ReadFull(r.Body, body); err != nil {
+	buf := make([]byte, r.ContentLength)
+	if _, err := io.ReadFull(r.Body, buf); err != nil {
 		return nil, false, err
 	}
-	r.Body = io.NopCloser(bytes.NewReader(body))
+	r.Body = io.NopCloser(bytes.NewReader(buf))
 	// With GetBody the transport itself resends on a keep-alive connection
-	// the upstream had closed.
-	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(body)), nil }
-	return body, true, nil
+	// the upstream had closed. (The closure captures buf, not the result
+	// body, which would put body on the heap for every request.)
+	r.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(bytes.NewReader(buf)), nil }
+	return buf, true, nil
 }
 
 func (rt *route) getBody() (io.ReadCloser, error) {
