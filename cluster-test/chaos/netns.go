@@ -207,9 +207,13 @@ func killNS(ns string) {
 }
 
 // Cleanup removes everything the suite may have left behind: processes in
-// its namespaces, the namespaces, its links and its /tmp directories. It
-// touches only names made by NewNet. It returns what it removed.
-func Cleanup() ([]string, error) {
+// its namespaces, the namespaces, its links and its /tmp directories; with
+// id set, only those of the run with that network ID. It touches only names
+// made by NewNet. It returns what it removed.
+func Cleanup(id string) ([]string, error) {
+	mine := func(name string) bool {
+		return id == "" || strings.HasPrefix(name, nsPrefix+id+"-") || strings.HasPrefix(name, linkPrefix+id)
+	}
 	var removed, errs []string
 	out, err := exec.Command("ip", "netns", "list").Output()
 	if err != nil {
@@ -217,7 +221,7 @@ func Cleanup() ([]string, error) {
 	}
 	for _, line := range strings.Split(string(out), "\n") {
 		f := strings.Fields(line)
-		if len(f) == 0 || !nsName.MatchString(f[0]) {
+		if len(f) == 0 || !nsName.MatchString(f[0]) || !mine(f[0]) {
 			continue
 		}
 		killNS(f[0])
@@ -238,16 +242,16 @@ func Cleanup() ([]string, error) {
 			continue
 		}
 		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
-		if !linkName.MatchString(name) {
+		if !linkName.MatchString(name) || !mine(name) {
 			continue
 		}
-		if err := run("ip", "link", "del", name); err != nil {
+		if err := run("ip", "link", "del", name); err != nil && !strings.Contains(err.Error(), "Cannot find device") {
 			errs = append(errs, err.Error())
 			continue
 		}
 		removed = append(removed, "link "+name)
 	}
-	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), nsPrefix+"*"))
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), nsPrefix+id+"*"))
 	for _, d := range dirs {
 		if err := os.RemoveAll(d); err != nil {
 			errs = append(errs, err.Error())

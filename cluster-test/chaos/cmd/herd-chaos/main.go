@@ -28,7 +28,7 @@ func main() {
 		fmt.Fprintln(os.Stderr, "herd-chaos:", err)
 		os.Exit(1)
 	}
-	removed, err := chaos.Cleanup()
+	removed, err := chaos.Cleanup("")
 	for _, r := range removed {
 		fmt.Println("removed", r)
 	}
