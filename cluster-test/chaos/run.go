@@ -97,8 +97,8 @@ type FaultResult struct {
 	removal   bool
 	removalBy time.Duration
 	inject    time.Duration
-	heal    time.Duration
-	healthy time.Duration
+	heal      time.Duration
+	healthy   time.Duration
 }
 
 // Poll is one read of a node's catalog of the service chaos-live, where
