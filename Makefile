@@ -49,7 +49,7 @@ CHAOS_FAULTS ?= all
 CHAOS_NODES ?= 3,5
 CHAOS_SEED ?= 0
 CHAOS_SEEDS ?= 1
-CHAOS_HOLD ?= 25s
+CHAOS_HOLD ?= 30s
 CHAOS_ARGS = -chaos.nodes $(CHAOS_NODES) -chaos.seed $(CHAOS_SEED) -chaos.seeds $(CHAOS_SEEDS) -chaos.hold $(CHAOS_HOLD)
 chaos: chaos-deps
 	$(GO) test -count=1 -timeout 0 -v -run '^TestChaos$$' ./cluster-test/chaos/ -args -chaos.faults $(CHAOS_FAULTS) $(CHAOS_ARGS)

@@ -16,7 +16,7 @@ var (
 	flagNodes  = flag.String("chaos.nodes", "3", "node counts, comma-separated (3, 5)")
 	flagSeed   = flag.Uint64("chaos.seed", 0, "seed of the first run (0: from the clock); run i uses seed+i")
 	flagSeeds  = flag.Int("chaos.seeds", 1, "runs per node count, each with the next seed")
-	flagHold   = flag.Duration("chaos.hold", 25*time.Second, "how long crashes and partitions last (at least 21s for the catalog-removal check)")
+	flagHold   = flag.Duration("chaos.hold", 30*time.Second, "how long crashes and partitions last (at least 26s for the catalog-removal check)")
 	flagOut    = flag.String("chaos.out", "artifacts/chaos", "directory for reports, histories and timelines")
 	flagRate   = flag.Float64("chaos.gateway-rate", 50, "gateway requests per second")
 )

@@ -44,7 +44,7 @@ const (
 	leaseTTL = 10 * time.Second
 	// removalBound: an instance of a node that cannot renew its lease has
 	// left every other catalog by lease TTL plus this.
-	removalBound = 10 * time.Second
+	removalBound = 15 * time.Second
 	// windowSlack: after a fault heals and the cluster is whole, a lease
 	// may still lapse and be re-registered for this long (a lease granted
 	// before a pause expires up to a TTL later, and the node notices at
