@@ -40,6 +40,7 @@ func TestBadInputFailsFast(t *testing.T) {
 		{"bad join", 1, []string{"--join", "host:notaport"}, `--join: join address "host:notaport"`},
 		{"unknown service", 1, []string{"--services", "hello,nope"}, `--services: unknown service "nope"`},
 		{"bad log level", 1, []string{"--log-level", "loud"}, `--log-level "loud"`},
+		{"snapshot count too low", 1, []string{"--raft-snapshot-count", "5"}, "--raft-snapshot-count 5 is under 10"},
 		{"data dir not writable", 1, []string{"--data-dir", filepath.Join(file, "sub")}, "--data-dir " + filepath.Join(file, "sub")},
 		{"port in use", 9, nil, "--gateway-port 8080: cannot listen on " + c.ip(9) + ":8080"},
 		{"bad env", 1, []string{}, `HERD_GOSSIP_PORT="x"`},

@@ -83,6 +83,12 @@ type Config struct {
 	// and its member does not answer) before the autopilot replaces it
 	// (default 2m).
 	DeadVoterTimeout time.Duration
+	// RaftSnapshotCount is how many registry log entries are applied
+	// between snapshots, and how many a lagging member may be behind before
+	// it is sent a snapshot instead of entries (0: etcd's 10000). The chaos
+	// suite sets it low so that a member cut off for a while catches up by
+	// snapshot.
+	RaftSnapshotCount uint64
 
 	// DrainDelay is how long a stopping node keeps serving after revoking
 	// its lease, so peers' catalogs drop it before it stops answering
@@ -195,6 +201,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxVoters < 1 || c.MaxVoters > 9 || c.MaxVoters%2 == 0 {
 		return fmt.Errorf("--max-voters %d must be odd and in 1-9", c.MaxVoters)
+	}
+	if c.RaftSnapshotCount != 0 && c.RaftSnapshotCount < 10 {
+		return fmt.Errorf("--raft-snapshot-count %d is under 10 (0 keeps etcd's default)", c.RaftSnapshotCount)
 	}
 	if c.DeadVoterTimeout < time.Second {
 		return fmt.Errorf("--dead-voter-timeout %s is under 1s", c.DeadVoterTimeout)

@@ -261,6 +261,7 @@ func (c *Config) memberConfig(logger *slog.Logger) registry.MemberConfig {
 	mc.BindIP, mc.AdvertiseIP = c.BindIP, c.AdvertiseIP
 	mc.ClientPort, mc.PeerPort = c.ClientPort, c.PeerPort
 	mc.ForceNewCluster = c.ForceNewCluster
+	mc.SnapshotCount = c.RaftSnapshotCount
 	mc.Logger = logger
 	return mc
 }

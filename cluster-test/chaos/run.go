@@ -235,7 +235,7 @@ func Execute(cfg Config) (r *Run, err error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	c := NewCluster(nw, cfg.Bin, dir, tl, "--hedge-after", "auto", "--log-level", "info")
+	c := NewCluster(nw, cfg.Bin, dir, tl, "--hedge-after", "auto", "--raft-snapshot-count", "100", "--log-level", "info")
 	r = &Run{Cfg: cfg, C: c, TL: tl, affected: map[string]bool{}, open: map[string]int{}, wipes: map[string][]time.Duration{}}
 	defer func() {
 		if err != nil {

@@ -62,6 +62,7 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.BoolVar(&cfg.ForceNewCluster, "force-new-cluster", false, "restart the member in --data-dir as the only member of a new cluster, keeping its data (after losing a majority; remove the flag afterwards)")
 	f.IntVar(&cfg.MaxVoters, "max-voters", cfg.MaxVoters, "most registry voters (odd); other nodes are spares")
 	f.DurationVar(&cfg.DeadVoterTimeout, "dead-voter-timeout", cfg.DeadVoterTimeout, "how long a voter must be dead before the autopilot replaces it")
+	f.Uint64Var(&cfg.RaftSnapshotCount, "raft-snapshot-count", cfg.RaftSnapshotCount, "registry log entries between snapshots, and how far behind a member is sent a snapshot instead (0: etcd's default, 10000)")
 	f.IntVar(&cfg.GossipPort, "gossip-port", cfg.GossipPort, "gossip port (TCP and UDP)")
 	f.IntVar(&cfg.ClientPort, "client-port", cfg.ClientPort, "etcd client port")
 	f.IntVar(&cfg.PeerPort, "peer-port", cfg.PeerPort, "etcd peer (Raft) port")
