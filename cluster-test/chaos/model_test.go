@@ -82,12 +82,16 @@ func TestExpected(t *testing.T) {
 		{Kind: OpRegister, Key: "s/b", Value: "v3", Call: 1, Return: 2, Status: Ok},
 		{Kind: OpRegister, Key: "s/b", Value: "v4", Call: 3, Return: 4, Status: Unknown},
 	}
+	r.keys = append(r.keys, Key{Service: "s", ID: "c", Owner: "n1"})
+	r.reg.ops = append(r.reg.ops,
+		Op{Kind: OpRegister, Key: "s/c", Value: "v5", Call: 1, Return: 2, Status: Ok},
+		Op{Kind: OpDeregister, Key: "s/c", Call: 3, Return: 4, Status: Ok})
 	got := r.expected()
-	if got["s/a"] != "v2" || len(got) != 1 {
-		t.Fatalf("expected = %v, want only s/a=v2 (s/b has a write of unknown outcome)", got)
+	if v, ok := got["s/c"]; got["s/a"] != "v2" || !ok || v != "" || len(got) != 2 {
+		t.Fatalf("expected = %v, want s/a=v2 and s/c absent (s/b has a write of unknown outcome)", got)
 	}
 	r.wipes["n1"] = []time.Duration{5}
-	if got := r.expected(); len(got) != 0 {
-		t.Fatalf("after wiping n1, expected = %v, want nothing", got)
+	if got := r.expected(); len(got) != 1 || got["s/c"] != "" {
+		t.Fatalf("after wiping n1, expected = %v, want only s/c absent", got)
 	}
 }

@@ -448,8 +448,9 @@ func (r *Run) fullRestart() error {
 }
 
 // expected returns, from the history so far, the value each key must hold
-// now: keys whose last write was an acknowledged register, with no write of
-// unknown outcome ever (it may still land) and no wipe of the owner since.
+// now ("" for absent): keys whose last write was acknowledged, with no
+// write of unknown outcome ever (it may still land); a registration only if
+// its owner's data was not wiped since.
 func (r *Run) expected() map[string]string {
 	ops := r.reg.Ops()
 	uncertain := map[string]bool{}
@@ -473,7 +474,11 @@ func (r *Run) expected() map[string]string {
 	}
 	out := map[string]string{}
 	for k, op := range last {
-		if uncertain[k] || op.Kind != OpRegister {
+		if uncertain[k] {
+			continue
+		}
+		if op.Kind == OpDeregister {
+			out[k] = "" // it must stay gone
 			continue
 		}
 		owner := ownerOf(k, r.keys)
@@ -528,8 +533,12 @@ func (r *Run) checkNoLoss(when string, res *FaultResult) (lost []string, checked
 		}
 		lost = lost[:0]
 		for k, v := range want {
-			if got[k] != v {
-				lost = append(lost, fmt.Sprintf("%s=%s (read %q)", k, v, got[k]))
+			switch g := got[k]; {
+			case g == v:
+			case v == "":
+				lost = append(lost, fmt.Sprintf("%s deregistered, but back with %q", k, g))
+			default:
+				lost = append(lost, fmt.Sprintf("%s=%s (read %q)", k, v, g))
 			}
 		}
 		if len(lost) > 0 {
@@ -544,7 +553,13 @@ func (r *Run) checkNoLoss(when string, res *FaultResult) (lost []string, checked
 			lost = []string{"(could not read: " + last.Error() + ")"}
 		}
 	} else {
-		r.TL.Add("no-loss %s: %d acknowledged registrations all present", when, len(want))
+		present := 0
+		for _, v := range want {
+			if v != "" {
+				present++
+			}
+		}
+		r.TL.Add("no-loss %s: %d acknowledged registrations all present, %d deregistrations all still gone", when, present, len(want)-present)
 	}
 	return lost, len(want)
 }
