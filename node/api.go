@@ -277,7 +277,11 @@ func writeRegistryError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, api.ErrInvalid):
 		writeFieldError(w, err)
+	case errors.Is(err, registry.ErrNoLease):
+		// Nothing was written: the client may retry any write at once.
+		writeJSON(w, http.StatusServiceUnavailable, api.Error{Error: err.Error(), Reason: "no_lease"})
 	case errors.Is(err, registry.ErrUnavailable):
+		// The write may or may not have happened.
 		writeJSON(w, http.StatusServiceUnavailable, api.Error{Error: err.Error(), Reason: "registry_unavailable"})
 	case errors.Is(err, registry.ErrConflict):
 		writeJSON(w, http.StatusConflict, api.Error{Error: err.Error(), Reason: "conflict"})
@@ -402,7 +406,11 @@ func writeLifecycleError(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, errNoSuchNode):
 		writeJSON(w, http.StatusNotFound, api.Error{Error: err.Error(), Reason: "not_found"})
+	case errors.Is(err, registry.ErrNoLease):
+		// Nothing was written: the client may retry any write at once.
+		writeJSON(w, http.StatusServiceUnavailable, api.Error{Error: err.Error(), Reason: "no_lease"})
 	case errors.Is(err, registry.ErrUnavailable):
+		// The write may or may not have happened.
 		writeJSON(w, http.StatusServiceUnavailable, api.Error{Error: err.Error(), Reason: "registry_unavailable"})
 	default:
 		writeJSON(w, http.StatusConflict, api.Error{Error: err.Error(), Reason: "refused"})

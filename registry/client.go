@@ -23,6 +23,9 @@ var (
 	ErrConflict = errors.New("instance owned by another node")
 	// ErrNotFound: no such instance of this node.
 	ErrNotFound = errors.New("instance not found")
+	// ErrNoLease: the node holds no lease, so the write was not even sent:
+	// it certainly did not happen. It is also an ErrUnavailable.
+	ErrNoLease = fmt.Errorf("%w: this node holds no lease yet (the registry has no quorum or is unreachable); nothing was written", ErrUnavailable)
 )
 
 // NewClient returns an etcd client for endpoints whose own log lines go to

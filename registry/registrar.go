@@ -381,7 +381,7 @@ func (r *Registrar) register(ctx context.Context, in api.Instance, keep bool) er
 	defer r.unlock()
 	lease := r.LeaseID()
 	if lease == 0 {
-		return fmt.Errorf("%w: this node holds no lease yet (the registry has no quorum or is unreachable)", ErrUnavailable)
+		return ErrNoLease
 	}
 	key := InstanceKey(in.Service, in.ID)
 	if err := r.put(ctx, lease, in); err != nil {

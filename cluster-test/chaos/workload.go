@@ -272,6 +272,9 @@ func outcome(code int, e api.Error, err error, deregister bool) (status string, 
 		return NotFound, true
 	case code == 409, code == 400, code == 413:
 		return Refused, true
+	case code == 503 && (e.Reason == "no_lease" || e.Reason == "not_running"):
+		// herd says nothing was written.
+		return Refused, true
 	default:
 		// 503 (no quorum, timed out, node starting), 500: the write may
 		// have landed.
