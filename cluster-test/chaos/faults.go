@@ -44,14 +44,14 @@ func Faults(n int, hold time.Duration) []Fault {
 	minority := (n - 1) / 2
 	split := fmt.Sprintf("split-%d|%d", n-minority, minority)
 	fs := []Fault{
-		{Name: "kill-leader", Hold: hold, Removal: true, Budget: 0, inject: kill(true, false)},
-		{Name: "kill-follower", Hold: hold, Removal: true, Budget: 0, inject: kill(false, false)},
-		{Name: "kill-wipe", Hold: hold, Removal: true, Budget: 0, Wipes: true, inject: kill(false, true)},
+		{Name: "kill-leader", Hold: hold, Removal: true, Budget: 0, inject: kill(leader, false)},
+		{Name: "kill-follower", Hold: hold, Removal: true, Budget: 0, inject: kill(follower, false)},
+		{Name: "kill-wipe", Hold: hold, Removal: true, Budget: 0, Wipes: true, inject: kill(follower, true)},
 		{Name: "pause-0.5x", Hold: electionTimeout / 2, Budget: 0, inject: pause},
 		{Name: "pause-2x", Hold: 2 * electionTimeout, Budget: 0, inject: pause},
 		{Name: "pause-10x", Hold: 10 * electionTimeout, Budget: 0, inject: pause},
-		{Name: "isolate", Hold: hold, Removal: true, Budget: 0, inject: isolate(false)},
-		{Name: "isolate-leader", Hold: hold, Removal: true, Budget: 0, inject: isolate(true)},
+		{Name: "isolate", Hold: hold, Removal: true, Budget: 0, inject: isolate(follower)},
+		{Name: "isolate-leader", Hold: hold, Removal: true, Budget: 0, inject: isolate(leader)},
 		{Name: split, Hold: hold, Removal: true, Budget: 0, inject: splitMinority(minority)},
 		{Name: "one-way", Hold: hold, Removal: true, Budget: -1, inject: oneWay},
 		{Name: "bridge", Hold: hold, Budget: -1, inject: bridge},
@@ -67,13 +67,24 @@ func Faults(n int, hold time.Duration) []Fault {
 // a pause, an isolated node and a majority|minority split.
 var SmokeFaults = []string{"kill-leader", "pause-2x", "isolate", "split-2|1"}
 
-// pick returns a node: the leader when leader is set, else any follower.
-func pick(r *Run, rng *rand.Rand, leader bool) (*Node, error) {
+// Which node a fault targets.
+const (
+	follower = iota
+	leader
+	either // the leader or a follower, drawn from the seed
+)
+
+// pick chooses the fault's target and marks it affected.
+func pick(r *Run, rng *rand.Rand, which int) (*Node, error) {
 	l, err := r.C.LeaderNode()
 	if err != nil {
 		return nil, err
 	}
-	if leader {
+	if which == either {
+		which = rng.IntN(2)
+	}
+	if which == leader {
+		r.affect(l)
 		return l, nil
 	}
 	var others []*Node
@@ -82,16 +93,17 @@ func pick(r *Run, rng *rand.Rand, leader bool) (*Node, error) {
 			others = append(others, n)
 		}
 	}
-	return others[rng.IntN(len(others))], nil
+	n := others[rng.IntN(len(others))]
+	r.affect(n)
+	return n, nil
 }
 
-func kill(leader, wipe bool) func(*Run, *rand.Rand) ([]*Node, func() error, error) {
+func kill(which int, wipe bool) func(*Run, *rand.Rand) ([]*Node, func() error, error) {
 	return func(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
-		n, err := pick(r, rng, leader)
+		n, err := pick(r, rng, which)
 		if err != nil {
 			return nil, nil, err
 		}
-		r.affect(n)
 		r.TL.Add("kill -9 %s", n.Name)
 		if err := n.Kill(); err != nil {
 			return nil, nil, err
@@ -110,11 +122,10 @@ func kill(leader, wipe bool) func(*Run, *rand.Rand) ([]*Node, func() error, erro
 }
 
 func pause(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
-	n, err := pick(r, rng, rng.IntN(2) == 0)
+	n, err := pick(r, rng, either)
 	if err != nil {
 		return nil, nil, err
 	}
-	r.affect(n)
 	r.TL.Add("SIGSTOP %s", n.Name)
 	if err := n.Signal(syscall.SIGSTOP); err != nil {
 		return nil, nil, err
@@ -159,13 +170,12 @@ func except(all []*Node, out ...*Node) []*Node {
 	return rest
 }
 
-func isolate(leader bool) func(*Run, *rand.Rand) ([]*Node, func() error, error) {
+func isolate(which int) func(*Run, *rand.Rand) ([]*Node, func() error, error) {
 	return func(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
-		n, err := pick(r, rng, leader)
+		n, err := pick(r, rng, which)
 		if err != nil {
 			return nil, nil, err
 		}
-		r.affect(n)
 		r.TL.Add("isolate %s from every other node (iptables DROP both ways)", n.Name)
 		if err := cut(r, []*Node{n}, except(r.C.nodes, n)); err != nil {
 			return nil, nil, err
@@ -198,11 +208,10 @@ func splitMinority(size int) func(*Run, *rand.Rand) ([]*Node, func() error, erro
 }
 
 func oneWay(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
-	n, err := pick(r, rng, rng.IntN(2) == 0)
+	n, err := pick(r, rng, either)
 	if err != nil {
 		return nil, nil, err
 	}
-	r.affect(n)
 	r.TL.Add("one-way cut: everything %s sends to the other nodes is dropped; it still hears them", n.Name)
 	for _, o := range except(r.C.nodes, n) {
 		if err := r.C.Net.Drop(n.Index, o.IP, false); err != nil {
@@ -232,11 +241,10 @@ func bridge(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
 
 // flap isolates a node and heals it, every 2 seconds, for the fault's hold.
 func flap(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
-	n, err := pick(r, rng, rng.IntN(2) == 0)
+	n, err := pick(r, rng, either)
 	if err != nil {
 		return nil, nil, err
 	}
-	r.affect(n)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -277,11 +285,10 @@ func flap(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
 }
 
 func throttle(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
-	n, err := pick(r, rng, rng.IntN(2) == 0)
+	n, err := pick(r, rng, either)
 	if err != nil {
 		return nil, nil, err
 	}
-	r.affect(n)
 	r.TL.Add("cap what %s sends to 256kbit (tc tbf)", n.Name)
 	if err := r.C.Net.Throttle(n.Index, "256kbit"); err != nil {
 		return nil, nil, err
@@ -295,11 +302,10 @@ func throttle(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
 // leaveJoin: a node leaves gracefully (herd leave), and comes back as a new
 // node with an empty data dir.
 func leaveJoin(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
-	n, err := pick(r, rng, rng.IntN(2) == 0)
+	n, err := pick(r, rng, either)
 	if err != nil {
 		return nil, nil, err
 	}
-	r.affect(n)
 	r.TL.Add("%s leaves gracefully (POST /v1/leave)", n.Name)
 	code, e, err := send(context.Background(), http.MethodPost, n.API()+"/v1/leave", nil)
 	if err != nil || code != 200 {
