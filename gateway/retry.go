@@ -18,15 +18,19 @@ import (
 
 // Retries hide a failed instance from the client:
 //   - a request that failed before anything reached the upstream (the dial
-//     failed: refused, unreachable, timed out) is retried for any method;
+//     failed: refused, unreachable, timed out) is retried for any method, at
+//     once and outside the budget: it cost the upstream nothing, and a node
+//     that crashed refuses every request sent to it at the same moment;
 //   - a request that failed later (reset, timeout) or was answered 502, 503
 //     or 504 is retried only when it is idempotent (GET, HEAD, OPTIONS, PUT,
-//     DELETE, or it carries Idempotency-Key);
+//     DELETE, or it carries Idempotency-Key), after a jittered retryBackoff
+//     and within a budget: retries in flight stay under retryBudget of the
+//     requests in flight (at least minRetries at a time), so a failing
+//     service is not hit with a storm. The budget is taken after the backoff
+//     and held only while the retried attempt is out.
 //
-// always on another instance, at most maxRetries times, after a jittered
-// retryBackoff, and within a budget: retries in flight stay under
-// retryBudget of the requests in flight (at least minRetries at a time), so
-// a failing service is not hit with a storm. Only requests whose body is
+// Every retry goes to another instance, and there are at most maxRetries
+// of them per request. Only requests whose body is
 // empty or was buffered (at most maxReplayBody) can be sent again; larger
 // bodies are streamed and never retried. Upgrades are never retried.
 const (
@@ -57,15 +61,15 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	t.inflight.Add(1)
 	defer t.inflight.Add(-1)
 	var triedBuf [2 * (1 + maxRetries)]string // each attempt and its hedge
-	tried := triedBuf[:0]
-	holding := false // a retry token is held until the retried send returns
+	tried := append(triedBuf[:0], rt.hostport)
+	retried := 0
+	holding := false // a retry token is held while the retried attempt is out
 	defer func() {
 		if holding {
 			t.retriesInflight.Add(-1)
 		}
 	}()
-	for attempt := 0; ; attempt++ {
-		tried = append(tried, rt.hostport)
+	for {
 		resp, hedgedTo, err := t.send(req, rt, tried)
 		if hedgedTo != "" {
 			tried = append(tried, hedgedTo)
@@ -75,19 +79,30 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			holding = false
 		}
 		failed, retryable := t.classify(req, rt, resp, err)
-		if failed {
-			rt.st.upstreamErrors.Add(1)
-		}
 		if verdict(req, err) {
 			t.g.report(rt, rt.hostport, failed)
 		}
-		if !retryable || attempt >= maxRetries || !t.takeRetry() {
+		if !retryable || retried >= maxRetries {
 			return resp, err
 		}
-		holding = true
-		// Retries and hedges pick at random among the rest: they must not
-		// move the round-robin cursor, or the next request's first attempt
-		// would land on the failing instance again.
+		if err == nil || !notSent(err) {
+			// The upstream may have done work: back off, and stay within
+			// the budget. The answer stays open meanwhile, for the client
+			// if no retry is allowed.
+			if !sleepJitter(req.Context(), retryBackoff) {
+				if resp != nil {
+					resp.Body.Close()
+				}
+				return nil, req.Context().Err()
+			}
+			if !t.takeRetry() {
+				return resp, err
+			}
+			holding = true
+		}
+		// Retries and hedges must not move the round-robin cursor, or the
+		// next request's first attempt would land on the failing instance
+		// again.
 		next := chooseExcept(selRandom, rt.st, t.g.live, rt.insts, tried, pickOpts{})
 		if next == nil {
 			return resp, err
@@ -96,11 +111,10 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
 			resp.Body.Close()
 		}
-		if !sleepJitter(req.Context(), retryBackoff) {
-			return nil, req.Context().Err()
-		}
 		rt.st.retries.Add(1)
+		retried++
 		rt.retarget(next)
+		tried = append(tried, rt.hostport)
 		req = rt.outbound(req)
 	}
 }
@@ -127,12 +141,19 @@ var errClientBody = errors.New("reading the client's request body")
 
 // report feeds one attempt's outcome to the counters and outlier detection.
 func (g *Gateway) report(rt *route, hostport string, failed bool) {
+	g.reportTo(rt.st, rt.inst.Service, len(rt.insts), hostport, failed, "consecutive failures")
+}
+
+// reportTo is report without a route: instances is the service's instance
+// count, why says what failed, for the log.
+func (g *Gateway) reportTo(st *serviceState, service string, instances int, hostport string, failed bool, why string) {
 	if failed {
-		rt.st.upstreamErrors.Add(1)
+		// Every failed exchange is counted here, once.
+		st.upstreamErrors.Add(1)
 	}
-	if rt.st.report(hostport, failed, len(rt.insts)) {
-		rt.st.ejections.Add(1)
-		g.log.Warn("instance ejected after consecutive failures", "service", rt.inst.Service, "addr", hostport)
+	if st.report(hostport, failed, instances) {
+		st.ejections.Add(1)
+		g.log.Warn("instance ejected after "+why, "service", service, "addr", hostport)
 	}
 }
 
