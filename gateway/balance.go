@@ -30,6 +30,9 @@ const (
 	// selHash: rendezvous hashing on a request key (a header or a cookie,
 	// named by the service's meta herd.hash-on), for affinity.
 	selHash
+	// selHedge picks for retries and hedges: the instance least likely to
+	// leave the request waiting (see hedgeCost). It moves no cursor.
+	selHedge
 )
 
 func (s selector) pick(st *serviceState, insts []api.Instance, cands []int, key uint64) int {
@@ -42,6 +45,8 @@ func (s selector) pick(st *serviceState, insts []api.Instance, cands []int, key 
 		return pickLeastRequest(st, insts, cands)
 	case selRandom:
 		return weightedRandom(insts, cands)
+	case selHedge:
+		return pickHedge(st, insts, cands)
 	}
 	return pickRoundRobin(st, insts, cands)
 }
@@ -157,6 +162,29 @@ func pickP2C(st *serviceState, insts []api.Instance, cands []int) int {
 		return b
 	}
 	return a
+}
+
+// pickHedge picks, of all the candidates, the one with the lowest
+// hedgeCost per unit of weight; ties are broken at random. A hedge or retry
+// is sent because an instance failed or hung: it must not land on another
+// one that hangs (whose requests pile up in flight) or that has never
+// answered, when an instance known to answer is there.
+func pickHedge(st *serviceState, insts []api.Instance, cands []int) int {
+	now := time.Now().UnixNano()
+	best, bestCost, ties := cands[0], math.Inf(1), 0
+	for _, i := range cands {
+		c := st.healthOf(st.hostport(&insts[i])).hedgeCost(now) / float64(weight(&insts[i]))
+		switch {
+		case c < bestCost:
+			best, bestCost, ties = i, c, 1
+		case c == bestCost:
+			ties++
+			if rand.IntN(ties) == 0 {
+				best = i
+			}
+		}
+	}
+	return best
 }
 
 // twoOf draws two distinct candidates at random, by weight (the same one
@@ -420,7 +448,7 @@ func chooseExcept(sel selector, st *serviceState, live Liveness, insts []api.Ins
 			}
 		}
 	}
-	if m := insts[0].Meta; len(m) > 0 && sel != selRandom {
+	if m := insts[0].Meta; len(m) > 0 && sel != selRandom && sel != selHedge {
 		if s, ok := selectorFor(m[MetaBalancer]); ok {
 			sel = s
 		}

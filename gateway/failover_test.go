@@ -1,16 +1,123 @@
 package gateway_test
 
 import (
+	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/herdcluster/herd/api"
 	"github.com/herdcluster/herd/gateway"
 )
+
+// hungAddr returns the address of a listener that accepts connections and
+// reads requests but never answers: a paused process or a black-holed host
+// whose kernel still completes the handshake.
+func hungAddr(t testing.TB) *net.TCPAddr {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	var mu sync.Mutex
+	var conns []net.Conn
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			go func() { _, _ = io.Copy(io.Discard, c) }()
+		}
+	}()
+	t.Cleanup(func() {
+		ln.Close()
+		<-done
+		mu.Lock()
+		defer mu.Unlock()
+		for _, c := range conns {
+			c.Close()
+		}
+	})
+	return ln.Addr().(*net.TCPAddr)
+}
+
+// A node that fails hides behind hedging: an idempotent request whose
+// instance is hung is answered by another one well before the client gives
+// up, however fresh the gateway and wherever the hedge lands. The first
+// attempt always goes to a hung instance: the others are on suspect nodes,
+// used only once the alive ones are tried.
+func TestHedgingHidesHungInstances(t *testing.T) {
+	tests := []struct {
+		name  string
+		cfg   func(*gateway.Config)
+		hung  int // hung instances besides the first, on suspect nodes
+		warm  int // requests sent first to the good instance alone
+		tries int
+	}{
+		// A gateway that just started has no p95 yet: it must hedge
+		// anyway, after a default delay.
+		{name: "auto, no p95 yet", cfg: func(c *gateway.Config) { c.HedgeAuto = true }, tries: 3},
+		// With hedging off, an instance picked to refresh its stale
+		// estimate (here: never asked) may be hung: that pick alone is
+		// hedged.
+		{name: "off, refresh pick", cfg: func(c *gateway.Config) {}, tries: 3},
+		// The hedge may land on another hung instance: a further attempt
+		// goes to a third one.
+		{name: "fixed delay, two hung of three", cfg: func(c *gateway.Config) { c.HedgeAfter = 30 * time.Millisecond }, hung: 1, tries: 6},
+		{name: "auto, two hung of three", cfg: func(c *gateway.Config) { c.HedgeAuto = true }, hung: 1, warm: 30, tries: 6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			good := startBackend(t, "good")
+			cat, live := newCatalog(), newLiveness()
+			insts := []api.Instance{instanceAt(hungAddr(t), "svc", "hung0", "node-hung0", "")}
+			live.set("node-hung0", api.StatusAlive)
+			for i := range tt.hung {
+				node := "node-hung" + string(rune('1'+i))
+				insts = append(insts, instanceAt(hungAddr(t), "svc", "hung"+string(rune('1'+i)), node, ""))
+				live.set(node, api.StatusSuspect)
+			}
+			insts = append(insts, good.instance("svc", "node-good", ""))
+			live.set("node-good", api.StatusSuspect)
+			cfg := gateway.DefaultConfig()
+			tt.cfg(&cfg)
+			tg := startGateway(t, cfg, cat, live)
+			if tt.warm > 0 {
+				cat.set("svc", good.instance("svc", "node-good", ""))
+				for range tt.warm {
+					tg.do(t, http.MethodGet, "/svc/", nil, nil)
+				}
+			}
+			cat.set("svc", insts...)
+			client := &http.Client{Timeout: 3 * time.Second}
+			for i := range tt.tries {
+				start := time.Now()
+				res, err := client.Get(tg.url + "/svc/")
+				if err != nil {
+					t.Fatalf("request %d: %v after %s", i, err, time.Since(start).Round(time.Millisecond))
+				}
+				res.Body.Close()
+				if res.StatusCode != http.StatusOK || res.Header.Get("X-Herd-Upstream") != "node-good" {
+					t.Fatalf("request %d: %d from %q", i, res.StatusCode, res.Header.Get("X-Herd-Upstream"))
+				}
+				if d := time.Since(start); d > 1500*time.Millisecond {
+					t.Fatalf("request %d took %s", i, d)
+				}
+			}
+		})
+	}
+}
 
 // Retries after a failure that reached no upstream are never refused by
 // the retry budget, and every failed exchange is counted once.
@@ -79,4 +186,88 @@ func TestRetriesOnNodeCrash(t *testing.T) {
 			}
 		})
 	}
+}
+
+// A hung instance keeps losing hedges; passive outlier detection ejects it,
+// so that requests stop paying the hedge delay for it. Instances that are
+// merely slower than the rest are not ejected.
+func TestHedgeLosersEjected(t *testing.T) {
+	tests := []struct {
+		name      string
+		slow      time.Duration // the second instance's delay before answering; 0: hung
+		wantEject bool
+	}{
+		{name: "hung", wantEject: true},
+		{name: "slower but healthy", slow: 15 * time.Millisecond, wantEject: false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			good := startBackend(t, "good")
+			var addr *net.TCPAddr
+			if tt.slow == 0 {
+				addr = hungAddr(t)
+			} else {
+				slow := startSlowBackend(t, tt.slow)
+				addr = slow
+			}
+			cat, live := newCatalog(), newLiveness()
+			cat.set("svc", instanceAt(addr, "svc", "other", "node-other", ""), good.instance("svc", "node-good", ""))
+			cfg := gateway.DefaultConfig()
+			cfg.HedgeAfter = 5 * time.Millisecond
+			tg := startGateway(t, cfg, cat, live)
+			// Requests spread: the slow or hung one gets its share by the
+			// stale-estimate refresh and by p2c.
+			ejected := func() bool {
+				for _, s := range tg.gw.Stats() {
+					if s.Service == "svc" && s.Ejections > 0 {
+						return true
+					}
+				}
+				return false
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+			defer cancel()
+			for ctx.Err() == nil && !ejected() {
+				// Concurrent requests make p2c send some to the other
+				// instance.
+				var wg sync.WaitGroup
+				for range 4 {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						req, _ := http.NewRequestWithContext(ctx, http.MethodGet, tg.url+"/svc/", nil)
+						if res, err := tg.client.Do(req); err == nil {
+							_, _ = io.Copy(io.Discard, res.Body)
+							res.Body.Close()
+						}
+					}()
+				}
+				wg.Wait()
+			}
+			if got := ejected(); got != tt.wantEject {
+				t.Fatalf("ejected %v, want %v", got, tt.wantEject)
+			}
+		})
+	}
+}
+
+// startSlowBackend starts a server that answers 200 after d.
+func startSlowBackend(t testing.TB, d time.Duration) *net.TCPAddr {
+	t.Helper()
+	b := startBackend(t, "slow-inner")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("listen: %v", err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		select {
+		case <-time.After(d):
+		case <-r.Context().Done():
+			return
+		}
+		b.srv.Config.Handler.ServeHTTP(w, r)
+	})}
+	go func() { _ = srv.Serve(ln) }()
+	t.Cleanup(func() { srv.Close() })
+	return ln.Addr().(*net.TCPAddr)
 }

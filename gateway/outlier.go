@@ -193,6 +193,13 @@ func (h *health) stale(now int64) bool {
 	return (at == 0 || now-at > int64(ewmaRefresh)) && h.inflight.Load() == 0
 }
 
+// unproven reports whether the instance has not answered lately (no
+// estimate, or an old one): a request to it may hang, nobody knows.
+func (h *health) unproven(now int64) bool {
+	at := h.at.Load()
+	return at == 0 || now-at > int64(ewmaRefresh)
+}
+
 // cost is the estimate times the requests in flight plus the new one.
 //
 // An idle instance's estimate decays for the time since it was last updated,
@@ -221,3 +228,13 @@ func (h *health) cost(now int64) float64 {
 // instance that has not answered yet: high enough that instances with an
 // estimate are preferred, and growing with the requests piled onto it.
 const noEstimateCost = float64(time.Second)
+
+// hedgeCost is cost for choosing where a hedge or retry goes: an instance
+// that has never answered costs as one whose first answers are still out,
+// not nothing.
+func (h *health) hedgeCost(now int64) float64 {
+	if h.at.Load() == 0 {
+		return noEstimateCost * float64(h.inflight.Load()+1)
+	}
+	return h.cost(now)
+}

@@ -29,8 +29,8 @@ import (
 //     service is not hit with a storm. The budget is taken after the backoff
 //     and held only while the retried attempt is out.
 //
-// Every retry goes to another instance, and there are at most maxRetries
-// of them per request. Only requests whose body is
+// Every extra attempt, retry or hedge, goes to another instance, and there
+// are at most maxRetries of them per request. Only requests whose body is
 // empty or was buffered (at most maxReplayBody) can be sent again; larger
 // bodies are streamed and never retried. Upgrades are never retried.
 const (
@@ -60,9 +60,8 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	t.inflight.Add(1)
 	defer t.inflight.Add(-1)
-	var triedBuf [2 * (1 + maxRetries)]string // each attempt and its hedge
+	var triedBuf [1 + maxRetries]string // every instance asked, hedges included
 	tried := append(triedBuf[:0], rt.hostport)
-	retried := 0
 	holding := false // a retry token is held while the retried attempt is out
 	defer func() {
 		if holding {
@@ -70,10 +69,9 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		}
 	}()
 	for {
-		resp, hedgedTo, err := t.send(req, rt, tried)
-		if hedgedTo != "" {
-			tried = append(tried, hedgedTo)
-		}
+		var resp *http.Response
+		var err error
+		resp, tried, err = t.send(req, rt, tried)
 		if holding {
 			t.retriesInflight.Add(-1)
 			holding = false
@@ -82,7 +80,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if verdict(req, err) {
 			t.g.report(rt, rt.hostport, failed)
 		}
-		if !retryable || retried >= maxRetries {
+		if !retryable || len(tried) > maxRetries {
 			return resp, err
 		}
 		if err == nil || !notSent(err) {
@@ -103,7 +101,7 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		// Retries and hedges must not move the round-robin cursor, or the
 		// next request's first attempt would land on the failing instance
 		// again.
-		next := chooseExcept(selRandom, rt.st, t.g.live, rt.insts, tried, pickOpts{})
+		next := chooseExcept(selHedge, rt.st, t.g.live, rt.insts, tried, pickOpts{})
 		if next == nil {
 			return resp, err
 		}
@@ -112,7 +110,6 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 			resp.Body.Close()
 		}
 		rt.st.retries.Add(1)
-		retried++
 		rt.retarget(next)
 		tried = append(tried, rt.hostport)
 		req = rt.outbound(req)
@@ -303,129 +300,270 @@ func (t *retryTransport) once(req *http.Request, st *serviceState, hostport stri
 	return resp, err
 }
 
-// hedgeDelay is how long to wait for the first instance before also asking
-// a second one; 0 means no hedging.
+// hedgeDelay is how long to wait for an instance before also asking
+// another one; 0 means no hedging.
 func (t *retryTransport) hedgeDelay(st *serviceState) time.Duration {
 	cfg := t.g.cfg
 	if cfg.HedgeAuto {
-		// The service's p95; until there are enough samples, no hedging.
-		if p95 := st.latency.quantile(0.95); p95 > 0 {
-			return max(p95, minHedgeDelay)
+		// The service's p95, within bounds; until there are enough
+		// samples, a default: a gateway that just started must not wait
+		// for a hung instance any longer than one that has been up.
+		p95 := st.latency.quantile(0.95)
+		if p95 <= 0 {
+			return defaultHedgeDelay
 		}
-		return 0
+		return min(max(p95, minHedgeDelay), maxHedgeDelay)
 	}
 	return cfg.HedgeAfter
 }
 
-// minHedgeDelay keeps automatic hedging from doubling the load of a
-// service whose p95 is tiny.
-const minHedgeDelay = 10 * time.Millisecond
+const (
+	// minHedgeDelay keeps automatic hedging from doubling the load of a
+	// service whose p95 is tiny.
+	minHedgeDelay = 10 * time.Millisecond
+	// defaultHedgeDelay stands in for the p95 until there is one, and is
+	// the delay of the hedge that covers a refresh pick (below) when
+	// hedging is off. Services behind the gateway answer within a few
+	// milliseconds on a LAN; 100ms hedges few healthy requests and keeps a
+	// hung instance from costing a request more than that.
+	defaultHedgeDelay = 100 * time.Millisecond
+	// maxHedgeDelay caps the automatic delay: the histogram covers every
+	// request since the gateway started, and a few slow seconds in the
+	// past (a paused instance answering late when resumed, a slow
+	// dependency) must not leave hung instances stalling requests for
+	// seconds. A service whose p95 really is over 1s has its slowest
+	// requests hedged, within the retry budget.
+	maxHedgeDelay = time.Second
+)
 
-// attemptResult is the outcome of one of the (at most two) concurrent
-// attempts of a hedged request.
+// Hedge losers feed outlier detection: once another attempt has won, a
+// loser still out is given until slowStrikeFactor times the hedge delay
+// (at least minSlowStrike) after it was sent to answer. If it answers, that
+// is a success; if not, a failure (a "slow strike"), so that a hung
+// instance, whose requests are all cancelled by winning hedges, is ejected
+// like one that refuses connections. A healthy instance answers within
+// that time nearly always, and would need ejectAfter strikes in a row,
+// with no success in between, to be ejected.
+const (
+	slowStrikeFactor = 4
+	minSlowStrike    = 250 * time.Millisecond
+)
+
+// attemptResult is the outcome of one of the concurrent attempts of a
+// hedged request.
 type attemptResult struct {
 	id   int
 	resp *http.Response
 	err  error
-	inst *api.Instance
+}
+
+// attempt is one of the concurrent attempts of a hedged request.
+type attempt struct {
+	inst     *api.Instance
+	hostport string
+	sent     time.Time
+	ctx      context.Context
+	cancel   context.CancelFunc
+	detach   func() bool // stops the request's context from cancelling it
+	done     bool        // its outcome came back
+	held     bool        // detached: it outlives the request to be judged
+	struck   bool        // silent for too long: reported failed and cancelled
 }
 
 // send sends req to the route's instance and, for an idempotent request
 // with a replayable body that has no answer within the hedge delay, also to
-// a second instance: the first response wins and the other attempt is
-// cancelled. Without hedging it is a plain attempt.
-//
-// It returns the "address:port" of the instance it hedged to, "" if none.
-func (t *retryTransport) send(req *http.Request, rt *route, tried []string) (*http.Response, string, error) {
-	delay := t.hedgeDelay(rt.st)
-	if delay <= 0 || !rt.replayable || rt.upgrade || !idempotent(req) || len(rt.insts) < 2 {
+// another instance, and to a third if neither has answered after another
+// delay (at most maxRetries extra attempts per request, counting those in
+// tried): the first response wins, the others are cancelled. A request to
+// an instance that has not answered lately (picked to refresh its stale
+// estimate, or the only one left: it may be hung, nobody knows) is hedged
+// after defaultHedgeDelay even with hedging off.
+// Without hedging it is a plain attempt. Every instance asked is appended
+// to tried, which is returned, and the route points at the one whose
+// outcome is returned.
+func (t *retryTransport) send(req *http.Request, rt *route, tried []string) (*http.Response, []string, error) {
+	if !rt.replayable || rt.upgrade || !idempotent(req) || len(rt.insts) < 2 || len(tried) > maxRetries {
 		resp, err := t.once(req, rt.st, rt.hostport)
-		return resp, "", err
+		return resp, tried, err
 	}
-	results := make(chan attemptResult, 2)
-	var cancels []context.CancelFunc
+	delay := t.hedgeDelay(rt.st)
+	if delay <= 0 {
+		if !rt.st.healthOf(rt.hostport).unproven(time.Now().UnixNano()) {
+			resp, err := t.once(req, rt.st, rt.hostport)
+			return resp, tried, err
+		}
+		delay = defaultHedgeDelay
+	}
+	results := make(chan attemptResult, 1+maxRetries)
+	var attBuf [1 + maxRetries]attempt
+	atts := attBuf[:0]
+	pending := 0
 	launch := func(r *http.Request, inst *api.Instance, hostport string) {
-		ctx, cancel := context.WithCancel(r.Context())
-		id := len(cancels)
-		cancels = append(cancels, cancel)
+		// Detached from the request's context (but cancelled with it
+		// until detach), so that a loser may outlive the request.
+		parent := r.Context()
+		ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+		id := len(atts)
+		atts = append(atts, attempt{inst: inst, hostport: hostport, sent: time.Now(), ctx: ctx, cancel: cancel,
+			detach: context.AfterFunc(parent, cancel)})
+		pending++
 		go func() {
 			resp, err := t.once(r.WithContext(ctx), rt.st, hostport)
-			results <- attemptResult{id: id, resp: resp, err: err, inst: inst}
+			results <- attemptResult{id: id, resp: resp, err: err}
 		}()
 	}
-	// abandon cancels every attempt but keep (-1: all) and closes, in the
-	// background, the answers of the pending ones.
-	abandon := func(keep, pending int) {
-		for i, c := range cancels {
-			if i != keep {
-				c()
+	tokens := 0 // hedges share the retry budget
+	defer func() { t.retriesInflight.Add(int64(-tokens)) }()
+	// hedge asks one more instance, if one is left and allowed.
+	hedge := func(free bool) bool {
+		if len(tried) > maxRetries {
+			return false
+		}
+		next := chooseExcept(selHedge, rt.st, t.g.live, rt.insts, tried, pickOpts{})
+		if next == nil {
+			return false
+		}
+		if !free {
+			if !t.takeRetry() {
+				return false
 			}
+			tokens++
 		}
-		if pending > 0 {
-			go func() {
-				for range pending {
-					if r := <-results; r.resp != nil {
-						r.resp.Body.Close()
-					}
-				}
-			}()
-		}
+		rt.st.hedges.Add(1)
+		hp := rt.st.hostport(next)
+		tried = append(tried, hp)
+		launch(rt.outboundTo(req, next), next, hp)
+		return true
 	}
 	launch(req, rt.inst, rt.hostport)
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
-	pending, hedgedTo := 1, ""
 	var last attemptResult
 	for pending > 0 {
 		select {
 		case r := <-results:
 			pending--
+			a := &atts[r.id]
+			a.done = true
 			if r.err == nil && pending > 0 && retryableStatus(r.resp.StatusCode) {
 				// A quick 502/503/504 must not beat an attempt that may
 				// still succeed.
-				t.g.report(rt, rt.st.hostport(r.inst), true)
+				t.g.report(rt, a.hostport, true)
 				_, _ = io.Copy(io.Discard, io.LimitReader(r.resp.Body, 64<<10))
 				r.resp.Body.Close()
-				cancels[r.id]()
-				last = attemptResult{id: r.id, err: errHedgeLost, inst: r.inst}
+				a.cancel()
+				last = attemptResult{id: r.id, err: errHedgeLost}
 				continue
 			}
 			if r.err == nil {
-				abandon(r.id, pending)
-				if r.inst != rt.inst {
-					rt.retarget(r.inst)
+				if pending > 0 {
+					t.settleLosers(rt, atts, r.id, pending, results, delay)
 				}
-				r.resp.Body = &cancelOnClose{ReadCloser: r.resp.Body, cancel: cancels[r.id]}
-				return r.resp, hedgedTo, nil
+				if a.inst != rt.inst {
+					rt.retarget(a.inst)
+				}
+				r.resp.Body = &cancelOnClose{ReadCloser: r.resp.Body, cancel: a.cancel}
+				return r.resp, tried, nil
 			}
-			cancels[r.id]()
-			if pending > 0 && verdict(req, r.err) {
-				// Reported here: the caller sees only the final outcome.
-				t.g.report(rt, rt.st.hostport(r.inst), true)
+			a.cancel()
+			if pending > 0 {
+				if verdict(req, r.err) {
+					// Reported here: the caller sees only the final outcome.
+					t.g.report(rt, a.hostport, true)
+				}
+				// Whatever is still out may be hung: ask another now. A
+				// failure that reached no upstream costs no budget.
+				hedge(notSent(r.err))
 			}
 			last = r
 		case <-timer.C:
-			if hedgedTo != "" {
-				continue
-			}
-			next := chooseExcept(selRandom, rt.st, t.g.live, rt.insts, tried, pickOpts{})
-			if next == nil || !t.takeRetry() {
-				continue // hedges share the retry budget
-			}
-			defer t.retriesInflight.Add(-1)
-			rt.st.hedges.Add(1)
-			hedgedTo = rt.st.hostport(next)
-			launch(rt.outboundTo(req, next), next, hedgedTo)
-			pending++
+			// Everything still out has been silent for a whole delay:
+			// ask one more instance, or try again after another delay
+			// (the budget may have room by then).
+			hedge(false)
+			timer.Reset(delay)
 		case <-req.Context().Done():
-			abandon(-1, pending)
-			return nil, hedgedTo, req.Context().Err()
+			for i := range atts {
+				atts[i].cancel()
+			}
+			closeAnswers(results, pending)
+			return nil, tried, req.Context().Err()
 		}
 	}
-	if last.inst != nil && last.inst != rt.inst {
-		rt.retarget(last.inst)
+	if a := atts[last.id]; a.inst != rt.inst {
+		rt.retarget(a.inst)
 	}
-	return nil, hedgedTo, last.err
+	return nil, tried, last.err
+}
+
+// settleLosers lets the attempts still out when attempt won did answer
+// for a while, in the background, and reports each as a success or a
+// failure (see slowStrikeFactor) before closing it.
+func (t *retryTransport) settleLosers(rt *route, atts []attempt, won, pending int, results <-chan attemptResult, delay time.Duration) {
+	losers := append([]attempt(nil), atts...) // atts is on send's stack
+	st, service, n := rt.st, rt.inst.Service, len(rt.insts)
+	grace := max(slowStrikeFactor*delay, minSlowStrike)
+	var deadline time.Time
+	for i := range losers {
+		a := &losers[i]
+		if i == won || a.done {
+			continue
+		}
+		// false: the client has gone already, and the attempt with it.
+		a.held = a.detach()
+		if end := a.sent.Add(grace); end.After(deadline) {
+			deadline = end
+		}
+	}
+	go func() {
+		timer := time.NewTimer(time.Until(deadline))
+		defer timer.Stop()
+		for pending > 0 {
+			select {
+			case r := <-results:
+				pending--
+				a := &losers[r.id]
+				a.done = true
+				failed := r.err != nil
+				if r.resp != nil {
+					failed = retryableStatus(r.resp.StatusCode)
+					_, _ = io.Copy(io.Discard, io.LimitReader(r.resp.Body, 64<<10))
+					r.resp.Body.Close()
+				}
+				a.cancel()
+				if a.held && !a.struck && (r.err == nil || a.ctx.Err() == nil) {
+					t.g.reportTo(st, service, n, a.hostport, failed, "consecutive failures")
+				}
+			case <-timer.C:
+				for i := range losers {
+					a := &losers[i]
+					if i == won || a.done || a.struck {
+						continue
+					}
+					a.struck = true
+					a.cancel()
+					if a.held {
+						t.g.reportTo(st, service, n, a.hostport, true, "consecutive failures or silences")
+					}
+				}
+			}
+		}
+	}()
+}
+
+// closeAnswers closes, in the background, the answers of the pending
+// attempts, all of them cancelled.
+func closeAnswers(results <-chan attemptResult, pending int) {
+	if pending == 0 {
+		return
+	}
+	go func() {
+		for range pending {
+			if r := <-results; r.resp != nil {
+				r.resp.Body.Close()
+			}
+		}
+	}()
 }
 
 // errHedgeLost stands for an attempt answered 502/503/504 while another was
