@@ -338,7 +338,7 @@ func rollingRestart(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
 			if err := n.Start(); err != nil {
 				return err
 			}
-			if err := waitFor(90*time.Second, "the cluster whole after restarting "+n.Name, func() error { return r.C.Healthy(r.voters()) }); err != nil {
+			if err := r.waitWhole(90*time.Second, "the cluster whole after restarting "+n.Name); err != nil {
 				return err
 			}
 			r.window(n, false)

@@ -259,7 +259,7 @@ func (r *Run) execute() error {
 	if err := c.Start(); err != nil {
 		return err
 	}
-	if err := waitFor(90*time.Second, "the cluster formed", func() error { return c.Healthy(r.voters()) }); err != nil {
+	if err := r.waitWhole(90*time.Second, "the cluster formed"); err != nil {
 		return err
 	}
 	r.TL.Add("the cluster is whole: %d voters", r.voters())
@@ -391,7 +391,7 @@ func (r *Run) one(f Fault, rng *rand.Rand) error {
 	if err := heal(); err != nil {
 		return fmt.Errorf("healing %s: %w", f.Name, err)
 	}
-	if err := waitFor(healTimeout, "the cluster whole after "+f.Name, func() error { return r.C.Healthy(r.voters()) }); err != nil {
+	if err := r.waitWhole(healTimeout, "the cluster whole after "+f.Name); err != nil {
 		r.fail("%s: %v", f.Name, err)
 		return fmt.Errorf("the cluster did not heal after %s; stopping the run: %w", f.Name, err)
 	}
@@ -416,6 +416,20 @@ func (r *Run) one(f Fault, rng *rand.Rand) error {
 	return nil
 }
 
+// waitWhole waits for the cluster to be whole, writing into the timeline
+// what it is still waiting for every 5 seconds, so a slow heal can be read.
+func (r *Run) waitWhole(timeout time.Duration, what string) error {
+	last := time.Now()
+	return waitFor(timeout, what, func() error {
+		err := r.C.Healthy(r.voters())
+		if err != nil && time.Since(last) >= 5*time.Second {
+			last = time.Now()
+			r.TL.Add("still waiting: %v", err)
+		}
+		return err
+	})
+}
+
 // fullRestart stops every node gracefully at once and starts them again.
 func (r *Run) fullRestart() error {
 	var wg sync.WaitGroup
@@ -435,7 +449,7 @@ func (r *Run) fullRestart() error {
 	if err := r.C.Start(); err != nil {
 		return err
 	}
-	if err := waitFor(healTimeout, "the cluster whole after the full restart", func() error { return r.C.Healthy(r.voters()) }); err != nil {
+	if err := r.waitWhole(healTimeout, "the cluster whole after the full restart"); err != nil {
 		r.fail("%v", err)
 		return err
 	}
