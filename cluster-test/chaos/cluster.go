@@ -248,8 +248,8 @@ func getJSON(ctx context.Context, hc *http.Client, url string, out any) (int, er
 	if err != nil {
 		return resp.StatusCode, err
 	}
-	if out != nil && resp.StatusCode < 300 {
-		if err := json.Unmarshal(body, out); err != nil {
+	if out != nil {
+		if err := json.Unmarshal(body, out); err != nil && resp.StatusCode < 300 {
 			return resp.StatusCode, fmt.Errorf("GET %s: %v in %.200q", url, err, body)
 		}
 	}
@@ -264,7 +264,7 @@ func (n *Node) Ready() error {
 		return fmt.Errorf("%s: %v", n.Name, err)
 	}
 	if code != 200 {
-		return fmt.Errorf("%s: readyz %d %s", n.Name, code, rd.Reason)
+		return fmt.Errorf("%s: readyz %d %s: %s", n.Name, code, rd.Status, rd.Reason)
 	}
 	return nil
 }
