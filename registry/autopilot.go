@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -77,16 +78,30 @@ func ClearDesignation(ctx context.Context, cli *clientv3.Client, rev int64) erro
 	return unavailable(err)
 }
 
-// RemoveMember removes member id from the registry.
+// RemoveMember removes member id from the registry. etcd refuses a removal
+// as "unhealthy cluster" until the members left have all been connected
+// for 5s (right after a member was added or came back); RemoveMember asks
+// again every second for up to removeUnhealthyWait.
 func RemoveMember(ctx context.Context, cli *clientv3.Client, id uint64) error {
-	_, err := withTimeout(ctx, 5*time.Second, func(c context.Context) (*clientv3.MemberRemoveResponse, error) {
-		return cli.MemberRemove(c, id)
-	})
-	if err != nil {
-		return fmt.Errorf("remove member %x: %w", id, unavailable(err))
+	deadline := time.Now().Add(removeUnhealthyWait)
+	for {
+		_, err := withTimeout(ctx, 5*time.Second, func(c context.Context) (*clientv3.MemberRemoveResponse, error) {
+			return cli.MemberRemove(c, id)
+		})
+		if err == nil {
+			return nil
+		}
+		if !errors.Is(err, rpctypes.ErrUnhealthy) || time.Now().After(deadline) {
+			return fmt.Errorf("remove member %x: %w", id, unavailable(err))
+		}
+		if err := sleepCtx(ctx, time.Second); err != nil {
+			return fmt.Errorf("remove member %x: %w", id, err)
+		}
 	}
-	return nil
 }
+
+// removeUnhealthyWait covers etcd's 5s health interval after a change.
+const removeUnhealthyWait = 15 * time.Second
 
 // Reachable reports whether the member serving clientURL answers a status
 // request within timeout.
