@@ -54,6 +54,9 @@ func (r *Run) tally() {
 		var lat []time.Duration
 		for _, q := range reqs {
 			switch {
+			case r.hitWhileInFlight(q):
+				// Its own gateway's node was faulted while it was out: no
+				// gateway could have answered it.
 			case q.At >= res.inject && q.At < res.healthy:
 				res.GwRequests++
 				lat = append(lat, q.Latency)
@@ -71,6 +74,18 @@ func (r *Run) tally() {
 			r.fail("%s", msg)
 		}
 	}
+}
+
+// hitWhileInFlight reports whether a fault hit the node whose gateway the
+// request went to while it was in flight (chosen just before the harness
+// stopped sending to that node).
+func (r *Run) hitWhileInFlight(q Request) bool {
+	for _, res := range r.Results {
+		if contains(res.Targets, q.Via) && res.inject >= q.At-time.Millisecond && res.inject <= q.At+q.Latency {
+			return true
+		}
+	}
+	return false
 }
 
 func percentile(d []time.Duration, p float64) time.Duration {
