@@ -416,8 +416,15 @@ func chooseExcept(sel selector, st *serviceState, live Liveness, insts []api.Ins
 			hp := st.hostport(&insts[i])
 			if slices.Contains(tried, hp) {
 				c = classSkip
-			} else if c == classAlive && st.isEjected(hp, now) {
-				c = classEjected
+			} else if h := st.healthIfAny(hp); c == classAlive && h != nil && h.ejections.Load() != 0 {
+				switch allowed, claimed := h.probe(now); {
+				case claimed && allowed:
+					// The ejection is over: this request is the one probe
+					// that decides whether the instance is back.
+					return &insts[i]
+				case !allowed || h.ejected(now):
+					c = classEjected
+				}
 			}
 		}
 		classes = append(classes, c)

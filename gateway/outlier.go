@@ -14,9 +14,10 @@ import (
 // errors, timeouts, 502/503/504) is ejected for ejectBase, doubling with
 // each ejection up to ejectMax, with up to 10% jitter so that gateways do
 // not bring it back in step. At most half of a service's instances are
-// ejected at once. When its time is up the instance takes traffic again; the
-// first failure ejects it anew (longer), the first success clears its
-// record.
+// ejected at once. When its time is up the instance is on probation: it
+// comes back through a single probe request (the next request that could
+// go to it; others keep avoiding it meanwhile). A successful probe clears
+// its record; a failed one ejects it anew, for longer.
 const (
 	ejectAfter = 3
 	ejectBase  = 10 * time.Second
@@ -50,9 +51,43 @@ type health struct {
 	consecutive  atomic.Int32
 	ejections    atomic.Int32
 	ejectedUntil atomic.Int64 // unix nanoseconds; 0 when never ejected
+	// probeAt is when the probe of an instance on probation was sent (unix
+	// nanoseconds), 0 when none is out.
+	probeAt atomic.Int64
 }
 
 func (h *health) ejected(now int64) bool { return h.ejectedUntil.Load() > now }
+
+// probeTimeout frees the probe slot of a probe that never reported (its
+// client went away): the next request probes again.
+const probeTimeout = 30 * time.Second
+
+// onProbation: the ejection is over, but no request has succeeded since.
+func (h *health) onProbation(now int64) bool {
+	return h.ejections.Load() != 0 && !h.ejected(now)
+}
+
+// probe reports whether a request may go to the instance now: always, but
+// on probation only as the one probe, which it claims.
+func (h *health) probe(now int64) (allowed, claimed bool) {
+	if !h.onProbation(now) {
+		return true, false
+	}
+	at := h.probeAt.Load()
+	if at != 0 && now-at < int64(probeTimeout) {
+		return false, false // a probe is out: wait for its outcome
+	}
+	return h.probeAt.CompareAndSwap(at, now), true
+}
+
+// healthIfAny returns the record of hostport, nil when there is none.
+func (st *serviceState) healthIfAny(hostport string) *health {
+	m := st.health.Load()
+	if m == nil {
+		return nil
+	}
+	return (*m)[hostport]
+}
 
 // healthOf returns the record of the instance at hostport, creating it.
 // Copy-on-write like hostport: concurrent first reports may each store a
@@ -88,16 +123,6 @@ func (h *health) active(now int64) bool {
 	return h.ejected(now) || h.inflight.Load() > 0 || (h.at.Load() != 0 && now-h.at.Load() < int64(time.Minute))
 }
 
-// isEjected reports whether the instance at hostport is ejected now.
-func (st *serviceState) isEjected(hostport string, now int64) bool {
-	m := st.health.Load()
-	if m == nil {
-		return false
-	}
-	h, ok := (*m)[hostport]
-	return ok && h.ejected(now)
-}
-
 // report records the outcome of a request to hostport. instances is the
 // service's instance count, for the 50% cap. It returns true when this
 // failure ejected the instance.
@@ -108,13 +133,15 @@ func (st *serviceState) report(hostport string, failed bool, instances int) bool
 			h.consecutive.Store(0)
 		}
 		if h.ejections.Load() != 0 && !h.ejected(time.Now().UnixNano()) {
-			h.ejections.Store(0)
+			h.ejections.Store(0) // the probe succeeded: back for good
+			h.probeAt.Store(0)
 		}
 		return false
 	}
 	now := time.Now().UnixNano()
+	probation := h.onProbation(now)
 	n := h.consecutive.Add(1)
-	if n < ejectAfter || h.ejected(now) {
+	if (n < ejectAfter && !probation) || h.ejected(now) {
 		return false
 	}
 	// Check and eject under the service's lock (failures only, never the
@@ -135,6 +162,7 @@ func (st *serviceState) report(hostport string, failed bool, instances int) bool
 	d += time.Duration(rand.Int64N(int64(d)/10 + 1))
 	h.ejectedUntil.Store(now + int64(d))
 	h.consecutive.Store(0)
+	h.probeAt.Store(0)
 	return true
 }
 
