@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -185,6 +186,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.registrar.Start()
 	n.catalog = registry.NewCatalog(n.client, 0, n.logger)
 	n.catalog.Start()
+	n.goBackground(n.watchOwnInstances)
 	n.goBackground(n.followRole)
 	n.goBackground(n.autopilot)
 
@@ -330,6 +332,29 @@ func (n *Node) rejoinAddrs() []string {
 		}
 	}
 	return out
+}
+
+// watchOwnInstances asks the registrar to check its lease at once when an
+// instance it holds under a lease has vanished from the catalog without a
+// deregistration: the lease was revoked behind its back (etcd #15247), and
+// the next keepalive would notice only up to TTL/3 later.
+func (n *Node) watchOwnInstances(ctx context.Context) {
+	for {
+		changed := n.catalog.Changed()
+		if ok, _ := n.catalog.Synced(); ok && n.registrar.LeaseID() != 0 {
+			for _, in := range n.registrar.Instances() {
+				if !slices.ContainsFunc(n.catalog.Instances(in.Service), func(c api.Instance) bool { return c.ID == in.ID }) {
+					n.registrar.CheckLease()
+					break
+				}
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+	}
 }
 
 // recordPeers keeps the data dir's list of alive gossip peers up to date.

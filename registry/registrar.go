@@ -101,6 +101,10 @@ type Registrar struct {
 	granted  map[clientv3.LeaseID]struct{}
 	leaseGen int
 
+	// check asks the lease holder to ask the registry about the lease now
+	// (CheckLease), instead of waiting for the next keepalive.
+	check chan struct{}
+
 	cancel    context.CancelFunc
 	done      chan struct{}
 	closeOnce sync.Once
@@ -126,6 +130,7 @@ func NewRegistrar(cli *clientv3.Client, cfg RegistrarConfig) (*Registrar, error)
 		doubtful: make(map[string]string),
 		granted:  make(map[clientv3.LeaseID]struct{}),
 		done:     make(chan struct{}),
+		check:    make(chan struct{}, 1),
 	}
 	if cfg.Store != nil {
 		ins, err := cfg.Store.Load()
@@ -256,7 +261,7 @@ func (r *Registrar) loop(ctx context.Context) {
 		}
 		failures = 0
 		backoff.reset()
-		r.holdLease(ctx, ka)
+		r.holdLease(ctx, lease, ka)
 		stopKeepAlive()
 		r.mu.Lock()
 		if r.lease == lease {
@@ -269,10 +274,25 @@ func (r *Registrar) loop(ctx context.Context) {
 	}
 }
 
+// CheckLease makes the registrar ask the registry now whether its lease
+// still exists, rather than at the next keepalive (up to TTL/3 away). The
+// node calls it when an instance it holds vanished from the catalog: a
+// lease can be revoked while this node kept it alive (etcd #15247: a
+// leader resuming from a pause longer than the TTL revokes the leases it
+// did not hear renewed), and the sooner it is noticed, the shorter the
+// instances are missing. It never blocks.
+func (r *Registrar) CheckLease() {
+	select {
+	case r.check <- struct{}{}:
+	default:
+	}
+}
+
 // holdLease drains keepalive responses until the channel closes (the lease
-// expired, was revoked, or its keepalives failed for a whole TTL), cleaning
-// up doubtful writes now and then meanwhile.
-func (r *Registrar) holdLease(ctx context.Context, ka <-chan *clientv3.LeaseKeepAliveResponse) {
+// expired, was revoked, or its keepalives failed for a whole TTL), or a
+// CheckLease finds the lease gone, cleaning up doubtful writes now and then
+// meanwhile.
+func (r *Registrar) holdLease(ctx context.Context, lease clientv3.LeaseID, ka <-chan *clientv3.LeaseKeepAliveResponse) {
 	t := time.NewTicker(r.cfg.TTL / 3)
 	defer t.Stop()
 	for {
@@ -283,6 +303,14 @@ func (r *Registrar) holdLease(ctx context.Context, ka <-chan *clientv3.LeaseKeep
 			}
 		case <-t.C:
 			r.cleanDoubtful(ctx)
+		case <-r.check:
+			cctx, cancel := context.WithTimeout(ctx, r.cfg.RequestTimeout)
+			resp, err := r.cli.TimeToLive(cctx, lease)
+			cancel()
+			if err == nil && resp.TTL <= 0 {
+				r.logger.Warn("node lease revoked or expired although it was kept alive; registering again", "lease", fmt.Sprintf("%x", lease))
+				return
+			}
 		case <-ctx.Done():
 			return
 		}

@@ -151,6 +151,45 @@ func TestLeaseLossReRegisters(t *testing.T) {
 	}
 }
 
+// CheckLease notices at once a lease revoked behind the registrar's back
+// (as a paused old leader does, etcd #15247): with a 30s TTL the next
+// keepalive would be 10s away, but the instances are back within 3s.
+func TestCheckLeaseNoticesRevokeAtOnce(t *testing.T) {
+	_, cli := startSingle(t)
+	cfg := DefaultRegistrarConfig("node-a")
+	cfg.TTL = 30 * time.Second
+	cfg.Logger = testLogger(t)
+	r, err := NewRegistrar(cli, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	t.Cleanup(func() { _ = r.Close(context.Background()) })
+	waitFor(t, 10*time.Second, "a lease", func() bool { return r.LeaseID() != 0 })
+	c := newTestCatalog(t, cli)
+	ctx := context.Background()
+	if err := r.Register(ctx, instance("web", "web-1", 9000)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the instance", func() bool { return len(c.Instances("web")) == 1 })
+	// Let the keepalive that follows the grant go by first.
+	waitFor(t, 5*time.Second, "the lease renewed once", func() bool {
+		ttl, err := cli.TimeToLive(ctx, r.LeaseID())
+		return err == nil && ttl.TTL > 0 && ttl.TTL < 30
+	})
+	old := r.LeaseID()
+	if _, err := cli.Revoke(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "the instance gone with the lease", func() bool { return len(c.Instances("web")) == 0 })
+	start := time.Now()
+	r.CheckLease()
+	waitFor(t, 3*time.Second, "the instance back under a new lease", func() bool {
+		return r.LeaseID() != old && len(c.Instances("web")) == 1
+	})
+	t.Logf("re-registered %s after CheckLease", time.Since(start).Round(time.Millisecond))
+}
+
 // Close revokes the lease: the instances leave the registry at once, not
 // after the TTL.
 func TestCloseRevokes(t *testing.T) {

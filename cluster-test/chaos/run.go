@@ -63,6 +63,11 @@ type Run struct {
 	traffic *Traffic
 	keys    []Key
 
+	// hold is how long the fault being injected lasts.
+	hold time.Duration
+	// extra are nodes in a fault window that no fault targets.
+	extra []*Node
+
 	mu       sync.Mutex
 	affected map[string]bool
 	open     map[string]int // node -> index of its open window
@@ -141,6 +146,19 @@ func (r *Run) affect(ns ...*Node) {
 			r.open[n.Name] = len(r.windows)
 			r.windows = append(r.windows, Window{Node: n.Name, From: r.TL.Now(), To: Infinity})
 		}
+	}
+}
+
+// windowOnly opens fault windows for nodes that clients go on using.
+func (r *Run) windowOnly(ns ...*Node) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, n := range ns {
+		if _, ok := r.open[n.Name]; !ok {
+			r.open[n.Name] = len(r.windows)
+			r.windows = append(r.windows, Window{Node: n.Name, From: r.TL.Now(), To: Infinity})
+		}
+		r.extra = append(r.extra, n)
 	}
 }
 
@@ -370,6 +388,7 @@ func (r *Run) one(f Fault, rng *rand.Rand) error {
 		leader = l.Name
 	}
 	res.inject = r.TL.Now()
+	r.hold, r.extra = f.Hold, nil
 	r.TL.Add("=== fault %s (hold %s; the leader is %s)", f.Name, f.Hold, leader)
 	targets, heal, err := f.inject(r, rng)
 	if err != nil {
@@ -404,6 +423,9 @@ func (r *Run) one(f Fault, rng *rand.Rand) error {
 			}
 		}
 		r.window(n, f.Wipes)
+	}
+	for _, n := range r.extra {
+		r.window(n, false)
 	}
 	r.unaffect(targets...)
 
