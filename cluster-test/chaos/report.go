@@ -81,7 +81,10 @@ func (r *Run) tally() {
 // stopped sending to that node).
 func (r *Run) hitWhileInFlight(q Request) bool {
 	for _, res := range r.Results {
-		if contains(res.Targets, q.Via) && res.inject >= q.At-time.Millisecond && res.inject <= q.At+q.Latency {
+		// Clients stop choosing a target when the fault starts, so any
+		// request through it that was out at the fault or started during
+		// it was chosen an instant before.
+		if contains(res.Targets, q.Via) && q.At+q.Latency >= res.inject && q.At <= res.healthy {
 			return true
 		}
 	}
