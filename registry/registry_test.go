@@ -13,8 +13,13 @@ import (
 
 func newTestRegistrar(t *testing.T, cli *clientv3.Client, node string) *Registrar {
 	t.Helper()
+	return newTestRegistrarTTL(t, cli, node, 3*time.Second)
+}
+
+func newTestRegistrarTTL(t *testing.T, cli *clientv3.Client, node string, ttl time.Duration) *Registrar {
+	t.Helper()
 	cfg := DefaultRegistrarConfig(node)
-	cfg.TTL = 3 * time.Second
+	cfg.TTL = ttl
 	cfg.Logger = testLogger(t)
 	r, err := NewRegistrar(cli, cfg)
 	if err != nil {
@@ -156,16 +161,7 @@ func TestLeaseLossReRegisters(t *testing.T) {
 // keepalive would be 10s away, but the instances are back within 3s.
 func TestCheckLeaseNoticesRevokeAtOnce(t *testing.T) {
 	_, cli := startSingle(t)
-	cfg := DefaultRegistrarConfig("node-a")
-	cfg.TTL = 30 * time.Second
-	cfg.Logger = testLogger(t)
-	r, err := NewRegistrar(cli, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Start()
-	t.Cleanup(func() { _ = r.Close(context.Background()) })
-	waitFor(t, 10*time.Second, "a lease", func() bool { return r.LeaseID() != 0 })
+	r := newTestRegistrarTTL(t, cli, "node-a", 30*time.Second)
 	c := newTestCatalog(t, cli)
 	ctx := context.Background()
 	if err := r.Register(ctx, instance("web", "web-1", 9000)); err != nil {
