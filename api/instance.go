@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"regexp"
 	"strings"
 )
 
@@ -64,12 +63,21 @@ func (e *FieldError) Error() string { return fmt.Sprintf("invalid %s: %s", e.Fie
 // Unwrap makes errors.Is(err, ErrInvalid) true for every FieldError.
 func (e *FieldError) Unwrap() error { return ErrInvalid }
 
-var dnsLabel = regexp.MustCompile(`^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$`)
-
 // ValidName reports whether s is a DNS label: lower-case letters, digits and
 // '-', 1-63 characters, not starting or ending with '-'. Service names,
-// instance IDs and node names are all DNS labels.
-func ValidName(s string) bool { return dnsLabel.MatchString(s) }
+// instance IDs and node names are all DNS labels. (The gateway checks every
+// request's service name with it: no regular expression.)
+func ValidName(s string) bool {
+	if len(s) == 0 || len(s) > 63 || s[0] == '-' || s[len(s)-1] == '-' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || '0' <= c && c <= '9' || c == '-') {
+			return false
+		}
+	}
+	return true
+}
 
 // ValidateName returns a FieldError naming field when s is not a DNS label.
 func ValidateName(field, s string) error {

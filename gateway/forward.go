@@ -19,6 +19,17 @@ import (
 // through g.proxy. Both end in the same retrying transport, modifyResponse
 // and proxyError.
 func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, rt *route) {
+	if fw, ok := w.(*frontWriter); ok && g.expressable(r, rt) {
+		g.express(fw, r, rt)
+		return
+	}
+	out := rt.outboundRequest(r)
+	res, err := g.rtrip.RoundTrip(out)
+	g.writeResponse(w, out, res, err)
+}
+
+// outboundRequest is the request forward sends upstream for r.
+func (rt *route) outboundRequest(r *http.Request) *http.Request {
 	out := r.WithContext(rt)
 	rt.url = url.URL{Scheme: "http", Host: rt.hostport, Path: rt.path, RawPath: rt.rawPath,
 		RawQuery: r.URL.RawQuery, ForceQuery: r.URL.ForceQuery}
@@ -28,8 +39,11 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, rt *route) {
 	out.Body = nil
 	out.Close = false
 	out.Header = rt.outboundHeader(r)
+	return out
+}
 
-	res, err := g.rtrip.RoundTrip(out)
+// writeResponse answers the client with the outcome of sending out.
+func (g *Gateway) writeResponse(w http.ResponseWriter, out *http.Request, res *http.Response, err error) {
 	if err != nil {
 		g.proxyError(w, out, err)
 		return

@@ -44,7 +44,10 @@ type Gateway struct {
 	rtrip  *retryTransport
 	bufs   *bufferPool
 	engine *gin.Engine
-	srv    *http.Server
+	// front serves client connections; srv (gin) serves those it hands
+	// over (see front.go).
+	front *front
+	srv   *http.Server
 
 	// baseCtx is the parent of every request context; cancelBase aborts
 	// whatever is still running when Shutdown gives up waiting.
@@ -116,6 +119,7 @@ func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway,
 		ErrorLog:    slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
 		BaseContext: func(net.Listener) context.Context { return g.baseCtx },
 	}
+	g.front = newFront(g)
 	return g, nil
 }
 
@@ -150,7 +154,7 @@ func (g *Gateway) Handler() http.Handler { return g.engine }
 // It closes ln when it returns. It returns nil after Shutdown (including when
 // Shutdown ran before Serve) and the accept error otherwise.
 func (g *Gateway) Serve(ln net.Listener) error {
-	err := g.srv.Serve(ln)
+	err := g.front.serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -184,7 +188,11 @@ func (g *Gateway) Shutdown(ctx context.Context) error {
 }
 
 func (g *Gateway) shutdown(ctx context.Context) error {
-	err := g.srv.Shutdown(ctx) // steps 1 and 2 for ordinary requests
+	g.front.close()            // step 1 for the front's connections
+	err := g.srv.Shutdown(ctx) // steps 1 and 2 for net/http's
+	if err == nil {
+		err = g.front.wait(ctx) // step 2 for the front's
+	}
 	if err == nil {
 		err = g.waitTunnels(ctx) // step 2 for upgraded connections
 	}
@@ -193,6 +201,7 @@ func (g *Gateway) shutdown(ctx context.Context) error {
 		if cerr := g.srv.Close(); cerr != nil {
 			g.log.Warn("closing client connections", "err", cerr)
 		}
+		g.front.closeAll()
 	}
 	g.lean.CloseIdleConnections() // step 4, g.transport's too
 	g.noHeaderTimeout.CloseIdleConnections()

@@ -60,6 +60,20 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	t.inflight.Add(1)
 	defer t.inflight.Add(-1)
+	return t.roundTrip(req, rt, nil)
+}
+
+// firstAttempt is an attempt the express path (express.go) already sent to
+// the route's instance and handed over unfinished: wait returns its
+// outcome, and does once's bookkeeping.
+type firstAttempt struct {
+	sent time.Time
+	wait func(ctx context.Context) (*http.Response, error)
+}
+
+// roundTrip is RoundTrip after the in-flight count, starting from first
+// when it is not nil.
+func (t *retryTransport) roundTrip(req *http.Request, rt *route, first *firstAttempt) (*http.Response, error) {
 	var triedBuf [1 + maxRetries]string // every instance asked, hedges included
 	tried := append(triedBuf[:0], rt.hostport)
 	holding := false // a retry token is held while the retried attempt is out
@@ -71,7 +85,8 @@ func (t *retryTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	for {
 		var resp *http.Response
 		var err error
-		resp, tried, err = t.send(req, rt, tried)
+		resp, tried, err = t.send(req, rt, tried, first)
+		first = nil
 		if holding {
 			t.retriesInflight.Add(-1)
 			holding = false
@@ -300,6 +315,21 @@ func (t *retryTransport) once(req *http.Request, st *serviceState, hostport stri
 	return resp, err
 }
 
+// hedgeAfter is how long to wait for the route's instance to answer req
+// before also asking another; 0: no hedge (the request may not be sent
+// twice, no other instance is left, or hedging is off and the instance has
+// answered lately).
+func (t *retryTransport) hedgeAfter(req *http.Request, rt *route, tried []string) time.Duration {
+	if !rt.replayable || rt.upgrade || !idempotent(req) || len(rt.insts) < 2 || len(tried) > maxRetries {
+		return 0
+	}
+	delay := t.hedgeDelay(rt.st)
+	if delay <= 0 && rt.st.healthOf(rt.hostport).unproven(time.Now().UnixNano()) {
+		delay = defaultHedgeDelay
+	}
+	return delay
+}
+
 // hedgeDelay is how long to wait for an instance before also asking
 // another one; 0 means no hedging.
 func (t *retryTransport) hedgeDelay(st *serviceState) time.Duration {
@@ -381,34 +411,41 @@ type attempt struct {
 // Without hedging it is a plain attempt. Every instance asked is appended
 // to tried, which is returned, and the route points at the one whose
 // outcome is returned.
-func (t *retryTransport) send(req *http.Request, rt *route, tried []string) (*http.Response, []string, error) {
-	if !rt.replayable || rt.upgrade || !idempotent(req) || len(rt.insts) < 2 || len(tried) > maxRetries {
-		resp, err := t.once(req, rt.st, rt.hostport)
-		return resp, tried, err
-	}
-	delay := t.hedgeDelay(rt.st)
+func (t *retryTransport) send(req *http.Request, rt *route, tried []string, first *firstAttempt) (*http.Response, []string, error) {
+	delay := t.hedgeAfter(req, rt, tried)
 	if delay <= 0 {
-		if !rt.st.healthOf(rt.hostport).unproven(time.Now().UnixNano()) {
-			resp, err := t.once(req, rt.st, rt.hostport)
+		if first != nil {
+			resp, err := first.wait(req.Context())
 			return resp, tried, err
 		}
-		delay = defaultHedgeDelay
+		resp, err := t.once(req, rt.st, rt.hostport)
+		return resp, tried, err
 	}
 	results := make(chan attemptResult, 1+maxRetries)
 	var attBuf [1 + maxRetries]attempt
 	atts := attBuf[:0]
 	pending := 0
-	launch := func(r *http.Request, inst *api.Instance, hostport string) {
+	launch := func(r *http.Request, inst *api.Instance, hostport string, first *firstAttempt) {
 		// Detached from the request's context (but cancelled with it
 		// until detach), so that a loser may outlive the request.
 		parent := r.Context()
 		ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
 		id := len(atts)
-		atts = append(atts, attempt{inst: inst, hostport: hostport, sent: time.Now(), ctx: ctx, cancel: cancel,
+		sent := time.Now()
+		if first != nil {
+			sent = first.sent
+		}
+		atts = append(atts, attempt{inst: inst, hostport: hostport, sent: sent, ctx: ctx, cancel: cancel,
 			detach: context.AfterFunc(parent, cancel)})
 		pending++
 		go func() {
-			resp, err := t.once(r.WithContext(ctx), rt.st, hostport)
+			var resp *http.Response
+			var err error
+			if first != nil {
+				resp, err = first.wait(ctx)
+			} else {
+				resp, err = t.once(r.WithContext(ctx), rt.st, hostport)
+			}
 			results <- attemptResult{id: id, resp: resp, err: err}
 		}()
 	}
@@ -432,11 +469,12 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried []string) (*ht
 		rt.st.hedges.Add(1)
 		hp := rt.st.hostport(next)
 		tried = append(tried, hp)
-		launch(rt.outboundTo(req, next), next, hp)
+		launch(rt.outboundTo(req, next), next, hp, nil)
 		return true
 	}
-	launch(req, rt.inst, rt.hostport)
-	timer := time.NewTimer(delay)
+	launch(req, rt.inst, rt.hostport, first)
+	// A first attempt handed over has been out for a while already.
+	timer := time.NewTimer(delay - time.Since(atts[0].sent))
 	defer timer.Stop()
 	var last attemptResult
 	for pending > 0 {

@@ -151,6 +151,14 @@ func (pc *upConn) roundTrip(ctx context.Context, req *http.Request, headerTimeou
 		stop()
 		return nil, false, err
 	}
+	return pc.awaitResponse(ctx, req, headerTimeout > 0, stop)
+}
+
+// awaitResponse reads the answer to req, sent on pc, up to its header.
+// deadline says whether a header deadline is armed on pc, to be cleared
+// once the header is in; stop undoes the abort on ctx (see roundTrip) and
+// reports whether it was in time. On success the answer's body owns pc.
+func (pc *upConn) awaitResponse(ctx context.Context, req *http.Request, deadline bool, stop func() bool) (resp *http.Response, answered bool, err error) {
 	for {
 		if _, err := pc.br.Peek(1); err != nil {
 			stop()
@@ -173,7 +181,7 @@ func (pc *upConn) roundTrip(ctx context.Context, req *http.Request, headerTimeou
 			}
 		}
 	}
-	if headerTimeout > 0 && !buffered(resp, pc.br) {
+	if deadline && !buffered(resp, pc.br) {
 		// The body streams unbounded (SSE, downloads). (A body already
 		// read in full needs no more reads; the next request sets its own
 		// deadline.)

@@ -1,0 +1,563 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+)
+
+// The express path proxies a request the front read (GET or HEAD, no
+// body, a plain path) without building an outbound http.Request or
+// reading the answer into an http.Response: the request head is written
+// from the inbound header, and the answer's head and body are copied to
+// the client as they come, with the hop-by-hop headers dropped and the
+// gateway's own added. It is the first attempt of the usual exchange,
+// with the same bookkeeping (in-flight counts, latency, outlier reports,
+// answer counters).
+//
+// Whatever is not plain goes on through the general path, which then owns
+// the attempt (see firstAttempt): an attempt that failed (to be retried),
+// an answer 502/503/504 (to be retried), an answer not in within the
+// hedge delay (to be hedged), and answers the express path does not frame
+// itself (1xx, HTTP/1.0, no length, unusual headers or framing), which
+// http.ReadResponse reads as for any other request.
+
+// expressable reports whether the front's request r, routed by rt, may
+// take the express path.
+func (g *Gateway) expressable(r *http.Request, rt *route) bool {
+	return !rt.cors && rt.rawPath == "" && r.Body == http.NoBody &&
+		(r.Method == http.MethodGet || r.Method == http.MethodHead)
+}
+
+// express proxies r as described above.
+func (g *Gateway) express(fw *frontWriter, r *http.Request, rt *route) {
+	t := g.rtrip
+	t.inflight.Add(1)
+	defer t.inflight.Add(-1)
+	fc := fw.fc
+	st := rt.st
+	headerTimeout := g.cfg.ResponseHeaderTimeout
+	if rt.headerTimeout > 0 {
+		headerTimeout = rt.headerTimeout
+	}
+	hedge := t.hedgeAfter(r, rt, nil)
+	h := st.healthOf(rt.hostport)
+	h.inflight.Add(1)
+	start := time.Now()
+	hard := start.Add(headerTimeout)
+	soft := hard
+	if hedge > 0 && hedge < headerTimeout {
+		soft = start.Add(hedge)
+	}
+
+	var pc *upConn
+	var n int
+	var err error
+	for try := 0; ; try++ {
+		var reused bool
+		pc, reused, err = g.lean.get(rt, rt.hostport)
+		if err != nil {
+			break
+		}
+		fc.upstream.Store(pc)
+		if err = pc.SetDeadline(soft); err == nil {
+			writeExpressRequest(pc.bw, r, rt)
+			if err = pc.bw.Flush(); err == nil {
+				n, err = pc.expressHead(hard, soft.Before(hard))
+			}
+		}
+		if err == nil || soft.Before(hard) && isTimeout(err) && pc.br.Buffered() == 0 && fc.ctx.Err() == nil {
+			break // answered, or the hedge is due
+		}
+		fc.upstream.Store(nil)
+		_ = pc.Close()
+		pc = nil
+		if fc.ctx.Err() != nil {
+			err = fc.ctx.Err()
+			break
+		}
+		if !reused || try > 0 || !closedByPeer(err) {
+			break
+		}
+		// The upstream had closed its idle end: once more, on a new one.
+	}
+	var a expressAnswer
+	if err == nil && n > 0 {
+		head, _ := pc.br.Peek(n)
+		a = parseAnswerHead(head, r.Method == http.MethodHead)
+	}
+	if err != nil || !a.ok {
+		g.expressHandOver(fw, r, rt, pc, start, hard, err)
+		return
+	}
+
+	// The answer is plain: the express path serves it. (A client found
+	// gone meanwhile still aborts pc, through fc.upstream.)
+	h.inflight.Add(-1)
+	d := time.Since(start)
+	h.observe(d, start.UnixNano())
+	st.latency.observe(d)
+	g.report(rt, rt.hostport, false)
+	st.countAnswer(r.Method, a.status)
+
+	head, _ := pc.br.Peek(n)
+	fw.raw = true
+	writeAnswerHead(fc.bw, head, &a, rt, fw.closeAfter)
+	_, _ = pc.br.Discard(n)
+	if a.cl > 0 && int64(pc.br.Buffered()) < a.cl || a.chunked {
+		// The body streams: no deadline on it.
+		if err := pc.SetDeadline(time.Time{}); err != nil {
+			_ = pc.Close()
+			fw.failed = true
+			return
+		}
+	}
+	upOK, clientOK := copyAnswerBody(fc.bw, pc.br, &a)
+	// No abort may reach pc once it is back in the pool.
+	fc.watch.stop(fc)
+	fc.upstream.Store(nil)
+	if !clientOK {
+		fw.failed = true
+	}
+	if !upOK {
+		// Cut short: the client must not take it for the whole answer.
+		fw.failed = true
+		_ = pc.Close()
+		return
+	}
+	if !a.keep || pc.br.Buffered() > 0 || fc.ctx.Err() != nil {
+		_ = pc.Close()
+		return
+	}
+	pc.done(stopped, true)
+}
+
+func stopped() bool { return true }
+
+// expressHandOver gives the first attempt, in whatever state, to the
+// general path and answers with what that comes to. err is the attempt's
+// error (pc is then nil), or nil with the answer's head (or the hedge
+// delay passed) on pc.
+func (g *Gateway) expressHandOver(fw *frontWriter, r *http.Request, rt *route, pc *upConn, start, hard time.Time, err error) {
+	fw.fc.upstream.Store(nil)
+	st, h := rt.st, rt.st.healthOf(rt.hostport)
+	out := rt.outboundRequest(r)
+	wait := func(ctx context.Context) (resp *http.Response, rerr error) {
+		defer func() {
+			h.inflight.Add(-1)
+			if rerr == nil {
+				d := time.Since(start)
+				h.observe(d, start.UnixNano())
+				st.latency.observe(d)
+			}
+		}()
+		if pc == nil {
+			return nil, err
+		}
+		stop := stopped
+		if ctx.Done() != nil {
+			stop = context.AfterFunc(ctx, func() { _ = pc.SetDeadline(aLongTimeAgo) })
+		}
+		if derr := pc.SetDeadline(hard); derr != nil {
+			stop()
+			_ = pc.Close()
+			return nil, derr
+		}
+		resp, _, rerr = pc.awaitResponse(ctx, out, true, stop)
+		if rerr != nil {
+			_ = pc.Close()
+		}
+		return resp, rerr
+	}
+	res, rerr := g.rtrip.roundTrip(out, rt, &firstAttempt{sent: start, wait: wait})
+	g.writeResponse(fw, out, res, rerr)
+}
+
+// writeExpressRequest writes the head of r as sent upstream: what
+// outboundHeader and writeRequest make of it on the general path.
+func writeExpressRequest(bw *bufio.Writer, r *http.Request, rt *route) {
+	bw.WriteString(r.Method)
+	bw.WriteByte(' ')
+	bw.WriteString(rt.path)
+	if r.URL.ForceQuery || r.URL.RawQuery != "" {
+		bw.WriteByte('?')
+		bw.WriteString(r.URL.RawQuery)
+	}
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(rt.hostport)
+	bw.WriteString("\r\n")
+	in := r.Header
+	conn := in["Connection"]
+	for k, vv := range in {
+		switch {
+		case k == "Host" || k == "Content-Length" || hopByHop(k) || forwarding(k):
+			continue
+		case len(conn) > 0 && listed(conn, k):
+			continue
+		case k == "User-Agent":
+			if len(vv) > 0 && vv[0] != "" {
+				writeField(bw, k, vv[0])
+			}
+			continue
+		}
+		for _, v := range vv {
+			writeField(bw, k, v)
+		}
+	}
+	if hasToken(in["Te"], "trailers") {
+		bw.WriteString("Te: trailers\r\n")
+	}
+	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+		bw.WriteString("X-Forwarded-For: ")
+		if prior := in["X-Forwarded-For"]; rt.trustXFF && len(prior) > 0 {
+			for _, p := range prior {
+				bw.WriteString(p)
+				bw.WriteString(", ")
+			}
+		}
+		bw.WriteString(ip)
+		bw.WriteString("\r\n")
+	}
+	writeField(bw, "X-Forwarded-Host", r.Host)
+	bw.WriteString("X-Forwarded-Proto: http\r\n\r\n")
+}
+
+// expressHead waits for the whole head of the answer in pc's buffer and
+// returns its length, or 0 when it does not fit or has bare LF line ends
+// (http.ReadResponse's to read). hedged: the deadline armed is the hedge
+// delay; once any of the answer is in, the wait goes on until hard.
+func (pc *upConn) expressHead(hard time.Time, hedged bool) (int, error) {
+	for {
+		buf, _ := pc.br.Peek(pc.br.Buffered())
+		if i := bytes.Index(buf, crlfcrlf); i >= 0 {
+			return i + len(crlfcrlf), nil
+		}
+		if bytes.Contains(buf, lflf) || pc.br.Buffered() >= pc.br.Size() {
+			return 0, nil
+		}
+		if _, err := pc.br.Peek(pc.br.Buffered() + 1); err != nil {
+			if hedged && isTimeout(err) && pc.br.Buffered() > 0 {
+				// Answering: no hedge now.
+				hedged = false
+				if err := pc.SetDeadline(hard); err != nil {
+					return 0, err
+				}
+				continue
+			}
+			return 0, err
+		}
+	}
+}
+
+// expressAnswer is what the express path needs to know of an answer.
+type expressAnswer struct {
+	ok      bool // plain: the express path serves it
+	status  int
+	cl      int64 // Content-Length; -1 none; 0 also when the answer has no body
+	chunked bool
+	keep    bool // the connection may carry another request
+	hasDate bool
+	// conn holds the values of the Connection header fields, whose
+	// tokens name more fields to drop.
+	conn [4]string
+	nc   int
+}
+
+// parseAnswerHead reads an answer's head (ending in CRLF CRLF). It is
+// plain when: HTTP/1.1, a final status other than 502, 503 and 504, well-
+// formed fields, and a body framed by one Content-Length or by chunked
+// alone, or no body (HEAD, 204, 304).
+func parseAnswerHead(head []byte, isHead bool) (a expressAnswer) {
+	a.cl = -1
+	a.keep = true
+	line, rest, ok := cutLine(head)
+	if !ok || len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
+		return a
+	}
+	code := 0
+	for _, c := range line[9:12] {
+		if c < '0' || c > '9' {
+			return a
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code < 200 || retryableStatus(code) {
+		return a
+	}
+	a.status = code
+	te := false
+	for {
+		line, rest, ok = cutLine(rest)
+		if !ok {
+			return a
+		}
+		if len(line) == 0 {
+			break
+		}
+		kb, v, ok := splitFieldBytes(line)
+		if !ok {
+			return a
+		}
+		k := string(kb) // on the stack: it does not escape
+		switch {
+		case len(k) < 4 || len(k) > 17:
+			// None of the fields below: skip the comparisons.
+		case asciiEqualFold(k, "Content-Length"):
+			if a.cl >= 0 || len(v) == 0 || len(v) > 18 {
+				return a
+			}
+			n := int64(0)
+			for i := 0; i < len(v); i++ {
+				if v[i] < '0' || v[i] > '9' {
+					return a
+				}
+				n = n*10 + int64(v[i]-'0')
+			}
+			a.cl = n
+		case asciiEqualFold(k, "Transfer-Encoding"):
+			if te || !asciiEqualFold(string(v), "chunked") {
+				return a
+			}
+			te = true
+		case asciiEqualFold(k, "Connection"):
+			if a.nc == len(a.conn) {
+				return a
+			}
+			a.conn[a.nc] = string(v)
+			a.nc++
+			if hasConnToken(a.conn[a.nc-1], "close") {
+				a.keep = false
+			}
+		case asciiEqualFold(k, "Date"):
+			a.hasDate = true
+		}
+	}
+	bodyless := isHead || code == http.StatusNoContent || code == http.StatusNotModified
+	switch {
+	case te && a.cl >= 0:
+		return a // both: a smuggling attempt, or a broken upstream
+	case bodyless:
+		a.cl = 0
+		a.chunked = false
+		if te && !isHead {
+			return a // a 204 or 304 with a body: not plain
+		}
+	case te:
+		a.chunked = true
+	case a.cl < 0:
+		return a // delimited by the end of the connection
+	}
+	a.ok = true
+	return a
+}
+
+// splitFieldBytes is splitField on bytes.
+func splitFieldBytes(b []byte) (k, v []byte, ok bool) {
+	i := bytes.IndexByte(b, ':')
+	if i <= 0 {
+		return nil, nil, false
+	}
+	for j := 0; j < i; j++ {
+		if !tokenByte[b[j]] {
+			return nil, nil, false
+		}
+	}
+	v = b[i+1:]
+	for j := 0; j < len(v); j++ {
+		if c := v[j]; (c < 0x20 && c != '\t') || c == 0x7f {
+			return nil, nil, false
+		}
+	}
+	return b[:i], bytes.Trim(v, " \t"), true
+}
+
+// cutLine cuts the first CRLF-terminated line off b.
+func cutLine(b []byte) (line, rest []byte, ok bool) {
+	i := bytes.IndexByte(b, '\n')
+	if i < 1 || b[i-1] != '\r' {
+		return nil, nil, false
+	}
+	return b[:i-1], b[i+1:], true
+}
+
+// writeAnswerHead writes the answer's head as the client gets it: the
+// status line, the upstream's fields but the hop-by-hop ones (those its
+// Connection header names too) and the gateway's own, then the gateway's
+// X-Request-Id and X-Herd-Upstream, and Date when the upstream sent none.
+// Content-Length, Transfer-Encoding and Trailer stay: the body is copied
+// in its own framing.
+func writeAnswerHead(bw *bufio.Writer, head []byte, a *expressAnswer, rt *route, closeAfter bool) {
+	bw.WriteString(statusLine(a.status))
+	_, rest, _ := cutLine(head)
+	for {
+		line, r, _ := cutLine(rest)
+		rest = r
+		if len(line) == 0 {
+			break
+		}
+		name := line[:bytes.IndexByte(line, ':')]
+		if dropAnswerField(name, a) {
+			continue
+		}
+		bw.Write(line)
+		bw.WriteString("\r\n")
+	}
+	if !a.hasDate {
+		bw.WriteString("Date: ")
+		bw.Write(httpDate())
+		bw.WriteString("\r\n")
+	}
+	bw.WriteString("X-Request-Id: ")
+	bw.WriteString(rt.requestID[0])
+	if rt.upstream[0] != "" {
+		bw.WriteString("\r\nX-Herd-Upstream: ")
+		bw.WriteString(rt.upstream[0])
+	}
+	if closeAfter {
+		bw.WriteString("\r\nConnection: close")
+	}
+	bw.WriteString("\r\n\r\n")
+}
+
+// dropAnswerField reports whether the answer field name stays behind.
+func dropAnswerField(name []byte, a *expressAnswer) bool {
+	k := string(name) // no allocation: the compiler sees the comparisons
+	switch {
+	case asciiEqualFold(k, "Connection"), asciiEqualFold(k, "Proxy-Connection"),
+		asciiEqualFold(k, "Keep-Alive"), asciiEqualFold(k, "Proxy-Authenticate"),
+		asciiEqualFold(k, "Proxy-Authorization"), asciiEqualFold(k, "Te"),
+		asciiEqualFold(k, "Upgrade"), asciiEqualFold(k, "X-Request-Id"),
+		asciiEqualFold(k, "X-Herd-Upstream"):
+		return true
+	}
+	for _, v := range a.conn[:a.nc] {
+		if hasConnToken(v, k) {
+			return true
+		}
+	}
+	return false
+}
+
+// copyAnswerBody copies the body framed as a says from br to bw, flushing
+// bw whenever it would otherwise wait for the upstream (so streams and
+// server-sent events arrive as sent), and finally. upOK: the body came
+// whole; clientOK: writing it did not fail.
+func copyAnswerBody(bw *bufio.Writer, br *bufio.Reader, a *expressAnswer) (upOK, clientOK bool) {
+	if a.chunked {
+		return copyChunked(bw, br)
+	}
+	for left := a.cl; left > 0; {
+		if br.Buffered() == 0 {
+			if bw.Flush() != nil {
+				return true, false
+			}
+			if _, err := br.Peek(1); err != nil {
+				return false, true
+			}
+		}
+		b, _ := br.Peek(int(min(left, int64(br.Buffered()))))
+		if _, err := bw.Write(b); err != nil {
+			return true, false
+		}
+		_, _ = br.Discard(len(b))
+		left -= int64(len(b))
+	}
+	return true, true
+}
+
+// copyChunked copies a chunked body as it is, chunk extensions and
+// trailers included, checking its framing.
+func copyChunked(bw *bufio.Writer, br *bufio.Reader) (upOK, clientOK bool) {
+	trailers := false
+	for {
+		line, ok, cok := copyLine(bw, br)
+		if !ok || !cok {
+			return ok, cok
+		}
+		if trailers {
+			if len(line) == 0 {
+				return true, true
+			}
+			continue
+		}
+		size, ok := chunkSize(line)
+		if !ok {
+			return false, true
+		}
+		if size == 0 {
+			trailers = true
+			continue
+		}
+		for left := size; left > 0; {
+			if br.Buffered() == 0 {
+				if bw.Flush() != nil {
+					return true, false
+				}
+				if _, err := br.Peek(1); err != nil {
+					return false, true
+				}
+			}
+			b, _ := br.Peek(int(min(left, int64(br.Buffered()))))
+			if _, err := bw.Write(b); err != nil {
+				return true, false
+			}
+			_, _ = br.Discard(len(b))
+			left -= int64(len(b))
+		}
+		if br.Buffered() < 2 && bw.Flush() != nil {
+			return true, false
+		}
+		if crlf, err := br.Peek(2); err != nil || crlf[0] != '\r' || crlf[1] != '\n' {
+			return false, true
+		}
+		_, _ = br.Discard(2)
+		if _, err := bw.WriteString("\r\n"); err != nil {
+			return true, false
+		}
+	}
+}
+
+// copyLine copies one CRLF-terminated line (at most the reader's buffer)
+// and returns it without its CRLF; the slice is valid until the next read.
+func copyLine(bw *bufio.Writer, br *bufio.Reader) (line []byte, upOK, clientOK bool) {
+	for {
+		buf, _ := br.Peek(br.Buffered())
+		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
+			if i < 1 || buf[i-1] != '\r' {
+				return nil, false, true
+			}
+			if _, err := bw.Write(buf[:i+1]); err != nil {
+				return nil, true, false
+			}
+			line = buf[:i-1]
+			_, _ = br.Discard(i + 1)
+			return line, true, true
+		}
+		if br.Buffered() >= br.Size() {
+			return nil, false, true
+		}
+		if bw.Flush() != nil {
+			return nil, true, false
+		}
+		if _, err := br.Peek(br.Buffered() + 1); err != nil {
+			return nil, false, true
+		}
+	}
+}
+
+// chunkSize parses a chunk-size line (extensions allowed).
+func chunkSize(line []byte) (int64, bool) {
+	if i := bytes.IndexByte(line, ';'); i >= 0 {
+		line = line[:i]
+	}
+	line = bytes.TrimRight(line, " \t")
+	if len(line) == 0 || len(line) > 15 {
+		return 0, false
+	}
+	n, err := strconv.ParseInt(string(line), 16, 64)
+	return n, err == nil && n >= 0
+}

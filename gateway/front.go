@@ -1,0 +1,782 @@
+package gateway
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/url"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// The front is the gateway's own HTTP/1.1 server. Nearly all gateway
+// traffic is GET and HEAD requests without a body from HTTP/1.1 clients;
+// for those, net/http's server and gin cost more CPU than everything else
+// the gateway does (parsing into maps, a goroutine per request to notice
+// a client going away, a writer stack of three layers). The front reads
+// such requests itself into a plain *http.Request, runs the very handler
+// net/http would (serve), and writes the answer straight to the
+// connection.
+//
+// Anything else goes to net/http and gin, untouched: at the first request
+// on a connection that is not simple (another method, a body, an upgrade,
+// Expect, HTTP/1.0, an escaped or unusual path, a head over frontBufSize,
+// anything malformed or merely odd), the connection, with the bytes read
+// so far, is handed to g.srv, which serves it for the rest of its life. The
+// front never answers a request it has not fully understood: whatever it
+// is unsure of, net/http decides, so malformed requests get net/http's
+// answers (400, 431, 505) and smuggling tricks (Transfer-Encoding, several
+// Content-Length values, bare LF, obs-fold) never reach the front's parser.
+const (
+	// frontBufSize is the read buffer of a client connection, and so the
+	// largest request head the front serves itself; larger heads (up to
+	// maxHeaderBytes) are served by net/http.
+	frontBufSize = 8 << 10
+	// frontWriteBufSize buffers the answer; a body that fits with its
+	// head and is done before the handler returns goes out with a
+	// Content-Length in one write.
+	frontWriteBufSize = 8 << 10
+	// bufferBeforeChunking is how much body is held back, waiting for the
+	// handler to finish, so that the answer can carry a Content-Length
+	// instead of being chunked (net/http holds 2 KiB).
+	bufferBeforeChunking = 4 << 10
+	// watchClientAfter: a request not answered within this long starts a
+	// read of the client connection, so that the client going away
+	// cancels the upstream request. Quicker requests are not worth the
+	// goroutine.
+	watchClientAfter = 50 * time.Millisecond
+)
+
+// front accepts the gateway's client connections.
+type front struct {
+	g       *Gateway
+	handoff *connQueue // connections for g.srv
+
+	mu    sync.Mutex
+	conns map[*frontConn]struct{}
+	lns   map[net.Listener]struct{}
+	// closing is set by Shutdown: no new connection, no more requests on
+	// idle ones, Connection: close on the answers still being written.
+	closing atomic.Bool
+	srvOnce sync.Once // starts g.srv on the handoff queue
+}
+
+func newFront(g *Gateway) *front {
+	return &front{g: g, handoff: newConnQueue(), conns: map[*frontConn]struct{}{}, lns: map[net.Listener]struct{}{}}
+}
+
+// serve accepts connections on ln until it fails or Shutdown closes it.
+func (f *front) serve(ln net.Listener) error {
+	f.mu.Lock()
+	if f.closing.Load() {
+		f.mu.Unlock()
+		_ = ln.Close()
+		return http.ErrServerClosed
+	}
+	f.lns[ln] = struct{}{}
+	f.mu.Unlock()
+	defer func() {
+		f.mu.Lock()
+		delete(f.lns, ln)
+		f.mu.Unlock()
+		_ = ln.Close()
+	}()
+	f.srvOnce.Do(func() {
+		f.handoff.addr = ln.Addr()
+		go func() {
+			if err := f.g.srv.Serve(f.handoff); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				f.g.log.Error("gateway: net/http server stopped", "err", err)
+			}
+		}()
+	})
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if f.closing.Load() {
+				return http.ErrServerClosed
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() || isTemporary(err) {
+				// Out of file descriptors and the like: wait, as net/http
+				// does, instead of spinning or giving up.
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				f.g.log.Warn("gateway: accept failed; retrying", "err", err, "in", backoff)
+				time.Sleep(backoff)
+				continue
+			}
+			return err
+		}
+		backoff = 0
+		fc := f.newConn(c)
+		if fc == nil {
+			continue // closing
+		}
+		go fc.serve()
+	}
+}
+
+func isTemporary(err error) bool {
+	var t interface{ Temporary() bool }
+	return errors.As(err, &t) && t.Temporary()
+}
+
+func (f *front) newConn(c net.Conn) *frontConn {
+	fc := &frontConn{f: f, c: c, remote: c.RemoteAddr().String()}
+	fc.cr.c = c
+	fc.br = bufio.NewReaderSize(&fc.cr, frontBufSize)
+	fc.bw = bufio.NewWriterSize(c, frontWriteBufSize)
+	fc.ctx, fc.cancel = context.WithCancel(f.g.baseCtx)
+	fc.template = (&http.Request{Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Body: http.NoBody,
+		RemoteAddr: fc.remote}).WithContext(fc.ctx)
+	fc.w.fc = fc
+	fc.w.hdr = make(http.Header, 8)
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closing.Load() {
+		fc.cancel()
+		_ = c.Close()
+		return nil
+	}
+	f.conns[fc] = struct{}{}
+	return fc
+}
+
+// close stops accepting and closes the idle connections; the others close
+// after their current answer.
+func (f *front) close() {
+	f.mu.Lock()
+	f.closing.Store(true)
+	for ln := range f.lns {
+		_ = ln.Close()
+	}
+	f.mu.Unlock()
+	f.handoff.close()
+	f.closeIdle()
+}
+
+// closeIdle closes the connections waiting for a request and reports
+// whether none is left.
+func (f *front) closeIdle() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for fc := range f.conns {
+		if fc.state.Load() == connIdle {
+			fc.abort()
+		}
+	}
+	return len(f.conns) == 0
+}
+
+// closeAll closes every connection, busy or not.
+func (f *front) closeAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for fc := range f.conns {
+		fc.abort()
+	}
+}
+
+// wait waits until every connection has closed, closing those that turn
+// idle, or until ctx is done.
+func (f *front) wait(ctx context.Context) error {
+	tick := 5 * time.Millisecond
+	for !f.closeIdle() {
+		t := time.NewTimer(tick)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-t.C:
+		}
+		tick = min(2*tick, 100*time.Millisecond)
+	}
+	return nil
+}
+
+const (
+	connIdle int32 = iota
+	connActive
+)
+
+// frontConn is one client connection served by the front.
+type frontConn struct {
+	f      *front
+	c      net.Conn
+	cr     connReader
+	br     *bufio.Reader
+	bw     *bufio.Writer
+	remote string
+	state  atomic.Int32
+	// ctx is the context of every request on the connection, cancelled
+	// when the client is found gone, the connection ends, or Shutdown
+	// gives up.
+	ctx    context.Context
+	cancel context.CancelFunc
+	// template is the request every parse copies: the connection's
+	// context, address and protocol.
+	template *http.Request
+	w        frontWriter
+	// idleUntil is the read deadline last armed for an idle wait; it is
+	// re-armed only when it is over a second old.
+	idleUntil time.Time
+	watch     clientWatch
+	closed    atomic.Bool
+	// upstream is the connection the express path waits on, which a
+	// client found gone aborts.
+	upstream atomic.Pointer[upConn]
+}
+
+// abort closes the connection from another goroutine.
+func (fc *frontConn) abort() {
+	if fc.closed.CompareAndSwap(false, true) {
+		_ = fc.c.Close()
+	}
+}
+
+func (fc *frontConn) serve() {
+	handedOff := false
+	defer func() {
+		if err := recover(); err != nil && err != http.ErrAbortHandler {
+			buf := make([]byte, 64<<10)
+			buf = buf[:runtime.Stack(buf, false)]
+			fc.f.g.log.Error("gateway: panic serving a request", "remote", fc.remote, "panic", fmt.Sprint(err), "stack", string(buf))
+		}
+		fc.watch.stop(fc)
+		fc.cancel()
+		fc.f.mu.Lock()
+		delete(fc.f.conns, fc)
+		fc.f.mu.Unlock()
+		if !handedOff {
+			fc.abort()
+		}
+	}()
+	g := fc.f.g
+	for {
+		fc.state.Store(connIdle)
+		if fc.f.closing.Load() {
+			return
+		}
+		if now := time.Now(); fc.idleUntil.Sub(now) < g.cfg.IdleTimeout-time.Second {
+			fc.idleUntil = now.Add(g.cfg.IdleTimeout)
+			if err := fc.c.SetReadDeadline(fc.idleUntil); err != nil {
+				return
+			}
+		}
+		if _, err := fc.br.Peek(1); err != nil {
+			return
+		}
+		fc.state.Store(connActive)
+		n, err := fc.readHead()
+		if err != nil {
+			return
+		}
+		var req *http.Request
+		if n > 0 {
+			head, _ := fc.br.Peek(n)
+			req = fc.parse(head)
+		}
+		if req == nil {
+			handedOff = fc.handOff()
+			return
+		}
+		_, _ = fc.br.Discard(n)
+		fc.w.reset(req)
+		fc.watch.arm(fc)
+		g.serve(&fc.w, req)
+		fc.watch.stop(fc)
+		if !fc.w.finish() || fc.w.closeAfter || fc.ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// readHead waits for a whole request head in the read buffer and returns
+// its length, or 0 when the head does not fit.
+func (fc *frontConn) readHead() (int, error) {
+	armed := false
+	for {
+		buf, _ := fc.br.Peek(fc.br.Buffered())
+		if i := bytes.Index(buf, crlfcrlf); i >= 0 {
+			return i + len(crlfcrlf), nil
+		}
+		if bytes.Contains(buf, lflf) || fc.br.Buffered() >= frontBufSize {
+			// Bare-LF line ends, or a head too large: net/http's.
+			return 0, nil
+		}
+		if !armed {
+			armed = true
+			fc.idleUntil = time.Time{} // re-arm the idle deadline next time
+			if err := fc.c.SetReadDeadline(time.Now().Add(fc.f.g.cfg.ReadHeaderTimeout)); err != nil {
+				return 0, err
+			}
+		}
+		if _, err := fc.br.Peek(fc.br.Buffered() + 1); err != nil {
+			return 0, err
+		}
+	}
+}
+
+var (
+	crlfcrlf = []byte("\r\n\r\n")
+	lflf     = []byte("\n\n")
+)
+
+// handOff gives the connection, and whatever it has sent so far, to g.srv.
+func (fc *frontConn) handOff() bool {
+	n := fc.br.Buffered()
+	pre, _ := fc.br.Peek(n)
+	pc := &prefixConn{Conn: fc.c, pre: append(append([]byte(nil), pre...), fc.cr.takePending()...)}
+	// net/http arms its own deadlines; clear the front's.
+	if fc.c.SetReadDeadline(time.Time{}) != nil {
+		return false
+	}
+	return fc.f.handoff.push(pc)
+}
+
+// parse reads head, a whole request head, into a request, or returns nil
+// when the front does not serve it (see the top of this file).
+func (fc *frontConn) parse(head []byte) *http.Request {
+	// One string holds the whole head: the method, target and every
+	// header key and value are substrings of it.
+	s := string(head[:len(head)-2]) // keep the last field's CRLF
+	line, rest, ok := cutCRLF(s)
+	if !ok {
+		return nil
+	}
+	method, target, proto, ok := splitRequestLine(line)
+	if !ok || proto != "HTTP/1.1" || (method != http.MethodGet && method != http.MethodHead) || !simpleTarget(target) {
+		return nil
+	}
+	n := 0
+	for i := 0; i < len(rest); i++ {
+		if rest[i] == '\n' {
+			n++
+		}
+	}
+	h := make(http.Header, n)
+	vals := make([]string, n)
+	var host string
+	hosts := 0
+	closeAfter := false
+	for rest != "" {
+		var field string
+		field, rest, ok = cutCRLF(rest)
+		if !ok {
+			return nil
+		}
+		k, v, ok := splitField(field)
+		if !ok {
+			return nil
+		}
+		k = canonicalKey(k)
+		switch k {
+		case "Host":
+			hosts++
+			host = v
+		case "Content-Length":
+			if v != "0" {
+				return nil
+			}
+		case "Transfer-Encoding", "Upgrade", "Expect", "Http2-Settings", "Content-Encoding":
+			return nil
+		case "Connection":
+			if hasConnToken(v, "close") {
+				closeAfter = true
+			}
+			if hasConnToken(v, "upgrade") {
+				return nil
+			}
+		}
+		if old, dup := h[k]; dup {
+			h[k] = append(old, v)
+			continue
+		}
+		vals[0] = v
+		h[k] = vals[:1:1]
+		vals = vals[1:]
+	}
+	if hosts != 1 || !validHost(host) {
+		return nil
+	}
+	u := &url.URL{Path: target}
+	if i := indexByte(target, '?'); i >= 0 {
+		u.Path, u.RawQuery = target[:i], target[i+1:]
+		if u.RawQuery == "" {
+			u.ForceQuery = true
+		}
+	}
+	// A copy of the connection's template carries its context: one
+	// allocation, where WithContext would take two.
+	req := new(http.Request)
+	*req = *fc.template
+	req.Method = method
+	req.URL = u
+	req.Header = h
+	req.Host = host
+	req.RequestURI = target
+	req.Close = closeAfter
+	return req
+}
+
+func cutCRLF(s string) (line, rest string, ok bool) {
+	for i := 0; i+1 < len(s); i++ {
+		switch s[i] {
+		case '\r':
+			if s[i+1] != '\n' {
+				return "", "", false
+			}
+			return s[:i], s[i+2:], true
+		case '\n':
+			return "", "", false // bare LF
+		}
+	}
+	return "", "", false
+}
+
+func splitRequestLine(line string) (method, target, proto string, ok bool) {
+	i := indexByte(line, ' ')
+	if i <= 0 {
+		return "", "", "", false
+	}
+	method, line = line[:i], line[i+1:]
+	j := indexByte(line, ' ')
+	if j <= 0 {
+		return "", "", "", false
+	}
+	return method, line[:j], line[j+1:], true
+}
+
+// simpleTarget reports whether target is an origin-form request target
+// made only of characters that need no decoding or escaping: then the path
+// is the same decoded and escaped, and the front and net/http could not
+// read it differently.
+func simpleTarget(target string) bool {
+	if len(target) == 0 || target[0] != '/' {
+		return false
+	}
+	for i := 0; i < len(target); i++ {
+		if !targetByte[target[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+// targetByte: unreserved and sub-delims, ':', '@', '/', '?' (RFC 3986).
+var targetByte = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+	}
+	for c := 'A'; c <= 'Z'; c++ {
+		t[c] = true
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for _, c := range "-._~!$&'()*+,;=:@/?" {
+		t[c] = true
+	}
+	return t
+}()
+
+// tokenByte: the characters of a header field name (RFC 9110 token).
+var tokenByte = func() (t [256]bool) {
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+	}
+	for c := 'A'; c <= 'Z'; c++ {
+		t[c] = true
+	}
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()
+
+// splitField splits "Name: value" into the name and the value without
+// surrounding blanks. ok is false for anything net/http should judge: an
+// empty or invalid name, a space before the colon, obs-fold, control
+// characters in the value.
+func splitField(f string) (k, v string, ok bool) {
+	i := indexByte(f, ':')
+	if i <= 0 {
+		return "", "", false
+	}
+	k = f[:i]
+	for j := 0; j < len(k); j++ {
+		if !tokenByte[k[j]] {
+			return "", "", false
+		}
+	}
+	v = f[i+1:]
+	for j := 0; j < len(v); j++ {
+		if c := v[j]; (c < 0x20 && c != '\t') || c == 0x7f {
+			return "", "", false
+		}
+	}
+	for v != "" && (v[0] == ' ' || v[0] == '\t') {
+		v = v[1:]
+	}
+	for v != "" && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
+		v = v[:len(v)-1]
+	}
+	return k, v, true
+}
+
+// canonicalKey is textproto.CanonicalMIMEHeaderKey for a valid token,
+// without an allocation when k is canonical already (nearly always).
+func canonicalKey(k string) string {
+	upper := true
+	for i := 0; i < len(k); i++ {
+		c := k[i]
+		if upper && 'a' <= c && c <= 'z' || !upper && 'A' <= c && c <= 'Z' {
+			return http.CanonicalHeaderKey(k)
+		}
+		upper = c == '-'
+	}
+	return k
+}
+
+// hasConnToken reports whether a Connection header value lists token.
+func hasConnToken(v, token string) bool {
+	for v != "" {
+		var t string
+		t, v, _ = cutByte(v, ',')
+		for t != "" && (t[0] == ' ' || t[0] == '\t') {
+			t = t[1:]
+		}
+		for t != "" && (t[len(t)-1] == ' ' || t[len(t)-1] == '\t') {
+			t = t[:len(t)-1]
+		}
+		if asciiEqualFold(t, token) {
+			return true
+		}
+	}
+	return false
+}
+
+// validHost accepts the host[:port] forms of names and IPv4 and bracketed
+// IPv6 addresses; anything else is net/http's to judge.
+func validHost(h string) bool {
+	if h == "" {
+		return false
+	}
+	for i := 0; i < len(h); i++ {
+		c := h[i]
+		if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' ||
+			c == '.' || c == '-' || c == ':' || c == '[' || c == ']' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func indexByte(s string, c byte) int {
+	for i := 0; i < len(s); i++ {
+		if s[i] == c {
+			return i
+		}
+	}
+	return -1
+}
+
+func cutByte(s string, c byte) (before, after string, found bool) {
+	if i := indexByte(s, c); i >= 0 {
+		return s[:i], s[i+1:], true
+	}
+	return s, "", false
+}
+
+func asciiEqualFold(a, b string) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := 0; i < len(a); i++ {
+		x, y := a[i], b[i]
+		if 'A' <= x && x <= 'Z' {
+			x += 'a' - 'A'
+		}
+		if 'A' <= y && y <= 'Z' {
+			y += 'a' - 'A'
+		}
+		if x != y {
+			return false
+		}
+	}
+	return true
+}
+
+// connReader reads the client connection, first returning what a client
+// watch read while a request was being served.
+type connReader struct {
+	c       net.Conn
+	pending []byte
+}
+
+func (r *connReader) Read(p []byte) (int, error) {
+	if len(r.pending) > 0 {
+		n := copy(p, r.pending)
+		r.pending = r.pending[n:]
+		return n, nil
+	}
+	return r.c.Read(p)
+}
+
+func (r *connReader) takePending() []byte {
+	p := r.pending
+	r.pending = nil
+	return p
+}
+
+// clientWatch notices a client going away while its request is served: a
+// request still running watchClientAfter after it started reads the
+// connection in the background. End of stream or an error cancels the
+// connection's context, and with it the upstream request; bytes (the next
+// pipelined request) are kept for later.
+type clientWatch struct {
+	timer *time.Timer
+	mu    sync.Mutex
+	armed bool
+	done  chan struct{} // closed when a started read has returned
+}
+
+func (w *clientWatch) arm(fc *frontConn) {
+	if fc.br.Buffered() > 0 {
+		return // the client already sent more: nothing to learn
+	}
+	w.mu.Lock()
+	w.armed = true
+	w.done = nil
+	w.mu.Unlock()
+	if w.timer == nil {
+		w.timer = time.AfterFunc(watchClientAfter, func() { w.run(fc) })
+		return
+	}
+	w.timer.Reset(watchClientAfter)
+}
+
+func (w *clientWatch) run(fc *frontConn) {
+	w.mu.Lock()
+	if !w.armed || w.done != nil {
+		// Stopped, or a late run of an earlier request's timer already
+		// watches this one.
+		w.mu.Unlock()
+		return
+	}
+	done := make(chan struct{})
+	w.done = done
+	w.mu.Unlock()
+	defer close(done)
+	// The read deadline is still the idle one armed before the request.
+	var buf [512]byte
+	n, err := fc.c.Read(buf[:])
+	if n > 0 {
+		fc.cr.pending = append(fc.cr.pending, buf[:n]...)
+		return
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return // stop's doing, or a request longer than the idle timeout
+	}
+	fc.cancel() // the client is gone
+	if pc := fc.upstream.Load(); pc != nil {
+		_ = pc.SetDeadline(aLongTimeAgo)
+	}
+}
+
+// stop ends the watch; a read in progress is cut short and waited for.
+func (w *clientWatch) stop(fc *frontConn) {
+	if w.timer == nil {
+		return
+	}
+	w.timer.Stop()
+	w.mu.Lock()
+	w.armed = false
+	done := w.done
+	w.done = nil
+	w.mu.Unlock()
+	if done == nil {
+		return // no read started; a run still to come sees armed false
+	}
+	_ = fc.c.SetReadDeadline(aLongTimeAgo)
+	<-done
+	fc.idleUntil = time.Time{} // the next request re-arms the deadline
+}
+
+// connQueue is a net.Listener whose connections are pushed to it: the
+// front's hand-offs to net/http.
+type connQueue struct {
+	ch     chan net.Conn
+	done   chan struct{}
+	once   sync.Once
+	addr   net.Addr
+	closed atomic.Bool
+}
+
+func newConnQueue() *connQueue {
+	return &connQueue{ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+func (q *connQueue) push(c net.Conn) bool {
+	select {
+	case q.ch <- c:
+		return true
+	case <-q.done:
+		return false
+	}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) close() { q.once.Do(func() { close(q.done) }) }
+
+func (q *connQueue) Close() error { q.close(); return nil }
+
+func (q *connQueue) Addr() net.Addr {
+	if q.addr == nil {
+		return &net.TCPAddr{}
+	}
+	return q.addr
+}
+
+// prefixConn is a connection whose first bytes were already read.
+type prefixConn struct {
+	net.Conn
+	pre []byte
+}
+
+func (c *prefixConn) Read(p []byte) (int, error) {
+	if len(c.pre) > 0 {
+		n := copy(p, c.pre)
+		c.pre = c.pre[n:]
+		return n, nil
+	}
+	return c.Conn.Read(p)
+}
+
+// CloseWrite half-closes a TCP connection, which net/http does before
+// closing one with unread input (after a 431, say), so that the client reads
+// the answer instead of a reset.
+func (c *prefixConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
