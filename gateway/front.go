@@ -378,8 +378,10 @@ func (fc *frontConn) parse(head []byte) *http.Request {
 		k = canonicalKey(k)
 		switch k {
 		case "Host":
+			// As net/http does: Host is the request's, not a header.
 			hosts++
 			host = v
+			continue
 		case "Content-Length":
 			if v != "0" {
 				return nil
@@ -454,15 +456,19 @@ func splitRequestLine(line string) (method, target, proto string, ok bool) {
 }
 
 // simpleTarget reports whether target is an origin-form request target
-// made only of characters that need no decoding or escaping: then the path
-// is the same decoded and escaped, and the front and net/http could not
-// read it differently.
+// whose path is made only of characters that need no decoding or escaping:
+// then the path is the same decoded and escaped, and the front and net/http
+// could not read it differently. The query may hold escapes too.
 func simpleTarget(target string) bool {
 	if len(target) == 0 || target[0] != '/' {
 		return false
 	}
+	query := false
 	for i := 0; i < len(target); i++ {
-		if !targetByte[target[i]] {
+		c := target[i]
+		// The query is passed on as it came, escapes and all.
+		query = query || c == '?'
+		if !targetByte[c] && !(query && c == '%') {
 			return false
 		}
 	}
