@@ -5,11 +5,13 @@
 #   direct  wrk -> 127.0.0.61:9000/hello/                        (the backend alone)
 #   nginx   wrk -> nginx 127.0.0.62:8081 -> 127.0.0.61:9000        (keepalive upstream)
 #   stock   wrk -> bench/stockproxy 127.0.0.63:8082 -> :9000       (httputil.ReverseProxy, default transport)
+#   gomin   wrk -> bench/minproxy 127.0.0.64:8083 -> :9000         (the least a Go proxy can do: raw bytes, no features)
 #   herd    wrk -> herd gateway 127.0.0.61:8080 -> :9000            (the node's own gateway)
 #
 # wrk -t2 -c64 --latency, a 2 s warm-up of each target, then BENCH_ROUNDS
 # rounds (default 3) of BENCH_DURATION (default 10s) per target, alternating
-# direct, nginx, stock, herd within each round so that drift hits all alike.
+# direct, nginx, stock, gomin, herd within each round so that drift hits all
+# alike.
 # Prints medians over rounds (req/s, p50, p99) and herd's ratios as a table,
 # and writes them as JSON to ${BENCH_OUT:-/tmp/herd-bench-proxy.json}.
 #
@@ -33,20 +35,23 @@ warmup=2s
 herd_ip=127.0.0.61
 nginx_addr=127.0.0.62:8081
 stock_addr=127.0.0.63:8082
+gomin_addr=127.0.0.64:8083
 backend=$herd_ip:9000
 herd_bin=bin/herd
 
-targets=(direct nginx stock herd)
+targets=(direct nginx stock gomin herd)
 declare -A url=(
 	[direct]="http://$backend/hello/"
 	[nginx]="http://$nginx_addr/hello/"
 	[stock]="http://$stock_addr/hello/"
+	[gomin]="http://$gomin_addr/hello/"
 	[herd]="http://$herd_ip:8080/hello/"
 )
 declare -A what=(
 	[direct]="wrk straight to the backend"
 	[nginx]="nginx, keepalive 256 upstream"
 	[stock]="httputil.ReverseProxy, default transport"
+	[gomin]="bench/minproxy, Go floor, no features"
 	[herd]="herd gateway"
 )
 
@@ -61,7 +66,7 @@ die() {
 # ---- tools ------------------------------------------------------------------
 
 [[ -x $herd_bin ]] || die "$herd_bin not found: run 'make build' first"
-command -v go >/dev/null || die "go not found in PATH (needed to build bench/stockproxy)"
+command -v go >/dev/null || die "go not found in PATH (needed to build bench/stockproxy and bench/minproxy)"
 
 nginx_bin=$(command -v nginx || true)
 [[ -z $nginx_bin && -x /usr/sbin/nginx ]] && nginx_bin=/usr/sbin/nginx
@@ -85,7 +90,7 @@ fi
 # wildcard listener on that port, which would make our bind fail too).
 port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 for hp in "$herd_ip:7946" "$herd_ip:2379" "$herd_ip:2380" "$herd_ip:8080" "$herd_ip:8500" "$herd_ip:9000" \
-	"$nginx_addr" "$stock_addr"; do
+	"$nginx_addr" "$stock_addr" "$gomin_addr"; do
 	if port_busy "${hp%:*}" "${hp##*:}"; then
 		die "$hp is already in use (see: ss -ltnp 'sport = :${hp##*:}'); stop whatever listens there and retry"
 	fi
@@ -94,7 +99,7 @@ done
 # ---- processes and cleanup --------------------------------------------------
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/herd-bench-proxy.XXXXXX")
-herd_pid='' nginx_pid='' stock_pid=''
+herd_pid='' nginx_pid='' stock_pid='' gomin_pid=''
 
 # stop NAME PID SIGNAL: signal, wait up to 15 s, then SIGKILL; always reap.
 stop() {
@@ -128,9 +133,11 @@ cleanup() {
 		show_log herd "$tmp/herd.log"
 		show_log nginx "$tmp/nginx/error.log"
 		show_log stockproxy "$tmp/stockproxy.log"
+		show_log minproxy "$tmp/minproxy.log"
 	fi
 	stop nginx "$nginx_pid" QUIT
 	stop stockproxy "$stock_pid" TERM
+	stop minproxy "$gomin_pid" TERM
 	stop herd "$herd_pid" TERM
 	rm -rf "$tmp"
 	exit "$rc"
@@ -170,6 +177,13 @@ go build -o "$tmp/stockproxy" ./bench/stockproxy
 "$tmp/stockproxy" -listen "$stock_addr" -target "http://$backend" >"$tmp/stockproxy.log" 2>&1 &
 stock_pid=$!
 wait_http stockproxy "$stock_pid" "${url[stock]}" 15
+
+# The Go floor, built from bench/minproxy.
+echo "building and starting bench/minproxy on $gomin_addr..." >&2
+go build -o "$tmp/minproxy" ./bench/minproxy
+"$tmp/minproxy" -listen "$gomin_addr" -target "$backend" >"$tmp/minproxy.log" 2>&1 &
+gomin_pid=$!
+wait_http minproxy "$gomin_pid" "${url[gomin]}" 15
 
 # nginx, entirely inside $tmp/nginx: config, pid, error log, temp paths.
 echo "starting nginx on $nginx_addr..." >&2
@@ -285,6 +299,8 @@ done
 r_nginx=$(ratio "${rps[herd]}" "${rps[nginx]}")
 r_direct=$(ratio "${rps[herd]}" "${rps[direct]}")
 r_stock=$(ratio "${rps[herd]}" "${rps[stock]}")
+r_gomin=$(ratio "${rps[herd]}" "${rps[gomin]}")
+r_floor=$(ratio "${rps[gomin]}" "${rps[nginx]}")
 r_p99=$(ratio "${p99[herd]}" "${p99[nginx]}")
 
 echo
@@ -297,7 +313,8 @@ for t in "${targets[@]}"; do
 		"${errs[$t]}" "$(ratio "${rps[$t]}" "${rps[nginx]}")"
 done
 echo
-echo "herd throughput: ${r_nginx}x nginx, ${r_direct}x direct, ${r_stock}x stock; herd p99 is ${r_p99}x nginx's"
+echo "herd throughput: ${r_nginx}x nginx, ${r_direct}x direct, ${r_stock}x stock, ${r_gomin}x the Go floor" \
+	"(which is ${r_floor}x nginx); herd p99 is ${r_p99}x nginx's"
 echo
 echo "caveat: nproc=$ncpu, load average at start $load_start; wrk, nginx, the stock proxy, the herd gateway and the" \
 	"backend all share the same $ncpu cores over loopback, so these numbers compare the proxies, they are not capacity."
@@ -315,7 +332,7 @@ mkdir -p "$(dirname "$out")"
 	printf '  "date": "%s",\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 	printf '  "commit": "%s",\n' "$commit"
 	printf '  "machine": {"nproc": %d, "loadavg_start": "%s", "note": "load generator, proxies and backend share the same cores over loopback"},\n' "$ncpu" "$load_start"
-	printf '  "method": {"tool": "%s", "threads": %d, "connections": %d, "duration": "%s", "rounds": %d, "warmup": "%s", "order": ["direct", "nginx", "stock", "herd"], "statistic": "median over rounds"},\n' \
+	printf '  "method": {"tool": "%s", "threads": %d, "connections": %d, "duration": "%s", "rounds": %d, "warmup": "%s", "order": ["direct", "nginx", "stock", "gomin", "herd"], "statistic": "median over rounds"},\n' \
 		"$(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }')" "$threads" "$connections" "$duration" "$rounds" "$warmup"
 	printf '  "targets": {\n'
 	n=0
@@ -327,11 +344,23 @@ mkdir -p "$(dirname "$out")"
 		if ((n < ${#targets[@]})); then printf ']},\n'; else printf ']}\n'; fi
 	done
 	printf '  },\n'
-	printf '  "ratios": {"herd_nginx_rps": %s, "herd_direct_rps": %s, "herd_stock_rps": %s, "herd_nginx_p99": %s}\n' \
-		"$r_nginx" "$r_direct" "$r_stock" "$r_p99"
+	printf '  "ratios": {"herd_nginx_rps": %s, "herd_direct_rps": %s, "herd_stock_rps": %s, "herd_gomin_rps": %s, "gomin_nginx_rps": %s, "herd_nginx_p99": %s}\n' \
+		"$r_nginx" "$r_direct" "$r_stock" "$r_gomin" "$r_floor" "$r_p99"
 	printf '}\n'
 } >"$out"
 echo "results written to $out"
+
+# Allocations per proxied request: a GET through the gateway's own server to
+# a local backend, minus the same GET straight to the backend.
+echo
+echo "allocations per request (go test -bench 'FrontProxy|FrontDirect' ./gateway):"
+go test -run '^$' -bench 'BenchmarkFront(Proxy|Direct)$' -benchtime 20000x ./gateway >"$tmp/allocs.out" 2>&1 ||
+	{ cat "$tmp/allocs.out" >&2; die "the allocation benchmark failed"; }
+awk '$1 ~ /^BenchmarkFront/ { for (i = 2; i < NF; i++) if ($(i + 1) == "allocs/op") a[$1] = $i }
+	END {
+		for (k in a) { if (k ~ /Proxy/) p = a[k]; else d = a[k] }
+		printf "  through the gateway %d, straight to the backend %d: the gateway allocates %d per proxied GET\n", p, d, p - d
+	}' "$tmp/allocs.out"
 
 total_errs=0
 for t in "${targets[@]}"; do total_errs=$((total_errs + errs[$t])); done

@@ -40,6 +40,20 @@ const (
 	ReasonOverloaded = "overloaded"
 )
 
+// rejectReasons are the reasons of the answers the gateway gives itself,
+// without asking any instance; Rejected counts them by reason.
+var rejectReasons = [...]string{ReasonNoService, ReasonUnknownService, ReasonNoLiveInstance,
+	ReasonInvalidPath, ReasonBadRequest, ReasonBodyTooLarge, ReasonRateLimited, ReasonOverloaded}
+
+func rejectIndex(reason string) int {
+	for i, r := range rejectReasons {
+		if r == reason {
+			return i
+		}
+	}
+	return -1
+}
+
 // statusClientClosedRequest is the status recorded when the client went away
 // before the upstream answered (nginx's 499). Nobody receives it.
 const statusClientClosedRequest = 499

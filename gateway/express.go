@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -30,7 +31,14 @@ import (
 // take the express path.
 func (g *Gateway) expressable(r *http.Request, rt *route) bool {
 	return !rt.cors && rt.rawPath == "" && r.Body == http.NoBody &&
-		(r.Method == http.MethodGet || r.Method == http.MethodHead)
+		(r.Method == http.MethodGet || r.Method == http.MethodHead) &&
+		simplePath(rt.path) // the instance's path prefix too
+}
+
+// simplePath reports whether p is a path the express path may write as it
+// is: no escaping needed, no query.
+func simplePath(p string) bool {
+	return simpleTarget(p) && strings.IndexByte(p, '?') < 0
 }
 
 // express proxies r as described above.

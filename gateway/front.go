@@ -157,7 +157,7 @@ func (f *front) close() {
 		_ = ln.Close()
 	}
 	f.mu.Unlock()
-	f.handoff.close()
+	// The hand-off queue is g.srv's listener: its Shutdown closes it.
 	f.closeIdle()
 }
 

@@ -31,6 +31,9 @@ type Gateway struct {
 
 	limiter     *limiter // nil without a rate limit
 	rateLimited atomic.Uint64
+	// rejected counts the requests answered by the gateway itself, by
+	// rejectReasons.
+	rejected [len(rejectReasons)]atomic.Uint64
 
 	transport *http.Transport
 	// lean sends the simple requests itself and the rest through transport.

@@ -291,6 +291,15 @@ func TestErrors(t *testing.T) {
 	if n := up.hits.Load(); n != 0 {
 		t.Errorf("the live backend served %d of the rejected requests, want 0", n)
 	}
+	// The gateway's own answers are counted by reason; upstream failures
+	// are not among them (they are the service's).
+	want := map[string]uint64{gateway.ReasonNoService: 5, gateway.ReasonUnknownService: 1,
+		gateway.ReasonNoLiveInstance: 1, gateway.ReasonInvalidPath: 2}
+	for reason, n := range tg.gw.Rejected() {
+		if n != want[reason] {
+			t.Errorf("Rejected()[%q] = %d, want %d", reason, n, want[reason])
+		}
+	}
 }
 
 func TestUpstreamTimeout(t *testing.T) {

@@ -152,6 +152,9 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 
 // reject answers a request the gateway cannot route.
 func (g *Gateway) reject(w http.ResponseWriter, id, origin string, cors bool, status int, reason, msg string) {
+	if i := rejectIndex(reason); i >= 0 {
+		g.rejected[i].Add(1)
+	}
 	h := w.Header()
 	h.Set("X-Request-Id", id)
 	if cors {

@@ -36,6 +36,18 @@ type ServiceStats struct {
 // RateLimited counts requests answered 429 by the rate limit.
 func (g *Gateway) RateLimited() uint64 { return g.rateLimited.Load() }
 
+// Rejected counts the requests the gateway answered itself, without asking
+// an instance (no such service, no live instance, a bad path or body, rate
+// limited, overloaded), by their api.Error reason. Those requests are in no
+// service's Answers.
+func (g *Gateway) Rejected() map[string]uint64 {
+	out := make(map[string]uint64, len(rejectReasons))
+	for i, r := range rejectReasons {
+		out[r] = g.rejected[i].Load()
+	}
+	return out
+}
+
 // Stats returns the counters of every service that has had a request,
 // sorted by service. It reads atomics only; scraping costs the request path
 // nothing.

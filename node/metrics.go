@@ -48,13 +48,15 @@ var (
 		"Requests also sent to a second instance because the first was slow.", []string{"service"}, nil)
 	descRateLimited = prometheus.NewDesc("herd_gateway_rate_limited_total",
 		"Requests answered 429 by the per-client rate limit.", nil, nil)
+	descRejected = prometheus.NewDesc("herd_gateway_rejected_total",
+		"Requests the gateway answered itself without asking an instance, by reason (no_service, unknown_service, no_live_instance, invalid_path, bad_request, body_too_large, rate_limited, overloaded).", []string{"reason"}, nil)
 	descSynced = prometheus.NewDesc("herd_catalog_synced",
 		"1 when the catalog follows the registry live, 0 when it serves its last snapshot.", nil, nil)
 )
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAnswers, descRetries, descEjections, descUpstreamErrors,
-		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRateLimited, descLatency, descDuration, descHedges} {
+		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRateLimited, descRejected, descLatency, descDuration, descHedges} {
 		ch <- d
 	}
 }
@@ -71,6 +73,9 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	}
 	if n.gateway != nil {
 		ch <- prometheus.MustNewConstMetric(descRateLimited, prometheus.CounterValue, float64(n.gateway.RateLimited()))
+		for reason, v := range n.gateway.Rejected() {
+			ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(v), reason)
+		}
 		for _, s := range n.gateway.Stats() {
 			for m, byCode := range s.Answers {
 				for i, v := range byCode {
