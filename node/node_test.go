@@ -102,7 +102,7 @@ func TestStartServeCloseLeavesNoGoroutines(t *testing.T) {
 			`herd_catalog_instances{service="echo"} 1`,
 			`herd_registry_role{role="voter"} 1`,
 			`herd_catalog_synced 1`,
-			`herd_gateway_rejected_total{reason="unknown_service"} 0`,
+			`herd_gateway_rejected_total{reason="overloaded"} 0`,
 			`etcd_server_has_leader 1`,
 		} {
 			if !strings.Contains(metrics, want) {
