@@ -55,12 +55,13 @@ func (g *Gateway) express(fw *frontWriter, r *http.Request, rt *route) {
 	hedge := t.hedgeAfter(r, rt, nil)
 	h := st.healthOf(rt.hostport)
 	h.inflight.Add(1)
-	start := time.Now()
+	start := rt.start
 	hard := start.Add(headerTimeout)
 	soft := hard
 	if hedge > 0 && hedge < headerTimeout {
 		soft = start.Add(hedge)
 	}
+	w := &expressWait{fc: fc, watchAt: start.Add(watchClientAfter), soft: soft, hard: hard}
 
 	var pc *upConn
 	var n int
@@ -72,13 +73,14 @@ func (g *Gateway) express(fw *frontWriter, r *http.Request, rt *route) {
 			break
 		}
 		fc.upstream.Store(pc)
-		if err = pc.SetDeadline(soft); err == nil {
+		if err = pc.SetDeadline(w.next()); err == nil {
 			writeExpressRequest(pc.bw, r, rt)
 			if err = pc.bw.Flush(); err == nil {
-				n, err = pc.expressHead(hard, soft.Before(hard))
+				n, err = w.head(pc)
 			}
 		}
-		if err == nil || soft.Before(hard) && isTimeout(err) && pc.br.Buffered() == 0 && fc.ctx.Err() == nil {
+		if err == nil || soft.Before(hard) && isTimeout(err) && pc.br.Buffered() == 0 && fc.ctx.Err() == nil &&
+			time.Now().Before(hard) {
 			break // answered, or the hedge is due
 		}
 		fc.upstream.Store(nil)
@@ -117,14 +119,17 @@ func (g *Gateway) express(fw *frontWriter, r *http.Request, rt *route) {
 	writeAnswerHead(fc.bw, head, &a, rt, fw.closeAfter)
 	_, _ = pc.br.Discard(n)
 	if a.cl > 0 && int64(pc.br.Buffered()) < a.cl || a.chunked {
-		// The body streams: no deadline on it.
-		if err := pc.SetDeadline(time.Time{}); err != nil {
+		// The body streams: no deadline on it. (Unless the watch found
+		// the client gone: its abort may have come just before.)
+		if err := pc.SetDeadline(time.Time{}); err != nil || fc.ctx.Err() != nil {
+			fc.watch.stop(fc)
+			fc.upstream.Store(nil)
 			_ = pc.Close()
 			fw.failed = true
 			return
 		}
 	}
-	upOK, clientOK := copyAnswerBody(fc.bw, pc.br, &a)
+	upOK, clientOK := copyAnswerBody(fc.bw, pc.br, &a, w.watch)
 	// No abort may reach pc once it is back in the pool.
 	fc.watch.stop(fc)
 	fc.upstream.Store(nil)
@@ -152,6 +157,7 @@ func stopped() bool { return true }
 // delay passed) on pc.
 func (g *Gateway) expressHandOver(fw *frontWriter, r *http.Request, rt *route, pc *upConn, start, hard time.Time, err error) {
 	fw.fc.upstream.Store(nil)
+	fw.fc.watch.arm(fw.fc, max(0, time.Until(start.Add(watchClientAfter))))
 	st, h := rt.st, rt.st.healthOf(rt.hostport)
 	out := rt.outboundRequest(r)
 	wait := func(ctx context.Context) (resp *http.Response, rerr error) {
@@ -234,11 +240,42 @@ func writeExpressRequest(bw *bufio.Writer, r *http.Request, rt *route) {
 	bw.WriteString("X-Forwarded-Proto: http\r\n\r\n")
 }
 
-// expressHead waits for the whole head of the answer in pc's buffer and
-// returns its length, or 0 when it does not fit or has bare LF line ends
-// (http.ReadResponse's to read). hedged: the deadline armed is the hedge
-// delay; once any of the answer is in, the wait goes on until hard.
-func (pc *upConn) expressHead(hard time.Time, hedged bool) (int, error) {
+// expressWait is the express path's wait for an answer's head, with its
+// deadlines: watchAt, when the client watch starts (see clientWatch); soft,
+// when the hedge is due; hard, the response-header timeout.
+type expressWait struct {
+	fc             *frontConn
+	watchAt        time.Time
+	soft, hard     time.Time
+	watching       bool
+	hedgeCancelled bool // the answer has begun: no hedge
+}
+
+// next is the deadline to arm now.
+func (w *expressWait) next() time.Time {
+	d := w.hard
+	if !w.hedgeCancelled && w.soft.Before(d) {
+		d = w.soft
+	}
+	if !w.watching && w.watchAt.Before(d) {
+		d = w.watchAt
+	}
+	return d
+}
+
+// watch starts the client watch, once.
+func (w *expressWait) watch() {
+	if !w.watching {
+		w.watching = true
+		w.fc.watch.arm(w.fc, 0)
+	}
+}
+
+// head waits for the whole head of the answer in pc's buffer and returns
+// its length, or 0 when it does not fit or has bare LF line ends
+// (http.ReadResponse's to read). A timeout error with nothing read means
+// the hedge is due (or the header timeout passed).
+func (w *expressWait) head(pc *upConn) (int, error) {
 	for {
 		buf, _ := pc.br.Peek(pc.br.Buffered())
 		if i := bytes.Index(buf, crlfcrlf); i >= 0 {
@@ -247,15 +284,29 @@ func (pc *upConn) expressHead(hard time.Time, hedged bool) (int, error) {
 		if bytes.Contains(buf, lflf) || pc.br.Buffered() >= pc.br.Size() {
 			return 0, nil
 		}
-		if _, err := pc.br.Peek(pc.br.Buffered() + 1); err != nil {
-			if hedged && isTimeout(err) && pc.br.Buffered() > 0 {
-				// Answering: no hedge now.
-				hedged = false
-				if err := pc.SetDeadline(hard); err != nil {
-					return 0, err
-				}
-				continue
-			}
+		_, err := pc.br.Peek(pc.br.Buffered() + 1)
+		if err == nil {
+			continue
+		}
+		if !isTimeout(err) || w.fc.ctx.Err() != nil {
+			return 0, err
+		}
+		now := time.Now()
+		if !w.watching && !now.Before(w.watchAt) {
+			w.watch()
+		}
+		if pc.br.Buffered() > 0 {
+			w.hedgeCancelled = true // answering
+		}
+		if !w.hedgeCancelled && !now.Before(w.soft) || !now.Before(w.hard) {
+			return 0, err
+		}
+		if err := pc.SetDeadline(w.next()); err != nil {
+			return 0, err
+		}
+		if err := w.fc.ctx.Err(); err != nil {
+			// The watch found the client gone, and its abort of pc may
+			// have come before the deadline just armed.
 			return 0, err
 		}
 	}
@@ -454,12 +505,13 @@ func dropAnswerField(name []byte, a *expressAnswer) bool {
 // bw whenever it would otherwise wait for the upstream (so streams and
 // server-sent events arrive as sent), and finally. upOK: the body came
 // whole; clientOK: writing it did not fail.
-func copyAnswerBody(bw *bufio.Writer, br *bufio.Reader, a *expressAnswer) (upOK, clientOK bool) {
+func copyAnswerBody(bw *bufio.Writer, br *bufio.Reader, a *expressAnswer, block func()) (upOK, clientOK bool) {
 	if a.chunked {
-		return copyChunked(bw, br)
+		return copyChunked(bw, br, block)
 	}
 	for left := a.cl; left > 0; {
 		if br.Buffered() == 0 {
+			block()
 			if bw.Flush() != nil {
 				return true, false
 			}
@@ -479,10 +531,10 @@ func copyAnswerBody(bw *bufio.Writer, br *bufio.Reader, a *expressAnswer) (upOK,
 
 // copyChunked copies a chunked body as it is, chunk extensions and
 // trailers included, checking its framing.
-func copyChunked(bw *bufio.Writer, br *bufio.Reader) (upOK, clientOK bool) {
+func copyChunked(bw *bufio.Writer, br *bufio.Reader, block func()) (upOK, clientOK bool) {
 	trailers := false
 	for {
-		line, ok, cok := copyLine(bw, br)
+		line, ok, cok := copyLine(bw, br, block)
 		if !ok || !cok {
 			return ok, cok
 		}
@@ -502,6 +554,7 @@ func copyChunked(bw *bufio.Writer, br *bufio.Reader) (upOK, clientOK bool) {
 		}
 		for left := size; left > 0; {
 			if br.Buffered() == 0 {
+				block()
 				if bw.Flush() != nil {
 					return true, false
 				}
@@ -516,8 +569,11 @@ func copyChunked(bw *bufio.Writer, br *bufio.Reader) (upOK, clientOK bool) {
 			_, _ = br.Discard(len(b))
 			left -= int64(len(b))
 		}
-		if br.Buffered() < 2 && bw.Flush() != nil {
-			return true, false
+		if br.Buffered() < 2 {
+			block()
+			if bw.Flush() != nil {
+				return true, false
+			}
 		}
 		if crlf, err := br.Peek(2); err != nil || crlf[0] != '\r' || crlf[1] != '\n' {
 			return false, true
@@ -531,7 +587,7 @@ func copyChunked(bw *bufio.Writer, br *bufio.Reader) (upOK, clientOK bool) {
 
 // copyLine copies one CRLF-terminated line (at most the reader's buffer)
 // and returns it without its CRLF; the slice is valid until the next read.
-func copyLine(bw *bufio.Writer, br *bufio.Reader) (line []byte, upOK, clientOK bool) {
+func copyLine(bw *bufio.Writer, br *bufio.Reader, block func()) (line []byte, upOK, clientOK bool) {
 	for {
 		buf, _ := br.Peek(br.Buffered())
 		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
@@ -548,6 +604,7 @@ func copyLine(bw *bufio.Writer, br *bufio.Reader) (line []byte, upOK, clientOK b
 		if br.Buffered() >= br.Size() {
 			return nil, false, true
 		}
+		block()
 		if bw.Flush() != nil {
 			return nil, true, false
 		}

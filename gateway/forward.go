@@ -19,9 +19,12 @@ import (
 // through g.proxy. Both end in the same retrying transport, modifyResponse
 // and proxyError.
 func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, rt *route) {
-	if fw, ok := w.(*frontWriter); ok && g.expressable(r, rt) {
-		g.express(fw, r, rt)
-		return
+	if fw, ok := w.(*frontWriter); ok {
+		if g.expressable(r, rt) {
+			g.express(fw, r, rt)
+			return
+		}
+		fw.fc.watch.arm(fw.fc, watchClientAfter)
 	}
 	out := rt.outboundRequest(r)
 	res, err := g.rtrip.RoundTrip(out)

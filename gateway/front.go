@@ -288,7 +288,6 @@ func (fc *frontConn) serve() {
 		}
 		_, _ = fc.br.Discard(n)
 		fc.w.reset(req)
-		fc.watch.arm(fc)
 		g.serve(&fc.w, req)
 		fc.watch.stop(fc)
 		if !fc.w.finish() || fc.w.closeAfter || fc.ctx.Err() != nil {
@@ -645,30 +644,37 @@ func (r *connReader) takePending() []byte {
 }
 
 // clientWatch notices a client going away while its request is served: a
-// request still running watchClientAfter after it started reads the
-// connection in the background. End of stream or an error cancels the
-// connection's context, and with it the upstream request; bytes (the next
-// pipelined request) are kept for later.
+// request that waits on its upstream for longer than watchClientAfter (or
+// streams an answer) reads the client connection in the background. End of
+// stream or an error cancels the connection's context, and with it the
+// upstream request; bytes (the next pipelined request) are kept for later.
+// Quick requests never start it.
 type clientWatch struct {
+	// inUse: armed or started for the current request; only the
+	// connection's goroutine touches it.
+	inUse bool
 	timer *time.Timer
 	mu    sync.Mutex
 	armed bool
 	done  chan struct{} // closed when a started read has returned
 }
 
-func (w *clientWatch) arm(fc *frontConn) {
-	if fc.br.Buffered() > 0 {
-		return // the client already sent more: nothing to learn
+// arm starts the watch after d (at once when d is 0), unless it is in use
+// already or the client sent more already.
+func (w *clientWatch) arm(fc *frontConn, d time.Duration) {
+	if w.inUse || fc.br.Buffered() > 0 {
+		return
 	}
+	w.inUse = true
 	w.mu.Lock()
 	w.armed = true
 	w.done = nil
 	w.mu.Unlock()
 	if w.timer == nil {
-		w.timer = time.AfterFunc(watchClientAfter, func() { w.run(fc) })
+		w.timer = time.AfterFunc(d, func() { w.run(fc) })
 		return
 	}
-	w.timer.Reset(watchClientAfter)
+	w.timer.Reset(d)
 }
 
 func (w *clientWatch) run(fc *frontConn) {
@@ -702,9 +708,10 @@ func (w *clientWatch) run(fc *frontConn) {
 
 // stop ends the watch; a read in progress is cut short and waited for.
 func (w *clientWatch) stop(fc *frontConn) {
-	if w.timer == nil {
+	if !w.inUse {
 		return
 	}
+	w.inUse = false
 	w.timer.Stop()
 	w.mu.Lock()
 	w.armed = false

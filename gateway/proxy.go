@@ -47,6 +47,8 @@ type route struct {
 	// trustXFF: the client is in TrustedProxies, so its X-Forwarded-For
 	// is kept.
 	trustXFF bool
+	// start is when the gateway received the request.
+	start time.Time
 	// headerTimeout is the service's own response-header timeout (meta
 	// herd.response-header-timeout), 0 for the gateway's.
 	headerTimeout time.Duration
