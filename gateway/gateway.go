@@ -10,6 +10,7 @@ import (
 	"net/http/httputil"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/gin-gonic/gin"
 )
@@ -172,9 +173,11 @@ func (g *Gateway) Serve(ln net.Listener) error {
 //     idle client connections;
 //  2. waits for in-flight requests, then for upgraded connections
 //     (WebSockets), to finish, until ctx is done;
-//  3. if ctx ended first: cancels every remaining request's context (which
-//     aborts its upstream exchange and tunnels) and closes every client
-//     connection, then returns ctx's error;
+//  3. cancels the hedge attempts that outlived their requests and waits
+//     for them (briefly: cancelled, they end at once); if ctx ended first,
+//     also cancels every remaining request's context (which aborts its
+//     upstream exchange and tunnels) and closes every client connection,
+//     then returns ctx's error;
 //  4. closes the idle upstream connections.
 func (g *Gateway) Shutdown(ctx context.Context) error {
 	if !g.stopping.CompareAndSwap(false, true) {
@@ -199,7 +202,12 @@ func (g *Gateway) shutdown(ctx context.Context) error {
 	if err == nil {
 		err = g.waitTunnels(ctx) // step 2 for upgraded connections
 	}
-	g.cancelBase() // step 3; after a full drain it only releases the context
+	// Step 3; after a full drain it only cancels the hedge attempts that
+	// outlived their requests, which end at once.
+	g.cancelBase()
+	if !g.rtrip.waitBackground(backgroundGrace) {
+		g.log.Warn("gateway: hedge attempts still running after shutdown", "waited", backgroundGrace)
+	}
 	if err != nil {
 		if cerr := g.srv.Close(); cerr != nil {
 			g.log.Warn("closing client connections", "err", cerr)
@@ -228,6 +236,10 @@ func (g *Gateway) waitTunnels(ctx context.Context) error {
 		return ctx.Err()
 	}
 }
+
+// backgroundGrace bounds Shutdown's wait for the cancelled hedge attempts
+// that outlived their requests; cancelled, they end within milliseconds.
+const backgroundGrace = 2 * time.Second
 
 // tunnelTracker counts upgraded connections. Only upgrade requests touch
 // it, so its mutex is not on the ordinary request path. Unlike a WaitGroup it

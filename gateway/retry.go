@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -46,6 +47,10 @@ const (
 type retryTransport struct {
 	g    *Gateway
 	base http.RoundTripper
+	// background counts the goroutines that outlive a request: hedge
+	// attempts still out when another won, and their settling. Shutdown
+	// cancels and waits for them.
+	background sync.WaitGroup
 
 	inflight        atomic.Int64
 	retriesInflight atomic.Int64
@@ -366,6 +371,24 @@ const (
 	maxHedgeDelay = time.Second
 )
 
+// waitBackground waits for the goroutines that outlived their requests
+// (cancelled by then, see Gateway.shutdown), for at most d.
+func (t *retryTransport) waitBackground(d time.Duration) bool {
+	done := make(chan struct{})
+	go func() {
+		t.background.Wait()
+		close(done)
+	}()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return true
+	case <-timer.C:
+		return false
+	}
+}
+
 // Hedge losers feed outlier detection: once another attempt has won, a
 // loser still out is given until slowStrikeFactor times the hedge delay
 // (at least minSlowStrike) after it was sent to answer. If it answers, that
@@ -429,7 +452,10 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried []string, firs
 		// Detached from the request's context (but cancelled with it
 		// until detach), so that a loser may outlive the request.
 		parent := r.Context()
-		ctx, cancel := context.WithCancel(context.WithoutCancel(parent))
+		ctx, cancelCtx := context.WithCancel(context.WithoutCancel(parent))
+		// Shutdown cancels attempts that outlived their request.
+		unlink := context.AfterFunc(t.g.baseCtx, cancelCtx)
+		cancel := func() { unlink(); cancelCtx() }
 		id := len(atts)
 		sent := time.Now()
 		if first != nil {
@@ -438,7 +464,9 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried []string, firs
 		atts = append(atts, attempt{inst: inst, hostport: hostport, sent: sent, ctx: ctx, cancel: cancel,
 			detach: context.AfterFunc(parent, cancel)})
 		pending++
+		t.background.Add(1)
 		go func() {
+			defer t.background.Done()
 			var resp *http.Response
 			var err error
 			if first != nil {
@@ -524,7 +552,7 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried []string, firs
 			for i := range atts {
 				atts[i].cancel()
 			}
-			closeAnswers(results, pending)
+			t.closeAnswers(results, pending)
 			return nil, tried, req.Context().Err()
 		}
 	}
@@ -553,7 +581,9 @@ func (t *retryTransport) settleLosers(rt *route, atts []attempt, won, pending in
 			deadline = end
 		}
 	}
+	t.background.Add(1)
 	go func() {
+		defer t.background.Done()
 		timer := time.NewTimer(time.Until(deadline))
 		defer timer.Stop()
 		for pending > 0 {
@@ -591,11 +621,13 @@ func (t *retryTransport) settleLosers(rt *route, atts []attempt, won, pending in
 
 // closeAnswers closes, in the background, the answers of the pending
 // attempts, all of them cancelled.
-func closeAnswers(results <-chan attemptResult, pending int) {
+func (t *retryTransport) closeAnswers(results <-chan attemptResult, pending int) {
 	if pending == 0 {
 		return
 	}
+	t.background.Add(1)
 	go func() {
+		defer t.background.Done()
 		for range pending {
 			if r := <-results; r.resp != nil {
 				r.resp.Body.Close()

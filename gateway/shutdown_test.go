@@ -9,10 +9,12 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/herdcluster/herd/api"
 	"github.com/herdcluster/herd/gateway"
 )
 
@@ -291,5 +293,56 @@ func TestClientGoneIsNotAnUpstreamError(t *testing.T) {
 	}
 	if strings.Contains(logs.String(), "upstream request failed") {
 		t.Errorf("a client that went away was logged as an upstream failure:\n%s", logs.String())
+	}
+}
+
+// Shutdown also ends the hedge attempts that outlived their requests: no
+// goroutine of the gateway's is left once it returns.
+func TestShutdownStopsHedgeLosers(t *testing.T) {
+	good := startBackend(t, "good")
+	cat, live := newCatalog(), newLiveness()
+	// The first attempt goes to the hung instance (the good one is on a
+	// suspect node), the hedge after 30 ms to the good one; the hung
+	// attempt is still out, for up to 250 ms, when the answer is in.
+	cat.set("svc", instanceAt(hungAddr(t), "svc", "hung", "node-hung", ""), good.instance("svc", "node-good", ""))
+	live.set("node-hung", api.StatusAlive)
+	live.set("node-good", api.StatusSuspect)
+	cfg := gateway.DefaultConfig()
+	cfg.HedgeAfter = 30 * time.Millisecond
+	gw, err := gateway.New(cfg, cat, live, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- gw.Serve(ln) }()
+	tr := &http.Transport{}
+	res, err := (&http.Client{Transport: tr}).Get("http://" + ln.Addr().String() + "/svc/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.Copy(io.Discard, res.Body)
+	res.Body.Close()
+	tr.CloseIdleConnections()
+	if res.Header.Get("X-Herd-Upstream") != "node-good" {
+		t.Fatalf("answered by %q, want node-good (by the hedge)", res.Header.Get("X-Herd-Upstream"))
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := gw.Shutdown(ctx); err != nil {
+		t.Fatalf("Shutdown: %v", err)
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	buf := make([]byte, 1<<20)
+	stacks := string(buf[:runtime.Stack(buf, true)])
+	for g := range strings.SplitSeq(stacks, "\n\n") {
+		if strings.Contains(g, "herd/gateway.(*retryTransport)") {
+			t.Fatalf("a hedge attempt outlived Shutdown:\n%s", g)
+		}
 	}
 }
