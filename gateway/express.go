@@ -534,19 +534,28 @@ func copyAnswerBody(bw *bufio.Writer, br *bufio.Reader, a *expressAnswer, block 
 func copyChunked(bw *bufio.Writer, br *bufio.Reader, block func()) (upOK, clientOK bool) {
 	trailers := false
 	for {
-		line, ok, cok := copyLine(bw, br, block)
+		line, ok, cok := readLine(bw, br, block)
 		if !ok || !cok {
 			return ok, cok
 		}
+		var size int64
+		if !trailers {
+			if size, ok = chunkSize(line); !ok {
+				return false, true
+			}
+		} else if len(line) > 0 && bytes.IndexByte(line, ':') <= 0 {
+			return false, true // not a trailer field
+		}
+		// Checked, the line goes on as it came, with its CRLF.
+		if _, err := bw.Write(line[:len(line)+2]); err != nil {
+			return true, false
+		}
+		_, _ = br.Discard(len(line) + 2)
 		if trailers {
 			if len(line) == 0 {
 				return true, true
 			}
 			continue
-		}
-		size, ok := chunkSize(line)
-		if !ok {
-			return false, true
 		}
 		if size == 0 {
 			trailers = true
@@ -585,21 +594,17 @@ func copyChunked(bw *bufio.Writer, br *bufio.Reader, block func()) (upOK, client
 	}
 }
 
-// copyLine copies one CRLF-terminated line (at most the reader's buffer)
-// and returns it without its CRLF; the slice is valid until the next read.
-func copyLine(bw *bufio.Writer, br *bufio.Reader, block func()) (line []byte, upOK, clientOK bool) {
+// readLine waits for a whole CRLF-terminated line (at most the reader's
+// buffer) at the head of br and returns it without its CRLF, unread: the
+// caller discards it with its CRLF. The slice is valid until br is read.
+func readLine(bw *bufio.Writer, br *bufio.Reader, block func()) (line []byte, upOK, clientOK bool) {
 	for {
 		buf, _ := br.Peek(br.Buffered())
 		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
 			if i < 1 || buf[i-1] != '\r' {
 				return nil, false, true
 			}
-			if _, err := bw.Write(buf[:i+1]); err != nil {
-				return nil, true, false
-			}
-			line = buf[:i-1]
-			_, _ = br.Discard(i + 1)
-			return line, true, true
+			return buf[:i-1], true, true
 		}
 		if br.Buffered() >= br.Size() {
 			return nil, false, true

@@ -248,3 +248,108 @@ func TestFrontStreamsAnswers(t *testing.T) {
 		t.Fatal("an answer shorter than its Content-Length reached the client as if whole")
 	}
 }
+
+// rawUpstream is an upstream that answers every request it reads with the
+// same raw bytes, then closes the connection when close is set.
+func rawUpstream(t *testing.T, answer string, closeAfter bool) *net.TCPAddr {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				br := bufio.NewReader(c)
+				for {
+					req, err := http.ReadRequest(br)
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, req.Body)
+					if _, err := io.WriteString(c, answer); err != nil || closeAfter {
+						return
+					}
+				}
+			}()
+		}
+	}()
+	return ln.Addr().(*net.TCPAddr)
+}
+
+// Whatever an upstream answers, the client gets what the general path
+// makes of it: the express path frames plain answers itself and hands the
+// rest on.
+func TestFrontUpstreamAnswers(t *testing.T) {
+	bigHead := "HTTP/1.1 200 OK\r\nX-Big: " + strings.Repeat("b", 6000) + "\r\nContent-Length: 2\r\n\r\nok"
+	for _, tc := range []struct {
+		name       string
+		answer     string
+		closeAfter bool
+		status     int
+		body       string
+		header     string // a header the client must see, "name: value"
+		broken     bool   // the client must see a broken answer
+	}{
+		{name: "plain", answer: "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-A: 1\r\n\r\nok", status: 200, body: "ok", header: "X-A: 1"},
+		{name: "chunked with trailer", answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: X-T\r\n\r\n2\r\nok\r\n0\r\nX-T: t\r\n\r\n", status: 200, body: "ok"},
+		{name: "HTTP/1.0 until close", answer: "HTTP/1.0 200 OK\r\n\r\nuntil close", closeAfter: true, status: 200, body: "until close"},
+		{name: "interim then final", answer: "HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", status: 200, body: "ok"},
+		{name: "bare LF", answer: "HTTP/1.1 200 OK\nContent-Length: 2\n\nok", status: 200, body: "ok"},
+		{name: "head over 4 KiB", answer: bigHead, status: 200, body: "ok"},
+		{name: "hop-by-hop dropped", answer: "HTTP/1.1 200 OK\r\nConnection: X-Secret\r\nX-Secret: s\r\nKeep-Alive: timeout=5\r\nContent-Length: 2\r\n\r\nok", status: 200, body: "ok"},
+		{name: "404 passed on", answer: "HTTP/1.1 404 Not Found\r\nContent-Length: 4\r\n\r\nnope", status: 404, body: "nope"},
+		{name: "503 passed on, no other instance", answer: "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy", status: 503, body: "busy"},
+		{name: "garbage", answer: "SSH-2.0-OpenSSH\r\n\r\n", closeAfter: true, status: 502},
+		{name: "cut short", answer: "HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc", closeAfter: true, status: 200, broken: true},
+		{name: "bad chunk", answer: "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nok\r\n0\r\n\r\n", closeAfter: true, status: 200, broken: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cat := newCatalog()
+			cat.set("svc", instanceAt(rawUpstream(t, tc.answer, tc.closeAfter), "svc", "raw-1", "node-r", ""))
+			tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+			for i := range 2 { // the second on a reused connection, where one is kept
+				req, _ := http.NewRequest(http.MethodGet, tg.url+"/svc/", nil)
+				res, err := tg.client.Do(req)
+				if tc.broken && err != nil {
+					continue // broken before the head even left, or after
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				body, err := io.ReadAll(res.Body)
+				res.Body.Close()
+				if tc.broken {
+					if err == nil {
+						t.Fatalf("request %d: a broken answer (%q) reached the client as whole", i, body)
+					}
+					continue
+				}
+				if err != nil || res.StatusCode != tc.status || (tc.body != "" && string(body) != tc.body) {
+					t.Fatalf("request %d: %d %q %v; want %d %q", i, res.StatusCode, body, err, tc.status, tc.body)
+				}
+				if tc.header != "" {
+					k, v, _ := strings.Cut(tc.header, ": ")
+					if res.Header.Get(k) != v {
+						t.Fatalf("request %d: %s = %q, want %q", i, k, res.Header.Get(k), v)
+					}
+				}
+				if res.Header.Get("X-Secret") != "" || res.Header.Get("Keep-Alive") != "" || res.Header.Get("Link") != "" {
+					t.Fatalf("request %d: hop-by-hop or interim headers passed on: %v", i, res.Header)
+				}
+				if tc.name == "chunked with trailer" && res.Trailer.Get("X-T") != "t" {
+					t.Fatalf("request %d: trailer %v", i, res.Trailer)
+				}
+				if res.Header.Get("X-Request-Id") == "" || res.Header.Get("X-Herd-Upstream") != "node-r" {
+					t.Fatalf("request %d: the gateway's own headers are missing: %v", i, res.Header)
+				}
+			}
+		})
+	}
+}
