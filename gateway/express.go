@@ -509,7 +509,13 @@ func copyAnswerBody(bw *bufio.Writer, br *bufio.Reader, a *expressAnswer, block 
 	if a.chunked {
 		return copyChunked(bw, br, block)
 	}
-	for left := a.cl; left > 0; {
+	return copyN(bw, br, a.cl, block)
+}
+
+// copyN copies n bytes from br to bw, flushing bw before it waits for
+// more (see copyAnswerBody).
+func copyN(bw *bufio.Writer, br *bufio.Reader, n int64, block func()) (upOK, clientOK bool) {
+	for left := n; left > 0; {
 		if br.Buffered() == 0 {
 			block()
 			if bw.Flush() != nil {
@@ -561,22 +567,8 @@ func copyChunked(bw *bufio.Writer, br *bufio.Reader, block func()) (upOK, client
 			trailers = true
 			continue
 		}
-		for left := size; left > 0; {
-			if br.Buffered() == 0 {
-				block()
-				if bw.Flush() != nil {
-					return true, false
-				}
-				if _, err := br.Peek(1); err != nil {
-					return false, true
-				}
-			}
-			b, _ := br.Peek(int(min(left, int64(br.Buffered()))))
-			if _, err := bw.Write(b); err != nil {
-				return true, false
-			}
-			_, _ = br.Discard(len(b))
-			left -= int64(len(b))
+		if ok, cok := copyN(bw, br, size, block); !ok || !cok {
+			return ok, cok
 		}
 		if br.Buffered() < 2 {
 			block()

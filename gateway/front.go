@@ -475,38 +475,21 @@ func simpleTarget(target string) bool {
 }
 
 // targetByte: unreserved and sub-delims, ':', '@', '/', '?' (RFC 3986).
-var targetByte = func() (t [256]bool) {
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
-	}
-	for c := 'A'; c <= 'Z'; c++ {
-		t[c] = true
-	}
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for _, c := range "-._~!$&'()*+,;=:@/?" {
-		t[c] = true
-	}
-	return t
-}()
+var targetByte = alnumAnd("-._~!$&'()*+,;=:@/?")
 
 // tokenByte: the characters of a header field name (RFC 9110 token).
-var tokenByte = func() (t [256]bool) {
-	for c := 'a'; c <= 'z'; c++ {
-		t[c] = true
+var tokenByte = alnumAnd("!#$%&'*+-.^_`|~")
+
+// alnumAnd is a byte set of the ASCII letters and digits and extra.
+func alnumAnd(extra string) (t [256]bool) {
+	for c := 0; c < 256; c++ {
+		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
 	}
-	for c := 'A'; c <= 'Z'; c++ {
-		t[c] = true
-	}
-	for c := '0'; c <= '9'; c++ {
-		t[c] = true
-	}
-	for _, c := range "!#$%&'*+-.^_`|~" {
-		t[c] = true
+	for i := 0; i < len(extra); i++ {
+		t[extra[i]] = true
 	}
 	return t
-}()
+}
 
 // splitField splits "Name: value" into the name and the value without
 // surrounding blanks. ok is false for anything net/http should judge: an

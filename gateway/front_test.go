@@ -18,16 +18,7 @@ import (
 // n answers.
 func rawExchange(t *testing.T, tg *testGateway, raw string, n int) []*http.Response {
 	t.Helper()
-	c, err := net.Dial("tcp", tg.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, raw); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(c)
+	br := sendRaw(t, tg, raw)
 	var out []*http.Response
 	for i := range n {
 		res, err := http.ReadResponse(br, nil)
@@ -42,6 +33,22 @@ func rawExchange(t *testing.T, tg *testGateway, raw string, n int) []*http.Respo
 		out = append(out, res)
 	}
 	return out
+}
+
+// sendRaw sends raw bytes to the gateway on a new connection, closed at the
+// end of the test, and returns a reader of its answers.
+func sendRaw(t *testing.T, tg *testGateway, raw string) *bufio.Reader {
+	t.Helper()
+	c, err := net.Dial("tcp", tg.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.WriteString(c, raw); err != nil {
+		t.Fatal(err)
+	}
+	return bufio.NewReader(c)
 }
 
 func seenOf(t *testing.T, res *http.Response) seen {
@@ -117,16 +124,7 @@ func TestFrontPipelining(t *testing.T) {
 		"GET /svc/3 HTTP/1.1\r\nHost: gw\r\nX-Request-Id: mine\r\n\r\n" +
 		"POST /svc/4 HTTP/1.1\r\nHost: gw\r\nContent-Length: 2\r\n\r\nhi" +
 		"GET /svc/5 HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
-	c, err := net.Dial("tcp", tg.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := io.WriteString(c, raw); err != nil {
-		t.Fatal(err)
-	}
-	br := bufio.NewReader(c)
+	br := sendRaw(t, tg, raw)
 	for i, want := range []string{"/1", "/2", "/3", "/4", "/5"} {
 		method := http.MethodGet
 		if want == "/2" {
