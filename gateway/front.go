@@ -303,6 +303,14 @@ func (fc *frontConn) readHead() (int, error) {
 	for {
 		buf, _ := fc.br.Peek(fc.br.Buffered())
 		if i := bytes.Index(buf, crlfcrlf); i >= 0 {
+			if armed {
+				// Back to the idle deadline: the client watch reads
+				// under it while the request is served.
+				fc.idleUntil = time.Now().Add(fc.f.g.cfg.IdleTimeout)
+				if err := fc.c.SetReadDeadline(fc.idleUntil); err != nil {
+					return 0, err
+				}
+			}
 			return i + len(crlfcrlf), nil
 		}
 		if bytes.Contains(buf, lflf) || fc.br.Buffered() >= frontBufSize {

@@ -351,3 +351,50 @@ func TestFrontUpstreamAnswers(t *testing.T) {
 		})
 	}
 }
+
+// A request whose head came in pieces (under the read-header deadline) is
+// watched like any other: the client going away long after that deadline
+// still cancels the upstream request.
+func TestFrontClientGoneAfterSlowHead(t *testing.T) {
+	cancelled := make(chan struct{})
+	srv, _ := startCountingBackend(t, func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+		close(cancelled)
+	})
+	cat := newCatalog()
+	cat.set("svc", instanceAt(backendAddr(srv), "svc", "svc-1", "node-a", ""))
+	cfg := gateway.DefaultConfig()
+	cfg.ReadHeaderTimeout = 200 * time.Millisecond
+	tg := startGateway(t, cfg, cat, newLiveness())
+	c, err := net.Dial("tcp", tg.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := io.WriteString(c, "GET /svc/wait HTTP/1.1\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	// The fault: the rest of the head comes 50 ms later, so the gateway
+	// reads the head in two pieces.
+	<-time.After(50 * time.Millisecond)
+	if _, err := io.WriteString(c, "Host: gw\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the request to be in flight", func() bool {
+		for _, s := range tg.gw.Stats() {
+			if s.Inflight > 0 {
+				return true
+			}
+		}
+		return false
+	})
+	// The fault, continued: the client leaves well after the read-header
+	// deadline of its head has passed.
+	<-time.After(3 * cfg.ReadHeaderTimeout)
+	c.Close()
+	select {
+	case <-cancelled:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the upstream request was not cancelled after the client went away")
+	}
+}
