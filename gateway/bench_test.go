@@ -26,6 +26,21 @@ func startHelloBackend(b *testing.B) *httptest.Server {
 	return srv
 }
 
+// helloGateway is a gateway routing "hello" to a startHelloBackend, shut
+// down at the end of the benchmark.
+func helloGateway(b *testing.B) *gateway.Gateway {
+	b.Helper()
+	backend := startHelloBackend(b)
+	cat := newCatalog()
+	cat.set("hello", instanceAt(backendAddr(backend), "hello", "hello-1", "node-a", "/hello"))
+	gw, err := gateway.New(gateway.DefaultConfig(), cat, newLiveness(), slog.New(slog.DiscardHandler))
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = gw.Shutdown(context.Background()) })
+	return gw
+}
+
 // discardWriter is a reusable http.ResponseWriter that keeps only the status.
 type discardWriter struct {
 	h      http.Header
@@ -42,14 +57,7 @@ func (w *discardWriter) Flush()                      {}
 // and the upstream client side of net/http, which BenchmarkDirectBackend
 // measures alone: the gateway's own cost is the difference.
 func BenchmarkGatewayProxy(b *testing.B) {
-	backend := startHelloBackend(b)
-	cat := newCatalog()
-	cat.set("hello", instanceAt(backendAddr(backend), "hello", "hello-1", "node-a", "/hello"))
-	gw, err := gateway.New(gateway.DefaultConfig(), cat, newLiveness(), slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = gw.Shutdown(context.Background()) })
+	gw := helloGateway(b)
 	h := gw.Handler()
 
 	ctx, cancel := context.WithCancel(context.Background()) // like a server's request context
@@ -99,14 +107,7 @@ func BenchmarkDirectBackend(b *testing.B) {
 // a proxied request (the sequential benchmark measures latency, idle
 // spinning included), which is what bounds throughput under load.
 func BenchmarkGatewayProxyParallel(b *testing.B) {
-	backend := startHelloBackend(b)
-	cat := newCatalog()
-	cat.set("hello", instanceAt(backendAddr(backend), "hello", "hello-1", "node-a", "/hello"))
-	gw, err := gateway.New(gateway.DefaultConfig(), cat, newLiveness(), slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = gw.Shutdown(context.Background()) })
+	gw := helloGateway(b)
 	h := gw.Handler()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -191,19 +192,12 @@ func (rc *rawClient) get(b *testing.B) {
 // over loopback. Allocations include the backend's, which
 // BenchmarkFrontDirect measures alone: the gateway's own are the difference.
 func BenchmarkFrontProxy(b *testing.B) {
-	backend := startHelloBackend(b)
-	cat := newCatalog()
-	cat.set("hello", instanceAt(backendAddr(backend), "hello", "hello-1", "node-a", "/hello"))
-	gw, err := gateway.New(gateway.DefaultConfig(), cat, newLiveness(), slog.New(slog.DiscardHandler))
-	if err != nil {
-		b.Fatal(err)
-	}
+	gw := helloGateway(b)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)
 	}
 	go func() { _ = gw.Serve(ln) }()
-	b.Cleanup(func() { _ = gw.Shutdown(context.Background()) })
 	rc := dialRaw(b, ln.Addr().String(), "/hello/world?x=1", "")
 	b.ReportAllocs()
 	for b.Loop() {

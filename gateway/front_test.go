@@ -160,9 +160,10 @@ func TestFrontPipelining(t *testing.T) {
 	}
 }
 
-// A client that hangs up while the upstream has not answered yet cancels
-// the upstream request.
-func TestFrontClientGoneCancelsUpstream(t *testing.T) {
+// waitingService is a catalog with service "svc" on a backend that answers
+// nothing until its request is cancelled, which closes cancelled.
+func waitingService(t *testing.T) (*fakeCatalog, <-chan struct{}) {
+	t.Helper()
 	cancelled := make(chan struct{})
 	srv, _ := startCountingBackend(t, func(w http.ResponseWriter, r *http.Request) {
 		<-r.Context().Done()
@@ -170,6 +171,26 @@ func TestFrontClientGoneCancelsUpstream(t *testing.T) {
 	})
 	cat := newCatalog()
 	cat.set("svc", instanceAt(backendAddr(srv), "svc", "svc-1", "node-a", ""))
+	return cat, cancelled
+}
+
+// waitInflight waits until the gateway has a request out upstream.
+func waitInflight(t *testing.T, tg *testGateway) {
+	t.Helper()
+	waitFor(t, "the request to be in flight", func() bool {
+		for _, s := range tg.gw.Stats() {
+			if s.Inflight > 0 {
+				return true
+			}
+		}
+		return false
+	})
+}
+
+// A client that hangs up while the upstream has not answered yet cancels
+// the upstream request.
+func TestFrontClientGoneCancelsUpstream(t *testing.T) {
+	cat, cancelled := waitingService(t)
 	tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -182,14 +203,7 @@ func TestFrontClientGoneCancelsUpstream(t *testing.T) {
 		}
 		errc <- err
 	}()
-	waitFor(t, "the request to be in flight", func() bool {
-		for _, s := range tg.gw.Stats() {
-			if s.Inflight > 0 {
-				return true
-			}
-		}
-		return false
-	})
+	waitInflight(t, tg)
 	cancel()
 	<-errc
 	select {
@@ -356,13 +370,7 @@ func TestFrontUpstreamAnswers(t *testing.T) {
 // watched like any other: the client going away long after that deadline
 // still cancels the upstream request.
 func TestFrontClientGoneAfterSlowHead(t *testing.T) {
-	cancelled := make(chan struct{})
-	srv, _ := startCountingBackend(t, func(w http.ResponseWriter, r *http.Request) {
-		<-r.Context().Done()
-		close(cancelled)
-	})
-	cat := newCatalog()
-	cat.set("svc", instanceAt(backendAddr(srv), "svc", "svc-1", "node-a", ""))
+	cat, cancelled := waitingService(t)
 	cfg := gateway.DefaultConfig()
 	cfg.ReadHeaderTimeout = 200 * time.Millisecond
 	tg := startGateway(t, cfg, cat, newLiveness())
@@ -380,14 +388,7 @@ func TestFrontClientGoneAfterSlowHead(t *testing.T) {
 	if _, err := io.WriteString(c, "Host: gw\r\n\r\n"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, "the request to be in flight", func() bool {
-		for _, s := range tg.gw.Stats() {
-			if s.Inflight > 0 {
-				return true
-			}
-		}
-		return false
-	})
+	waitInflight(t, tg)
 	// The fault, continued: the client leaves well after the read-header
 	// deadline of its head has passed.
 	<-time.After(3 * cfg.ReadHeaderTimeout)
