@@ -1,10 +1,12 @@
 package gossip
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
+	"slices"
 	"time"
 )
 
@@ -35,8 +37,12 @@ type Config struct {
 	// dead node again by itself, so without this two sides of a healed
 	// partition would each go on seeing the other dead.
 	ReconnectInterval time.Duration
-	// SecretKey, when set (16, 24 or 32 bytes), encrypts gossip.
-	SecretKey []byte
+	// Keys is the gossip keyring: with keys, every message is encrypted
+	// with PrimaryKey (AES-GCM) and anything that none of Keys decrypts is
+	// dropped; without, gossip is plaintext (herd's --insecure only). Keys
+	// are 16, 24 or 32 bytes.
+	Keys       [][]byte
+	PrimaryKey []byte
 	// Logger receives gossip and memberlist log lines.
 	Logger *slog.Logger
 }
@@ -68,8 +74,14 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("gossip: port %d is not in 1-65535", c.BindPort)
 	case c.ProbeInterval < 10*time.Millisecond:
 		return fmt.Errorf("gossip: probe interval %s is too short", c.ProbeInterval)
-	case len(c.SecretKey) != 0 && len(c.SecretKey) != 16 && len(c.SecretKey) != 24 && len(c.SecretKey) != 32:
-		return fmt.Errorf("gossip: secret key is %d bytes; it must be 16, 24 or 32", len(c.SecretKey))
+	}
+	for i, k := range c.Keys {
+		if len(k) != 16 && len(k) != 24 && len(k) != 32 {
+			return fmt.Errorf("gossip: key %d is %d bytes; it must be 16, 24 or 32", i+1, len(k))
+		}
+	}
+	if len(c.Keys) > 0 && !slices.ContainsFunc(c.Keys, func(k []byte) bool { return bytes.Equal(k, c.PrimaryKey) }) {
+		return errors.New("gossip: the primary key is not one of the keys")
 	}
 	return nil
 }

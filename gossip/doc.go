@@ -11,5 +11,13 @@
 // is leaving (through its metadata) before it goes is reported as left, not
 // dead.
 //
-// It knows nothing of etcd, the gateway or the services.
+// Gossip is encrypted and authenticated with memberlist's keyring
+// (Config.Keys, SetKeyring); messages no key decrypts are dropped and
+// counted (Undecryptable). The gossip TCP port also carries herd's join
+// exchange: a connection that opens with a TLS record is handed to
+// JoinListener instead of memberlist, so `--join ADDR` names one address
+// for both.
+//
+// It knows nothing of etcd, the gateway, the services or what the join
+// exchange says.
 package gossip

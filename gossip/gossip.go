@@ -3,11 +3,13 @@ package gossip
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"log/slog"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -65,9 +67,65 @@ type Gossip struct {
 	changedMu sync.Mutex
 	changed   chan struct{}
 
+	// keyring is memberlist's keyring, nil for plaintext gossip.
+	keyring *memberlist.Keyring
+	// undecryptable counts messages dropped because no key decrypted them.
+	undecryptable atomic.Uint64
+
 	stop      chan struct{}
 	wg        sync.WaitGroup
 	closeOnce sync.Once
+}
+
+// JoinListener is the listener of the connections to the gossip port that
+// open with TLS: the join exchange. Connections nobody accepts within a few
+// seconds are closed. It closes when gossip does.
+func (g *Gossip) JoinListener() net.Listener { return g.tr.joins }
+
+// Undecryptable is how many gossip messages were dropped because none of
+// the keyring's keys decrypted them (plaintext, or another key).
+func (g *Gossip) Undecryptable() uint64 { return g.undecryptable.Load() }
+
+// ErrNoKeyring: keyring operations on plaintext gossip.
+var ErrNoKeyring = errors.New("gossip is not encrypted: no keyring")
+
+// Keyring returns the primary key and every key of the keyring.
+func (g *Gossip) Keyring() (primary []byte, keys [][]byte, err error) {
+	kr := g.keyring
+	if kr == nil {
+		return nil, nil, ErrNoKeyring
+	}
+	return kr.GetPrimaryKey(), kr.GetKeys(), nil
+}
+
+// SetKeyring makes the keyring hold exactly keys with primary as the
+// primary: new keys are added first, then the primary is switched, then the
+// keys no longer listed are removed, so the node never stops reading what
+// its peers send during a rotation.
+func (g *Gossip) SetKeyring(primary []byte, keys [][]byte) error {
+	kr := g.keyring
+	if kr == nil {
+		return ErrNoKeyring
+	}
+	if !slices.ContainsFunc(keys, func(k []byte) bool { return bytes.Equal(k, primary) }) {
+		return errors.New("gossip: the primary key is not one of the keys")
+	}
+	for _, k := range keys {
+		if err := kr.AddKey(k); err != nil {
+			return fmt.Errorf("gossip: add key: %w", err)
+		}
+	}
+	if err := kr.UseKey(primary); err != nil {
+		return fmt.Errorf("gossip: use key: %w", err)
+	}
+	for _, k := range kr.GetKeys() {
+		if !slices.ContainsFunc(keys, func(x []byte) bool { return bytes.Equal(x, k) }) {
+			if err := kr.RemoveKey(k); err != nil {
+				return fmt.Errorf("gossip: remove key: %w", err)
+			}
+		}
+	}
+	return nil
 }
 
 // New binds the gossip listeners and starts memberlist with meta as this
@@ -95,7 +153,7 @@ func New(cfg Config, meta Meta) (*Gossip, error) {
 		return nil, err
 	}
 
-	mlLogger := log.New(&logWriter{logger: logger}, "", 0)
+	mlLogger := log.New(&logWriter{logger: logger, undecryptable: &g.undecryptable}, "", 0)
 	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
 		BindAddrs: []string{cfg.BindIP},
 		BindPort:  cfg.BindPort,
@@ -119,7 +177,16 @@ func New(cfg Config, meta Meta) (*Gossip, error) {
 	mc.Conflict = (*conflicts)(g)
 	mc.Ping = (*pings)(g)
 	mc.Logger = mlLogger
-	mc.SecretKey = cfg.SecretKey
+	if len(cfg.Keys) > 0 {
+		kr, err := memberlist.NewKeyring(cfg.Keys, cfg.PrimaryKey)
+		if err != nil {
+			g.tr.Shutdown()
+			return nil, fmt.Errorf("gossip: keyring: %w", err)
+		}
+		mc.Keyring = kr
+		g.keyring = kr
+		mc.GossipVerifyIncoming, mc.GossipVerifyOutgoing = true, true
+	}
 	// A node rebuilt with the same name may take over a dead node's entry.
 	mc.DeadNodeReclaimTime = 10 * time.Second
 	ml, err := memberlist.Create(mc)
@@ -565,8 +632,12 @@ func (c *conflicts) NotifyConflict(existing, other *memberlist.Node) {
 }
 
 // logWriter turns memberlist's "[LEVEL] memberlist: msg" lines into slog
-// records.
-type logWriter struct{ logger *slog.Logger }
+// records, and counts the messages memberlist dropped as undecryptable
+// (it reports them only in its log).
+type logWriter struct {
+	logger        *slog.Logger
+	undecryptable *atomic.Uint64
+}
 
 func (w *logWriter) Write(p []byte) (int, error) {
 	line := string(bytes.TrimSpace(p))
@@ -578,6 +649,13 @@ func (w *logWriter) Write(p []byte) (int, error) {
 		}
 	}
 	line = strings.TrimPrefix(line, "memberlist: ")
+	if strings.Contains(line, "Decrypt packet failed") || strings.Contains(line, "remote state is not encrypted") ||
+		strings.Contains(line, "no installed keys could decrypt") {
+		w.undecryptable.Add(1)
+		// A stranger's packets, or a node that missed a key rotation: one
+		// line each at debug, the count in herd_gossip_undecryptable_total.
+		level = slog.LevelDebug
+	}
 	w.logger.Log(context.Background(), level, line)
 	return len(p), nil
 }
