@@ -78,8 +78,10 @@ bench-failover:
 build-linux:
 	CGO_ENABLED=0 GOOS=linux GOARCH=amd64 $(GO) build -ldflags "$(LDFLAGS)" -o bin/herd ./cmd/herd
 
-# Three VMs on a private network running the systemd unit in deploy/.
+# Three VMs on a private network running the systemd unit in deploy/; the
+# founders' join token is made once and kept in .vagrant/herd-join-token.
 vagrant-up: build-linux
+	@mkdir -p .vagrant && [ -s .vagrant/herd-join-token ] || (umask 077 && bin/herd token generate > .vagrant/herd-join-token)
 	vagrant up
 
 cluster: build

@@ -97,3 +97,27 @@ type Readiness struct {
 	Status string `json:"status"` // "ready", "degraded" or "starting"/"stopping"
 	Reason string `json:"reason,omitempty"`
 }
+
+// TokenResponse carries a join token (POST /v1/token/rotate). It is a
+// secret: only a client with a cluster certificate receives one.
+type TokenResponse struct {
+	Token string `json:"token"`
+}
+
+// KeyringRequest changes the cluster's gossip keyring (POST /v1/keyring):
+// Op is install, use or remove, Key a 32-byte key in standard base64.
+type KeyringRequest struct {
+	Op  string `json:"op"`
+	Key string `json:"key"`
+}
+
+// KeyringResponse describes a gossip keyring by key IDs (the first 8 bytes
+// of each key's SHA-256, in hex), never by the keys themselves.
+type KeyringResponse struct {
+	// Primary is the ID of the key messages are encrypted with.
+	Primary string `json:"primary"`
+	// Keys are the IDs of every key that decrypts.
+	Keys []string `json:"keys"`
+	// Local is this node's own keyring, which follows the registry's.
+	Local *KeyringResponse `json:"local,omitempty"`
+}

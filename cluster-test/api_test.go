@@ -22,7 +22,7 @@ func do(t *testing.T, method, url, body string) (int, api.Error) {
 	}
 	req.Header.Set("Content-Type", "application/json")
 	// Writes may take the registry's full request timeout (5s) to fail.
-	resp, err := (&http.Client{Timeout: 15 * time.Second}).Do(req)
+	resp, err := (&http.Client{Timeout: 15 * time.Second, Transport: httpClient.Transport}).Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}

@@ -117,7 +117,20 @@ func TestJoinTimeoutNamesEachAddress(t *testing.T) {
 	web.Start()
 	defer web.Close()
 
+	// Without a token the node says so at once.
+	bare := c.add(3, "--join", c.ip(5))
+	bare.NoToken = true
+	bare.start()
+	if code := bare.wait(30 * time.Second); code == 0 {
+		t.Fatal("node with --join and no token exited 0")
+	}
+	if l := lastLine(bare.logs()); !strings.Contains(l, "--join: no join token: start the node with --join-token TOKEN, HERD_JOIN_TOKEN or --join-token-file") {
+		t.Fatalf("no token: last line %q", l)
+	}
+
+	tok := generateToken(t)
 	n := c.add(1, "--join", c.ip(5)+","+c.ip(6), "--retry-join-timeout", "3s")
+	n.Token = tok
 	n.start()
 	if code := n.wait(30 * time.Second); code == 0 {
 		t.Fatal("node with an unreachable --join exited 0")
@@ -125,13 +138,13 @@ func TestJoinTimeoutNamesEachAddress(t *testing.T) {
 	logs := n.logs()
 	last := lastLine(logs)
 	for _, want := range []string{"gave up joining after --retry-join-timeout 3s",
-		c.ip(5) + ":7946: answers on TCP but is not a herd gossip endpoint",
+		c.ip(5) + ":7946: answers on TCP but is not a herd node",
 		c.ip(6) + ":7946: nothing answers"} {
 		if !strings.Contains(last, want) {
 			t.Errorf("last line %q does not say %q", last, want)
 		}
 	}
-	if k := strings.Count(logs, "not a herd gossip endpoint"); k < 3 {
+	if k := strings.Count(logs, "not a herd node"); k < 3 {
 		t.Errorf("the non-herd address was named on %d attempts, want one per attempt", k)
 	}
 	if _, err := os.Stat(filepath.Join(n.DataDir, "etcd")); err == nil {
@@ -142,6 +155,7 @@ func TestJoinTimeoutNamesEachAddress(t *testing.T) {
 	}
 	// SIGTERM on a node still joining stops it cleanly.
 	m := c.add(2, "--join", c.ip(6))
+	m.Token = tok
 	m.start()
 	waitUntil(t, 10*time.Second, "node2 retrying", func() error {
 		if !strings.Contains(m.logs(), "cannot join yet") {

@@ -513,7 +513,7 @@ type readyWatch struct {
 
 func watchReady(n *node) *readyWatch {
 	w := &readyWatch{done: make(chan struct{}), stopped: make(chan struct{})}
-	client := &http.Client{Timeout: time.Second}
+	client := &http.Client{Timeout: time.Second, Transport: httpClient.Transport}
 	start := time.Now()
 	go func() {
 		defer close(w.stopped)

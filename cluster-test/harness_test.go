@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -61,6 +64,63 @@ type cluster struct {
 
 	mu    sync.Mutex
 	nodes map[string]*node
+	// bootToken is the token `herd token generate` made for this
+	// cluster's nodes before any of them had a token file.
+	bootToken string
+}
+
+// clusters maps each test cluster's address prefix to it, so that the
+// suite's HTTP client trusts each cluster's own CA for its addresses.
+var clusters sync.Map // "127.x.y." -> *cluster
+
+// caPool holds every cluster CA found in the cluster's data dirs (a
+// snapshot restore makes a second).
+func (c *cluster) caPool() *x509.CertPool {
+	pool := x509.NewCertPool()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, n := range c.nodes {
+		if b, err := os.ReadFile(filepath.Join(n.DataDir, "tls", "ca.pem")); err == nil {
+			pool.AppendCertsFromPEM(b)
+		}
+	}
+	return pool
+}
+
+// caFile is a CA file of the cluster, for the CLI's --ca-file.
+func (c *cluster) caFile() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, n := range c.nodes {
+		p := filepath.Join(n.DataDir, "tls", "ca.pem")
+		if _, err := os.Stat(p); err == nil {
+			return p
+		}
+	}
+	return ""
+}
+
+// joinToken is the token a node without an identity is started with, as
+// an operator would: the one a node of the cluster keeps in its data dir,
+// or else the cluster's own from `herd token generate`, which every node
+// started before any has a token file is given (the first node then
+// creates the cluster with its secret), so nodes may start in any order.
+func (c *cluster) joinToken(self *node) string {
+	c.t.Helper()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, n := range c.nodes {
+		if n == self {
+			continue
+		}
+		if b, err := os.ReadFile(filepath.Join(n.DataDir, "join-token")); err == nil {
+			return strings.TrimSpace(string(b))
+		}
+	}
+	if c.bootToken == "" {
+		c.bootToken = generateToken(c.t)
+	}
+	return c.bootToken
 }
 
 // node is one herd process (or the memory of one, between restarts).
@@ -73,6 +133,10 @@ type node struct {
 	// Command, when set, is the whole argument list (after the binary),
 	// used as it is instead of the harness's own.
 	Command []string
+	// Token is the join token the node is started with (HERD_JOIN_TOKEN);
+	// the harness finds the cluster's when it is empty, unless NoToken.
+	Token   string
+	NoToken bool
 
 	cmd     *exec.Cmd
 	log     *bytes.Buffer
@@ -91,7 +155,9 @@ func newCluster(t testing.TB) *cluster {
 		dir:    t.TempDir(),
 		nodes:  map[string]*node{},
 	}
+	clusters.Store(c.prefix, c)
 	t.Cleanup(c.cleanup)
+	t.Cleanup(func() { clusters.Delete(c.prefix) })
 	return c
 }
 
@@ -119,6 +185,12 @@ func (n *node) start() {
 	// Under -race a data race ends the node with status 66, which the
 	// suite notices as a node that exited.
 	cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66")
+	if _, err := os.Stat(filepath.Join(n.DataDir, "tls", "node.pem")); err != nil && n.Token == "" && !n.NoToken && !n.insecure() {
+		n.Token = n.c.joinToken(n)
+	}
+	if n.Token != "" {
+		cmd.Env = append(cmd.Env, "HERD_JOIN_TOKEN="+n.Token)
+	}
 	if n.log == nil {
 		n.log = &bytes.Buffer{}
 	}
@@ -236,11 +308,50 @@ func tail(s string, lines int) string {
 	return strings.Join(all, "\n")
 }
 
-// URLs of a node.
-func (n *node) api() string     { return "http://" + n.IP + ":8500" }
+// URLs of a node: the agent API speaks HTTPS (HTTP with --insecure), the
+// gateway plain HTTP.
+func (n *node) api() string {
+	if n.insecure() {
+		return "http://" + n.IP + ":8500"
+	}
+	return "https://" + n.IP + ":8500"
+}
+
+func (n *node) insecure() bool {
+	return slices.Contains(n.Args, "--insecure") || slices.Contains(n.Command, "--insecure")
+}
+
 func (n *node) gateway() string { return "http://" + n.IP + ":8080" }
 
-var httpClient = &http.Client{Timeout: 5 * time.Second}
+// httpClient verifies each node's certificate against its own cluster's
+// CA, found by the address it dials.
+var httpClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+	DialTLSContext:      dialClusterTLS,
+	MaxIdleConnsPerHost: 16,
+}}
+
+func dialClusterTLS(ctx context.Context, network, addr string) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	dot := strings.LastIndexByte(host, '.')
+	v, ok := clusters.Load(host[:dot+1])
+	if !ok {
+		return nil, fmt.Errorf("no test cluster owns %s", host)
+	}
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(raw, &tls.Config{ServerName: host, RootCAs: v.(*cluster).caPool()})
+	if err := tc.HandshakeContext(ctx); err != nil {
+		raw.Close()
+		return nil, err
+	}
+	return tc, nil
+}
 
 // waitUntil polls cond every 50ms until it returns nil or timeout passes,
 // and fails the test with cond's last error.
@@ -338,6 +449,7 @@ func runCLI(t testing.TB, args ...string) (string, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	args = withCA(args)
 	cmd := exec.CommandContext(ctx, herdBin, args...)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
@@ -391,6 +503,24 @@ func columnStarts(out string, header []string) []int {
 	return starts
 }
 
+// withCA adds --ca-file, for a command given --api of a test cluster's
+// node and no CA of its own: the CLI trusts only the cluster CA.
+func withCA(args []string) []string {
+	i := slices.Index(args, "--api")
+	if i < 0 || i+1 >= len(args) || slices.Contains(args, "--ca-file") || slices.Contains(args, "--data-dir") {
+		return args
+	}
+	host := strings.TrimPrefix(args[i+1], "https://")
+	host, _, _ = strings.Cut(host, ":")
+	dot := strings.LastIndexByte(host, '.')
+	if v, ok := clusters.Load(host[:dot+1]); ok {
+		if f := v.(*cluster).caFile(); f != "" {
+			return append(slices.Clone(args), "--ca-file", f)
+		}
+	}
+	return args
+}
+
 // execHerd returns a command running the herd binary with args.
 func execHerd(args ...string) *exec.Cmd { return exec.Command(herdBin, args...) }
 
@@ -435,4 +565,14 @@ func reachAll(gw string, want []string, within time.Duration) (map[string]int, e
 			return counts, fmt.Errorf("%v not reached in %s: answers %v", missing, within, counts)
 		}
 	}
+}
+
+// generateToken is a new token of no cluster (`herd token generate`).
+func generateToken(t testing.TB) string {
+	t.Helper()
+	out, err := exec.Command(herdBin, "token", "generate").Output()
+	if err != nil {
+		t.Fatalf("herd token generate: %v", err)
+	}
+	return strings.TrimSpace(string(out))
 }

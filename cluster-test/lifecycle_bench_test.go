@@ -22,51 +22,69 @@ func median(ds []time.Duration) time.Duration {
 	return s[len(s)/2]
 }
 
+// security is the two ways the lifecycle benchmarks run: as users get it
+// (TLS, the join exchange, encrypted gossip) and with --insecure, in the
+// same run, so that what security costs is measured, not guessed.
+var security = []struct {
+	name string
+	args []string
+}{{"tls", nil}, {"plaintext", []string{"--insecure"}}}
+
 // Formation: three nodes started at once with the unit's command line, to
 // all three gateways routing to all three nodes. Goal: under 3 s.
 func BenchmarkFormation(b *testing.B) {
-	var took []time.Duration
+	took := map[string][]time.Duration{}
 	for range lifecycleRounds {
-		c := newCluster(b)
-		join := strings.Join([]string{c.ip(1), c.ip(2), c.ip(3)}, ",")
-		nodes := []*node{c.addFromUnit(b, 1, join), c.addFromUnit(b, 2, join), c.addFromUnit(b, 3, join)}
-		start := time.Now()
-		for _, n := range nodes {
-			n.start()
+		for _, sec := range security {
+			c := newCluster(b)
+			join := strings.Join([]string{c.ip(1), c.ip(2), c.ip(3)}, ",")
+			nodes := []*node{c.addFromUnit(b, 1, join), c.addFromUnit(b, 2, join), c.addFromUnit(b, 3, join)}
+			start := time.Now()
+			for _, n := range nodes {
+				n.Command = append(n.Command, sec.args...)
+				n.start()
+			}
+			waitUntil(b, 60*time.Second, "formation", func() error { return allGatewaysRouteToAll(nodes) })
+			took[sec.name] = append(took[sec.name], time.Since(start))
+			c.cleanup()
 		}
-		waitUntil(b, 60*time.Second, "formation", func() error { return allGatewaysRouteToAll(nodes) })
-		took = append(took, time.Since(start))
-		c.cleanup()
 	}
-	b.ReportMetric(median(took).Seconds(), "s/formation(median)")
-	b.Logf("formation: %v, median %s", took, median(took))
+	for _, sec := range security {
+		b.ReportMetric(median(took[sec.name]).Seconds(), "s/formation-"+sec.name+"(median)")
+		b.Logf("formation (%s): %v, median %s", sec.name, took[sec.name], median(took[sec.name]))
+	}
 }
 
-// Join: a 4th node from process start to serving through its own gateway.
-// Goal: under 2 s.
+// Join: a 4th node from process start to serving through its own gateway
+// (with TLS: admitted through the join exchange first). Goal: under 2 s.
 func BenchmarkJoin(b *testing.B) {
-	var took []time.Duration
+	took := map[string][]time.Duration{}
 	for range lifecycleRounds {
-		t := b
-		c := newCluster(t)
-		join := strings.Join([]string{c.ip(1), c.ip(2), c.ip(3)}, ",")
-		nodes := []*node{c.addFromUnit(t, 1, join), c.addFromUnit(t, 2, join), c.addFromUnit(t, 3, join)}
-		for _, n := range nodes {
-			n.start()
+		for _, sec := range security {
+			t := b
+			c := newCluster(t)
+			join := strings.Join([]string{c.ip(1), c.ip(2), c.ip(3)}, ",")
+			nodes := []*node{c.addFromUnit(t, 1, join), c.addFromUnit(t, 2, join), c.addFromUnit(t, 3, join)}
+			for _, n := range nodes {
+				n.Command = append(n.Command, sec.args...)
+				n.start()
+			}
+			waitUntil(t, 60*time.Second, "formation", func() error { return allGatewaysRouteToAll(nodes) })
+			n4 := c.add(4, append([]string{"--join", join}, sec.args...)...)
+			start := time.Now()
+			n4.start()
+			waitUntil(t, 60*time.Second, "node4 serving", func() error {
+				_, err := helloFrom(n4.gateway())
+				return err
+			})
+			took[sec.name] = append(took[sec.name], time.Since(start))
+			c.cleanup()
 		}
-		waitUntil(t, 60*time.Second, "formation", func() error { return allGatewaysRouteToAll(nodes) })
-		n4 := c.add(4, "--join", join)
-		start := time.Now()
-		n4.start()
-		waitUntil(t, 60*time.Second, "node4 serving", func() error {
-			_, err := helloFrom(n4.gateway())
-			return err
-		})
-		took = append(took, time.Since(start))
-		c.cleanup()
 	}
-	b.ReportMetric(median(took).Seconds(), "s/join(median)")
-	b.Logf("join: %v, median %s", took, median(took))
+	for _, sec := range security {
+		b.ReportMetric(median(took[sec.name]).Seconds(), "s/join-"+sec.name+"(median)")
+		b.Logf("join (%s): %v, median %s", sec.name, took[sec.name], median(took[sec.name]))
+	}
 }
 
 // Replacement: from kill -9 of a voter to the voters back at the desired

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"slices"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/herdcluster/herd/api"
 	"github.com/herdcluster/herd/registry"
+	"github.com/herdcluster/herd/secure"
 )
 
 // maxBodyBytes is the largest request body the agent API reads.
@@ -41,6 +43,9 @@ func newAPIServer(n *Node) *apiServer {
 	mux.HandleFunc("GET /v1/snapshot", s.snapshot)
 	mux.Handle("GET /metrics", n.metricsHandler())
 	mux.HandleFunc("POST /v1/force-leave/{name}", s.forceLeave)
+	mux.HandleFunc("POST /v1/token/rotate", s.rotateToken)
+	mux.HandleFunc("GET /v1/keyring", s.keyring)
+	mux.HandleFunc("POST /v1/keyring", s.changeKeyring)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), Reason: "not_found"})
 	})
@@ -51,6 +56,9 @@ func newAPIServer(n *Node) *apiServer {
 		WriteTimeout:      30 * time.Second,
 		IdleTimeout:       120 * time.Second,
 		MaxHeaderBytes:    64 << 10,
+		// Failed handshakes (plaintext clients, strangers without the CA)
+		// are the clients' errors: one debug line each, not a log flood.
+		ErrorLog: slog.NewLogLogger(n.logger.With("component", "api").Handler(), slog.LevelDebug),
 	}
 	return s
 }
@@ -439,4 +447,85 @@ func (s *apiServer) snapshot(w http.ResponseWriter, r *http.Request) {
 		s.n.logger.Warn("snapshot stream failed", "err", err)
 		panic(http.ErrAbortHandler)
 	}
+}
+
+// operator answers 403 unless the client presented a certificate issued by
+// the cluster CA: the endpoints that change the cluster's secrets are
+// reserved to whoever holds a node's data dir (or a certificate made from
+// one), until API tokens exist.
+func (s *apiServer) operator(w http.ResponseWriter, r *http.Request) bool {
+	if s.n.store.Load() == nil {
+		writeJSON(w, http.StatusConflict, api.Error{Error: "this cluster runs with --insecure: it has no secrets to manage", Reason: "insecure"})
+		return false
+	}
+	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+		writeJSON(w, http.StatusForbidden, api.Error{Error: "this endpoint needs a certificate issued by the cluster CA: run the command with --data-dir of a node on its machine", Reason: "certificate_required"})
+		return false
+	}
+	return true
+}
+
+// rotateToken replaces the cluster's join secret and answers the new token.
+func (s *apiServer) rotateToken(w http.ResponseWriter, r *http.Request) {
+	if !s.running(w) || !s.operator(w, r) {
+		return
+	}
+	tok, err := s.n.RotateToken(r.Context())
+	if err != nil {
+		writeRegistryError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, api.TokenResponse{Token: tok.String()})
+}
+
+func keyringResponse(kr secure.Keyring) *api.KeyringResponse {
+	r := &api.KeyringResponse{Primary: keyID(kr.Primary), Keys: []string{}}
+	for _, k := range kr.Keys {
+		r.Keys = append(r.Keys, keyID(k))
+	}
+	return r
+}
+
+// keyring answers the cluster's keyring and this node's, by key IDs.
+func (s *apiServer) keyring(w http.ResponseWriter, r *http.Request) {
+	if !s.running(w) || !s.operator(w, r) {
+		return
+	}
+	cluster, local, err := s.n.Keyring(r.Context())
+	if err != nil {
+		writeRegistryError(w, err)
+		return
+	}
+	resp := keyringResponse(cluster)
+	resp.Local = keyringResponse(local)
+	writeJSON(w, http.StatusOK, resp)
+}
+
+// changeKeyring installs, uses or removes a gossip key cluster-wide.
+func (s *apiServer) changeKeyring(w http.ResponseWriter, r *http.Request) {
+	if !s.running(w) || !s.operator(w, r) {
+		return
+	}
+	var req api.KeyringRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeJSON(w, http.StatusBadRequest, api.Error{Error: "body is not a keyring request {\"op\",\"key\"}: " + err.Error(), Reason: "bad_json"})
+		return
+	}
+	key, err := secure.DecodeGossipKey(req.Key)
+	if err != nil {
+		writeJSON(w, http.StatusBadRequest, api.Error{Error: err.Error(), Field: "key", Reason: "invalid_field"})
+		return
+	}
+	kr, err := s.n.ChangeKeyring(r.Context(), req.Op, key)
+	if errors.Is(err, ErrKeyring) {
+		writeJSON(w, http.StatusBadRequest, api.Error{Error: err.Error(), Field: "op", Reason: "invalid_field"})
+		return
+	}
+	if err != nil {
+		writeRegistryError(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, keyringResponse(kr))
 }

@@ -51,7 +51,19 @@ func (n *Node) bootstrapExpect(ctx context.Context, mc registry.MemberConfig) (*
 			return nil, err
 		}
 		switch d.action {
+		case actionAdmit:
+			// A cluster has formed: be admitted by it (certificate and
+			// keyring) before reading its member list.
+			if err := n.admit(ctx, d.via, deadline); err != nil {
+				return nil, err
+			}
+			n.startSecured()
+			continue
 		case actionStart:
+			if err := n.founderIdentity(ctx, d, deadline); err != nil {
+				return nil, err
+			}
+			n.startSecured()
 			n.logger.Info("bootstrap: every expected node agrees; forming the cluster", "members", d.names, "proposal", d.proposal)
 			if err := n.dir.saveProposal(d.proposal); err != nil {
 				return nil, fmt.Errorf("--data-dir: record the bootstrap proposal: %w", err)
@@ -106,6 +118,9 @@ const (
 	actionWait bootstrapAction = iota
 	actionStart
 	actionJoin
+	// actionAdmit: the node has no identity and a cluster has formed: it is
+	// admitted through the join exchange first.
+	actionAdmit
 )
 
 type decision struct {
@@ -114,6 +129,9 @@ type decision struct {
 	initial  string // the initial cluster, for actionStart
 	names    []string
 	reason   string
+	// via are the gossip addresses to be admitted through (actionAdmit),
+	// or of the founder that creates the cluster's identity (actionStart).
+	via []string
 }
 
 // bootstrapDecision looks at the gossip view once and says what to do.
@@ -146,6 +164,13 @@ func (n *Node) bootstrapDecision(want int) (decision, error) {
 	proposal := hex.EncodeToString(sum[:8])
 
 	if len(formed) > 0 {
+		if n.store.Load() == nil && !n.cfg.Insecure {
+			var via []string
+			for _, f := range formed {
+				via = append(via, f.Addr)
+			}
+			return decision{action: actionAdmit, via: via, names: names}, nil
+		}
 		return n.lateFounder(formed)
 	}
 	switch {
@@ -160,7 +185,25 @@ func (n *Node) bootstrapDecision(want int) (decision, error) {
 			return decision{proposal: proposal, names: names, reason: "waiting for " + c.Name + " to agree on the same " + fmt.Sprint(want) + " nodes"}, nil
 		}
 	}
-	return decision{action: actionStart, proposal: proposal, initial: initial, names: names}, nil
+	return decision{action: actionStart, proposal: proposal, initial: initial, names: names, via: []string{cands[0].Addr}}, nil
+}
+
+// founderIdentity gives a founder its identity before it starts its member:
+// the first founder by name creates the cluster's CA (with the token's
+// secret and the formation's gossip key), the others are admitted by it.
+// So the founders agree on one CA as they agree on one initial cluster. A
+// founder that already holds an identity (it was admitted, then restarted
+// before its member started) keeps it.
+func (n *Node) founderIdentity(ctx context.Context, d decision, deadline time.Time) error {
+	if n.store.Load() != nil || n.cfg.Insecure {
+		return nil
+	}
+	if d.names[0] == n.cfg.Name {
+		n.logger.Info("bootstrap: this node is the first founder by name: it creates the cluster's CA")
+		return n.createIdentity(n.cfg.token, false)
+	}
+	n.logger.Info("bootstrap: being admitted by the first founder", "founder", d.names[0])
+	return n.admit(ctx, d.via, deadline)
 }
 
 // lateFounder decides, once a cluster has formed, whether this node is one
@@ -179,7 +222,7 @@ func (n *Node) lateFounder(formed []gossip.Node) (decision, error) {
 		names = append(names, f.Name)
 		urls = append(urls, f.Meta.ClientURL)
 	}
-	cli, err := registry.NewClient(urls, n.logger)
+	cli, err := registry.NewClient(urls, n.clientTLS(), n.logger)
 	if err != nil {
 		return decision{}, err
 	}

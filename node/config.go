@@ -3,6 +3,7 @@ package node
 import (
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -14,6 +15,7 @@ import (
 	"github.com/herdcluster/herd/api"
 	"github.com/herdcluster/herd/gateway"
 	"github.com/herdcluster/herd/gossip"
+	"github.com/herdcluster/herd/secure"
 	"github.com/herdcluster/herd/services"
 )
 
@@ -70,6 +72,26 @@ type Config struct {
 	// p95): when an idempotent request has no answer by then, the gateway
 	// also asks a second instance.
 	HedgeAfter string
+
+	// JoinToken is the cluster's join token (herd1....), needed by a node
+	// that must be admitted: one started with --join or --bootstrap-expect
+	// whose data dir holds no identity yet. It is a secret.
+	JoinToken string
+	// token is JoinToken parsed by Validate.
+	token *secure.Token
+	// Insecure runs gossip, the registry and the agent API in plaintext
+	// with no authentication: anyone who reaches the ports owns the
+	// cluster. Opt-in, for comparisons and for clusters made before
+	// transport security; said loudly at every start.
+	Insecure bool
+	// CertValidity is how long the certificates this node issues (its own
+	// and its joiners') are valid (0: a year). Nodes renew theirs once two
+	// thirds of it have passed.
+	CertValidity time.Duration
+	// Out receives what the node prints for its operator once: the join
+	// token of a cluster it creates. nil prints nothing (the token is in
+	// the data dir).
+	Out io.Writer
 
 	// ForceNewCluster restarts the member in DataDir as the only member of a
 	// new cluster, keeping its data (recovery after losing a majority).
@@ -235,6 +257,20 @@ func (c *Config) Validate() error {
 	}
 	if c.DialTimeout < 0 || c.ResponseHeaderTimeout < 0 {
 		return errors.New("--dial-timeout and --response-header-timeout must not be negative")
+	}
+	c.token = nil
+	if c.JoinToken != "" {
+		if c.Insecure {
+			return errors.New("--join-token and --insecure: an insecure cluster has no join token; drop one of them")
+		}
+		t, err := secure.ParseToken(c.JoinToken)
+		if err != nil {
+			return fmt.Errorf("--join-token: %w", err)
+		}
+		c.token = &t
+	}
+	if c.CertValidity != 0 && c.CertValidity < 10*time.Second {
+		return fmt.Errorf("--tls-cert-validity %s is under 10s", c.CertValidity)
 	}
 	if c.DrainDelay < 0 || c.ShutdownTimeout <= 0 {
 		return errors.New("drain delay must be >= 0 and shutdown timeout > 0")

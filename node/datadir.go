@@ -99,29 +99,42 @@ func (d *dataDir) close() {
 const peersFile = "gossip-peers.json"
 
 // savePeers records addrs, replacing the previous list atomically.
-func (d *dataDir) savePeers(addrs []string) error {
-	b, err := json.Marshal(addrs)
+func (d *dataDir) savePeers(addrs []string) error { return d.saveList(peersFile, addrs) }
+
+// loadPeers returns the recorded addresses; none when there is no record.
+func (d *dataDir) loadPeers() []string { return d.loadList(peersFile) }
+
+// votersFile keeps the registry client URLs of the voters last seen, so a
+// spare that missed a gossip key rotation can still read the current
+// keyring from the registry (over mutual TLS, which needs no gossip) and
+// rejoin.
+const votersFile = "registry-voters.json"
+
+func (d *dataDir) saveVoters(urls []string) error { return d.saveList(votersFile, urls) }
+func (d *dataDir) loadVoters() []string           { return d.loadList(votersFile) }
+
+func (d *dataDir) saveList(file string, items []string) error {
+	b, err := json.Marshal(items)
 	if err != nil {
 		return err
 	}
-	p := filepath.Join(d.path, peersFile)
+	p := filepath.Join(d.path, file)
 	if err := os.WriteFile(p+".tmp", b, 0o600); err != nil {
 		return err
 	}
 	return os.Rename(p+".tmp", p)
 }
 
-// loadPeers returns the recorded addresses; none when there is no record.
-func (d *dataDir) loadPeers() []string {
-	b, err := os.ReadFile(filepath.Join(d.path, peersFile))
+func (d *dataDir) loadList(file string) []string {
+	b, err := os.ReadFile(filepath.Join(d.path, file))
 	if err != nil {
 		return nil
 	}
-	var addrs []string
-	if json.Unmarshal(b, &addrs) != nil {
+	var items []string
+	if json.Unmarshal(b, &items) != nil {
 		return nil
 	}
-	return addrs
+	return items
 }
 
 // proposalFile keeps the proposal of the initial cluster this node formed

@@ -2,4 +2,11 @@
 // member and client, the service host, the gateway and the agent API) and
 // owns their start order, their shutdown order and the data dir. It is the
 // only package that sees all the others; they see none of each other.
+//
+// It also settles the node's identity (identity.go): it creates a new
+// cluster's CA, join secret and gossip key, or is admitted to a cluster
+// through the join exchange with the token, or loads what its data dir
+// holds; it serves the join exchange for others, keeps the token file and
+// the keyring in step with the registry, and renews its certificate
+// (identity_run.go).
 package node

@@ -90,7 +90,7 @@ func (n *Node) Leave(ctx context.Context) error {
 		for _, o := range others {
 			urls = append(urls, o.ClientURLs...)
 		}
-		cli, err := registry.NewClient(urls, n.logger)
+		cli, err := registry.NewClient(urls, n.clientTLS(), n.logger)
 		if err != nil {
 			return fail(err)
 		}

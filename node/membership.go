@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"github.com/herdcluster/herd/api"
 	"github.com/herdcluster/herd/gossip"
 	"github.com/herdcluster/herd/registry"
+	"github.com/herdcluster/herd/secure"
 )
 
 // startMember gives the node its place in the registry, as the data dir and
@@ -163,7 +165,7 @@ func (n *Node) clearIfRemoved(ctx context.Context) error {
 	var stillListed time.Time
 	for {
 		if voters := n.memberClientURLs(); len(voters) > 0 {
-			cli, err := registry.NewClient(voters, n.logger)
+			cli, err := registry.NewClient(voters, n.clientTLS(), n.logger)
 			if err == nil {
 				// Linearizable: a lagging follower's view must not decide
 				// whether this node's data is wiped.
@@ -201,6 +203,7 @@ func (n *Node) clearIfRemoved(ctx context.Context) error {
 func (n *Node) joinAsSpare(ctx context.Context) error {
 	ctx, deadline, cancel := n.joinDeadline(ctx)
 	defer cancel()
+	n.catchUpKeyring(ctx)
 	if err := n.joinGossip(ctx, n.cfg.Join, deadline); err != nil {
 		return err
 	}
@@ -260,6 +263,38 @@ func (n *Node) useVoters() {
 	if !slices.Equal(sorted(cur), sorted(eps)) {
 		n.client.SetEndpoints(eps...)
 	}
+	if voters := n.memberClientURLs(); len(voters) > 0 && !slices.Equal(voters, n.dir.loadVoters()) {
+		if err := n.dir.saveVoters(voters); err != nil {
+			n.logger.Warn("could not record the voters' URLs in the data dir", "err", err)
+		}
+	}
+}
+
+// catchUpKeyring reads the cluster's gossip keyring from the voters this
+// spare saw last, before it rejoins gossip: a spare that was down during a
+// key rotation holds only retired keys and could not gossip its way back.
+func (n *Node) catchUpKeyring(ctx context.Context) {
+	voters := n.dir.loadVoters()
+	if n.store.Load() == nil || len(voters) == 0 {
+		return
+	}
+	cli, err := registry.NewClient(voters, n.clientTLS(), n.logger)
+	if err != nil {
+		return
+	}
+	defer cli.Close()
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	v, _, err := registry.NewSecrets(cli).Get(cctx, secretKeyring)
+	if err != nil {
+		n.logger.Info("could not read the cluster's gossip keyring before rejoining; using this node's", "err", err)
+		return
+	}
+	var kr secure.Keyring
+	if err := json.Unmarshal(v, &kr); err != nil {
+		return
+	}
+	n.applyKeyring(kr)
 }
 
 func sorted(s []string) []string {

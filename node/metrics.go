@@ -50,13 +50,22 @@ var (
 		"Requests answered 429 by the per-client rate limit.", nil, nil)
 	descRejected = prometheus.NewDesc("herd_gateway_rejected_total",
 		"Requests the gateway answered itself without asking an instance, by reason (no_service, unknown_service, no_live_instance, invalid_path, bad_request, body_too_large, rate_limited, overloaded).", []string{"reason"}, nil)
+	descUndecryptable = prometheus.NewDesc("herd_gossip_undecryptable_total",
+		"Gossip messages dropped because no key of the keyring decrypted them (a stranger's, or a node's that missed a key rotation).", nil, nil)
+	descAdmitted = prometheus.NewDesc("herd_join_admitted_total",
+		"Nodes this node admitted through the join exchange (issued a certificate).", nil, nil)
+	descRenewals = prometheus.NewDesc("herd_tls_renewals_total",
+		"Renewals of this node's certificate.", nil, nil)
+	descCertExpiry = prometheus.NewDesc("herd_tls_cert_expiry_timestamp_seconds",
+		"When this node's certificate expires (Unix time).", nil, nil)
 	descSynced = prometheus.NewDesc("herd_catalog_synced",
 		"1 when the catalog follows the registry live, 0 when it serves its last snapshot.", nil, nil)
 )
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAnswers, descRetries, descEjections, descUpstreamErrors,
-		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRateLimited, descRejected, descLatency, descDuration, descHedges} {
+		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRateLimited, descRejected, descLatency, descDuration, descHedges,
+		descUndecryptable, descAdmitted, descRenewals, descCertExpiry} {
 		ch <- d
 	}
 }
@@ -109,6 +118,12 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descSynced, prometheus.GaugeValue, b2f(synced))
 	}
 	ch <- prometheus.MustNewConstMetric(descRole, prometheus.GaugeValue, 1, n.role())
+	ch <- prometheus.MustNewConstMetric(descUndecryptable, prometheus.CounterValue, float64(n.gossip.Undecryptable()))
+	ch <- prometheus.MustNewConstMetric(descAdmitted, prometheus.CounterValue, float64(n.admitted.Load()))
+	ch <- prometheus.MustNewConstMetric(descRenewals, prometheus.CounterValue, float64(n.renewals.Load()))
+	if s := n.store.Load(); s != nil {
+		ch <- prometheus.MustNewConstMetric(descCertExpiry, prometheus.GaugeValue, float64(s.Leaf().NotAfter.Unix()))
+	}
 }
 
 // constHistogram is h as a Prometheus histogram with the given labels.

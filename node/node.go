@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -19,6 +20,7 @@ import (
 	"github.com/herdcluster/herd/gateway"
 	"github.com/herdcluster/herd/gossip"
 	"github.com/herdcluster/herd/registry"
+	"github.com/herdcluster/herd/secure"
 	"github.com/herdcluster/herd/services"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
@@ -59,6 +61,21 @@ type Node struct {
 	// leaving is set by Leave: the member's removal is expected, and Close
 	// clears the member data.
 	leaving atomic.Bool
+
+	// The node's identity (nil in --insecure mode, and while a
+	// --bootstrap-expect node has not settled its founders): its
+	// certificate store, the gossip keyring and the join token it knows.
+	store   atomic.Pointer[secure.Store]
+	keyring atomic.Pointer[secure.Keyring]
+	token   atomic.Pointer[secure.Token]
+	// secrets is the registry's identity material, once the client exists.
+	secrets     atomic.Pointer[registry.Secrets]
+	joinSrv     *secure.JoinServer
+	securedOnce sync.Once
+	// admitted and renewals count joiners admitted by this node and its
+	// own certificate renewals, for /metrics and the tests.
+	admitted atomic.Uint64
+	renewals atomic.Uint64
 
 	errc      chan error
 	bgCtx     context.Context
@@ -108,13 +125,18 @@ func (n *Node) goBackground(f func(ctx context.Context)) {
 //  1. open and lock the data dir; read or create the node ID;
 //  2. bind the gateway, API and service listeners (a port in use fails here,
 //     before anything else has happened) and check the etcd ports are free;
-//  3. start gossip and the agent API (which answers /healthz at once and
-//     /readyz with "starting");
-//  4. start the registry member: restart from the data dir if it holds one,
-//     bootstrap a new cluster when there is nothing to join, or join the
-//     cluster found through --join as a learner and get promoted;
-//  5. start the registry client, the node's lease and the catalog;
-//  6. serve the built-in services and register them, and serve the gateway.
+//  3. settle the node's identity (identityAtStart): load it, create the
+//     cluster's, or be admitted through the join exchange with the token;
+//  4. start gossip, encrypted with the cluster's keyring, and, once the node
+//     has its certificate, the agent API over HTTPS (it answers /healthz at
+//     once and /readyz with "starting") and the join server;
+//  5. start the registry member (mutual TLS on its client and peer URLs):
+//     restart from the data dir if it holds one, bootstrap a new cluster
+//     when there is nothing to join, or join the cluster found through
+//     --join as a learner and get promoted;
+//  6. start the registry client, the node's lease and the catalog, and
+//     follow the cluster's secrets (token rotation, keyring, renewal);
+//  7. serve the built-in services and register them, and serve the gateway.
 //
 // Cancelling ctx aborts a start that is still joining. A failed Start
 // undoes what it did; the caller need not Close.
@@ -151,9 +173,16 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		ln.Close()
 	}
 
+	if err := n.identityAtStart(ctx); err != nil {
+		return err
+	}
+
 	gcfg := gossip.DefaultConfig(cfg.Name)
 	gcfg.BindIP, gcfg.BindPort, gcfg.AdvertiseIP = cfg.BindIP, cfg.GossipPort, cfg.AdvertiseIP
 	gcfg.Logger = n.logger
+	if gcfg.PrimaryKey, gcfg.Keys, err = n.gossipKeys(); err != nil {
+		return err
+	}
 	if n.gossip, err = gossip.New(gcfg, n.meta(api.RoleNone)); err != nil {
 		return fmt.Errorf("--gossip-port: %w", err)
 	}
@@ -161,19 +190,19 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.goBackground(n.recordPeers)
 
 	n.api = newAPIServer(n)
-	n.goBackground(func(context.Context) {
-		if err := n.api.serve(n.apiLn); err != nil {
-			n.fail(err)
-		}
-	})
+	if n.store.Load() != nil || cfg.Insecure {
+		n.startSecured()
+	}
 
 	if err := n.startMember(ctx); err != nil {
 		return err
 	}
 
-	if n.client, err = registry.NewClient(n.registryEndpoints(), n.logger); err != nil {
+	if n.client, err = registry.NewClient(n.registryEndpoints(), n.clientTLS(), n.logger); err != nil {
 		return err
 	}
+	n.followSecrets(n.bgCtx)
+	n.goBackground(n.renewCertificates)
 	if m := n.member.Load(); m != nil {
 		n.watchMember(m)
 	}
@@ -256,7 +285,11 @@ func (n *Node) proposal() string {
 	return n.dir.loadProposal()
 }
 
-func (n *Node) memberConfig() registry.MemberConfig { return n.cfg.memberConfig(n.logger) }
+func (n *Node) memberConfig() registry.MemberConfig {
+	mc := n.cfg.memberConfig(n.logger)
+	mc.TLS = n.memberTLS()
+	return mc
+}
 
 func (c *Config) memberConfig(logger *slog.Logger) registry.MemberConfig {
 	mc := registry.DefaultMemberConfig(c.Name, c.etcdDir())
@@ -286,8 +319,25 @@ func RestoreSnapshot(cfg Config, path string) error {
 		return err
 	}
 	defer d.close()
-	return registry.RestoreSnapshot(path, cfg.memberConfig(cfg.Logger))
+	if cfg.Insecure {
+		return registry.RestoreSnapshot(path, cfg.memberConfig(cfg.Logger))
+	}
+	// The restored registry is a new cluster with a new identity: the
+	// snapshot's secrets (the old CA key, join secret and keyring) are
+	// replaced at the first start (restoredMarker).
+	n := &Node{cfg: cfg, logger: cfg.Logger}
+	if err := n.createIdentity(nil, true); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(cfg.DataDir, restoredMarker), []byte("replace the registry's secrets with this data dir's\n"), 0o600); err != nil {
+		return err
+	}
+	return registry.RestoreSnapshot(path, n.memberConfig())
 }
+
+// restoredMarker tells a node restored from a snapshot to overwrite the
+// snapshot's identity material in the registry with its own, once.
+const restoredMarker = "restored-from-snapshot"
 
 // joinGossip joins the gossip pool through --join until it succeeds, ctx is
 // done or deadline passes, logging every failed attempt with each address
@@ -438,8 +488,12 @@ func (n *Node) close(ctx context.Context) error {
 		if err := n.api.shutdown(dctx); err != nil {
 			errs = append(errs, err)
 		}
-	} else if n.apiLn != nil {
-		n.apiLn.Close()
+	}
+	if n.apiLn != nil {
+		n.apiLn.Close() // never served when the start failed before
+	}
+	if n.joinSrv != nil {
+		n.joinSrv.Close()
 	}
 	// Background work (role, autopilot, joins) uses the client and gossip:
 	// it ends before they close.

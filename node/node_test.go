@@ -3,12 +3,15 @@ package node
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"runtime"
 	"runtime/pprof"
 	"strings"
@@ -49,8 +52,22 @@ func testConfig(t *testing.T) Config {
 	return cfg
 }
 
-func get(url string) (int, string, error) {
-	resp, err := http.Get(url)
+// caClient trusts the CA in dataDir, as the CLI does.
+func caClient(t *testing.T, dataDir string) *http.Client {
+	t.Helper()
+	pem, err := os.ReadFile(filepath.Join(dataDir, "tls", "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+}
+
+func get(url string) (int, string, error) { return getWith(http.DefaultClient, url) }
+
+func getWith(hc *http.Client, url string) (int, string, error) {
+	resp, err := hc.Get(url)
 	if err != nil {
 		return 0, "", err
 	}
@@ -73,10 +90,11 @@ func TestStartServeCloseLeavesNoGoroutines(t *testing.T) {
 	if err := n.Start(ctx); err != nil {
 		t.Fatal(err)
 	}
-	api := fmt.Sprintf("http://127.0.0.1:%d", cfg.APIPort)
+	api := fmt.Sprintf("https://127.0.0.1:%d", cfg.APIPort)
 	gw := fmt.Sprintf("http://127.0.0.1:%d", cfg.GatewayPort)
+	hc := caClient(t, cfg.DataDir)
 	waitFor(t, 20*time.Second, "ready and routing", func() error {
-		if code, body, err := get(api + "/readyz"); err != nil || code != 200 {
+		if code, body, err := getWith(hc, api+"/readyz"); err != nil || code != 200 {
 			return fmt.Errorf("readyz %d %s %v", code, body, err)
 		}
 		if code, body, err := get(gw + "/hello/"); err != nil || code != 200 {
@@ -88,7 +106,7 @@ func TestStartServeCloseLeavesNoGoroutines(t *testing.T) {
 	// catalog. A request is in the duration histogram once the gateway's
 	// handler returns, which may be just after the client read the answer.
 	waitFor(t, 10*time.Second, "metrics", func() error {
-		code, metrics, err := get(api + "/metrics")
+		code, metrics, err := getWith(hc, api+"/metrics")
 		if err != nil || code != 200 {
 			return fmt.Errorf("GET /metrics: %d %v", code, err)
 		}
@@ -104,6 +122,8 @@ func TestStartServeCloseLeavesNoGoroutines(t *testing.T) {
 			`herd_catalog_synced 1`,
 			`herd_gateway_rejected_total{reason="overloaded"} 0`,
 			`etcd_server_has_leader 1`,
+			`herd_tls_cert_expiry_timestamp_seconds`,
+			`herd_gossip_undecryptable_total 0`,
 		} {
 			if !strings.Contains(metrics, want) {
 				missing = append(missing, want)
@@ -122,6 +142,7 @@ func TestStartServeCloseLeavesNoGoroutines(t *testing.T) {
 		t.Fatalf("second Close: %v", err)
 	}
 	http.DefaultClient.CloseIdleConnections()
+	hc.CloseIdleConnections()
 	waitFor(t, 10*time.Second, "goroutines back to where they were", func() error {
 		if now := runtime.NumGoroutine(); now > before {
 			var buf bytes.Buffer

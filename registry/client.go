@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,9 +30,11 @@ var (
 )
 
 // NewClient returns an etcd client for endpoints whose own log lines go to
-// logger at warn and above. It does not wait for a connection: requests fail
-// or wait according to their context.
-func NewClient(endpoints []string, logger *slog.Logger) (*clientv3.Client, error) {
+// logger at warn and above. tlsCfg, when set, is used for https endpoints
+// (herd's: the cluster CA as the only root and the node's certificate as
+// client certificate). It does not wait for a connection: requests fail or
+// wait according to their context.
+func NewClient(endpoints []string, tlsCfg *tls.Config, logger *slog.Logger) (*clientv3.Client, error) {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
@@ -41,6 +44,7 @@ func NewClient(endpoints []string, logger *slog.Logger) (*clientv3.Client, error
 		DialKeepAliveTime:    5 * time.Second,
 		DialKeepAliveTimeout: 3 * time.Second,
 		AutoSyncInterval:     0,
+		TLS:                  tlsCfg,
 		Logger:               newZapLogger(logger.With("component", "etcd-client"), zapcore.ErrorLevel, nil),
 	})
 	if err != nil {

@@ -9,5 +9,11 @@
 // what it learned from gossip (the peers' client URLs) and reads back what it
 // needs (catalog snapshots, member roles).
 //
+// Every link is mutual TLS when MemberConfig.TLS is set (herd always sets
+// it but in --insecure mode): the member's client and peer URLs are https
+// and accept only certificates of the cluster CA, and NewClient dials with
+// the node's certificate. Secrets keeps the cluster's identity material
+// (CA key, join secret, gossip keyring) under /herd/secure/, opaque here.
+//
 // Keys: /herd/services/<service>/<instance-id> -> JSON api.Instance.
 package registry

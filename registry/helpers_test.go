@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"encoding/pem"
 	"io"
 	"log/slog"
 	"net"
@@ -10,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herdcluster/herd/secure"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -42,7 +44,43 @@ func testMemberConfig(t *testing.T, name string) MemberConfig {
 	cfg.ClientPort = freePort(t, cfg.BindIP)
 	cfg.PeerPort = freePort(t, cfg.BindIP)
 	cfg.Logger = testLogger(t)
+	cfg.TLS = testTLS(t, name)
 	return cfg
+}
+
+// testCA is the CA of every member and client of this package's tests:
+// they run with mutual TLS, as herd does.
+var testCA = sync.OnceValues(func() (*secure.CA, error) { return secure.NewCA("registry-test") })
+
+// testTLS issues a certificate for name on 127.0.0.1 and returns the
+// member TLS settings that use it.
+func testTLS(t *testing.T, name string) *TLS {
+	t.Helper()
+	ca, err := testCA()
+	if err != nil {
+		t.Fatal(err)
+	}
+	files := secure.Files{Dir: t.TempDir()}
+	key, err := secure.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Sign(key.Public(), secure.CertRequest{Name: name, IPs: []net.IP{net.ParseIP("127.0.0.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, _ := secure.KeyPEM(key)
+	if err := files.SaveCA(ca, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := files.SaveNodeCert(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw}), kp); err != nil {
+		t.Fatal(err)
+	}
+	store, err := secure.OpenStore(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &TLS{CertFile: files.CertFile(), KeyFile: files.KeyFile(), CAFile: files.CAFile(), Client: store.ClientConfig()}
 }
 
 // startSingle bootstraps a one-member registry and returns it with a client.
@@ -60,7 +98,7 @@ func startSingle(t *testing.T) (*Member, *clientv3.Client) {
 
 func newTestClient(t *testing.T, endpoints ...string) *clientv3.Client {
 	t.Helper()
-	cli, err := NewClient(endpoints, testLogger(t))
+	cli, err := NewClient(endpoints, testTLS(t, "client").Client, testLogger(t))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -57,7 +57,7 @@ func JoinReplacing(ctx context.Context, cfg MemberConfig, clientURLs []string, s
 	if len(clientURLs) == 0 {
 		return nil, errors.New("join: no registry client URLs known yet")
 	}
-	cli, err := NewClient(clientURLs, cfg.log())
+	cli, err := NewClient(clientURLs, cfg.TLS.clientConfig(), cfg.log())
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +314,7 @@ func (m *Member) PromoteSelf(ctx context.Context, clientURLs []string) error {
 	if len(clientURLs) == 0 {
 		return errors.New("promote: no voter client URLs known yet")
 	}
-	cli, err := NewClient(clientURLs, m.logger)
+	cli, err := NewClient(clientURLs, m.cfg.TLS.clientConfig(), m.logger)
 	if err != nil {
 		return err
 	}

@@ -237,8 +237,8 @@ func TestRegisterWithoutRegistryFailsFast(t *testing.T) {
 // and puts made while it was cut off are all reflected afterwards.
 func TestCatalogRelistsAfterCompaction(t *testing.T) {
 	m, cli := startSingle(t)
-	proxy := newTCPProxy(t, m.ClientURL()[len("http://"):])
-	catCli := newTestClient(t, "http://"+proxy.addr())
+	proxy := newTCPProxy(t, m.ClientURL()[len("https://"):])
+	catCli := newTestClient(t, "https://"+proxy.addr())
 	c := newTestCatalog(t, catCli)
 	ctx := context.Background()
 
@@ -299,8 +299,8 @@ func TestCatalogRelistsAfterCompaction(t *testing.T) {
 // catalog must apply every batch.
 func TestCatalogCatchesUpInBatches(t *testing.T) {
 	m, cli := startSingle(t)
-	proxy := newTCPProxy(t, m.ClientURL()[len("http://"):])
-	catCli := newTestClient(t, "http://"+proxy.addr())
+	proxy := newTCPProxy(t, m.ClientURL()[len("https://"):])
+	catCli := newTestClient(t, "https://"+proxy.addr())
 	c := NewCatalog(catCli, time.Minute, testLogger(t)) // never relist here
 	c.Start()
 	t.Cleanup(c.Close)

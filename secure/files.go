@@ -1,9 +1,11 @@
 package secure
 
 import (
+	"crypto/sha256"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -283,4 +285,11 @@ func (f Files) LoadKeyring() (Keyring, error) {
 		return k, fmt.Errorf("%s: %w", f.KeyringFile(), err)
 	}
 	return k, nil
+}
+
+// KeyID names a gossip key without revealing it: the first 8 bytes of its
+// SHA-256, in hex.
+func KeyID(k []byte) string {
+	s := sha256.Sum256(k)
+	return hex.EncodeToString(s[:8])
 }

@@ -55,6 +55,10 @@ var (
 	ErrJoinUnavailable = errors.New("the node cannot admit new nodes right now")
 	// ErrJoinRefused: the node refused the request as malformed.
 	ErrJoinRefused = errors.New("the node refused the join request")
+	// ErrUnreachable: nothing answers at the address.
+	ErrUnreachable = errors.New("nothing answers")
+	// ErrNotHerd: something answers but does not speak the join exchange.
+	ErrNotHerd = errors.New("answers on TCP but is not a herd node")
 )
 
 const (
@@ -221,7 +225,7 @@ func Join(ctx context.Context, addr string, tok Token, req JoinRequest) (*Admiss
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("join via %s: %w", addr, err)
+		return nil, fmt.Errorf("%s: %w (%w)", addr, ErrUnreachable, err)
 	}
 	defer raw.Close()
 	if dl, ok := ctx.Deadline(); ok {
@@ -248,7 +252,7 @@ func Join(ctx context.Context, addr string, tok Token, req JoinRequest) (*Admiss
 		if pinErr != nil {
 			return nil, pinErr
 		}
-		return nil, fmt.Errorf("join via %s: TLS handshake: %w", addr, err)
+		return nil, fmt.Errorf("%s: %w (TLS handshake: %w)", addr, ErrNotHerd, err)
 	}
 	ekm, err := exportEKM(tc.ConnectionState())
 	if err != nil {

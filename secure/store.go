@@ -1,6 +1,7 @@
 package secure
 
 import (
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -15,7 +16,8 @@ import (
 // touching connections already open. Safe for concurrent use.
 type Store struct {
 	files Files
-	ca    *CA
+	ca    atomic.Pointer[CA]
+	pool  *x509.CertPool
 	cert  atomic.Pointer[tls.Certificate]
 }
 
@@ -28,7 +30,8 @@ func OpenStore(files Files) (*Store, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{files: files, ca: ca}
+	s := &Store{files: files, pool: ca.Pool()}
+	s.ca.Store(ca)
 	if err := s.Reload(); err != nil {
 		return nil, err
 	}
@@ -41,7 +44,7 @@ func (s *Store) Reload() error {
 	if err != nil {
 		return err
 	}
-	if err := s.ca.Verify(c.Leaf); err != nil {
+	if err := s.CA().Verify(c.Leaf); err != nil {
 		if now := time.Now(); now.After(c.Leaf.NotAfter) {
 			return fmt.Errorf("%w: %s expired at %s", ErrCertExpired, s.files.CertFile(), c.Leaf.NotAfter.UTC().Format(time.RFC3339))
 		}
@@ -52,7 +55,19 @@ func (s *Store) Reload() error {
 }
 
 // CA is the cluster CA (with its key only where this node holds it).
-func (s *Store) CA() *CA { return s.ca }
+func (s *Store) CA() *CA { return s.ca.Load() }
+
+// AddCAKey gives the store the CA's key (fetched from the registry), after
+// checking that it is the key of the store's CA certificate.
+func (s *Store) AddCAKey(key crypto.Signer) error {
+	ca := s.CA()
+	pub, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(ca.Cert.PublicKey) {
+		return errors.New("the key is not the cluster CA's")
+	}
+	s.ca.Store(&CA{Cert: ca.Cert, Key: key})
+	return nil
+}
 
 // Files is where the store reads from.
 func (s *Store) Files() Files { return s.files }
@@ -67,7 +82,7 @@ func (s *Store) Certificate() *tls.Certificate { return s.cert.Load() }
 // joiner learns the CA from the handshake itself.
 func (s *Store) chain() *tls.Certificate {
 	c := *s.cert.Load()
-	c.Certificate = append(append([][]byte(nil), c.Certificate[0]), s.ca.Cert.Raw)
+	c.Certificate = append(append([][]byte(nil), c.Certificate[0]), s.CA().Cert.Raw)
 	return &c
 }
 
@@ -81,7 +96,7 @@ func (s *Store) ServerConfig(clientAuth tls.ClientAuthType) *tls.Config {
 			return s.chain(), nil
 		},
 		ClientAuth: clientAuth,
-		ClientCAs:  s.ca.Pool(),
+		ClientCAs:  s.pool,
 	}
 }
 
@@ -90,7 +105,7 @@ func (s *Store) ServerConfig(clientAuth tls.ClientAuthType) *tls.Config {
 func (s *Store) ClientConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		RootCAs:    s.ca.Pool(),
+		RootCAs:    s.pool,
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
 			return s.cert.Load(), nil
 		},

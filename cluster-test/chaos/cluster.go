@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,7 +18,6 @@ import (
 	"time"
 
 	"github.com/herdcluster/herd/api"
-	"github.com/herdcluster/herd/registry"
 )
 
 // Cluster is one run's herd nodes, each a real bin/herd process in its own
@@ -32,6 +30,9 @@ type Cluster struct {
 	TL   *Timeline
 
 	nodes []*Node
+	// token is the join token every node starts with (a formation's).
+	token  string
+	access registryAccess
 }
 
 // Node is one herd process, or the memory of one between restarts.
@@ -52,13 +53,18 @@ type Node struct {
 
 // NewCluster prepares n nodes on nw; Start runs them. Every node runs the
 // command a unit would: --join every node, --bootstrap-expect n.
-func NewCluster(nw *Net, bin, dir string, tl *Timeline, args ...string) *Cluster {
-	c := &Cluster{Net: nw, Bin: bin, Dir: dir, Args: args, TL: tl}
+func NewCluster(nw *Net, bin, dir string, tl *Timeline, args ...string) (*Cluster, error) {
+	tok, err := newToken(bin)
+	if err != nil {
+		return nil, err
+	}
+	trustCluster(dir)
+	c := &Cluster{Net: nw, Bin: bin, Dir: dir, Args: args, TL: tl, token: tok}
 	for i, nn := range nw.Nodes {
 		name := "n" + strconv.Itoa(i+1)
 		c.nodes = append(c.nodes, &Node{c: c, Index: i, Name: name, IP: nn.IP, DataDir: filepath.Join(dir, name)})
 	}
-	return c
+	return c, nil
 }
 
 // Nodes returns every node.
@@ -92,6 +98,8 @@ func (n *Node) Start() error {
 	args = append(args, n.c.Args...)
 	// ip netns exec execs the binary itself: the process is herd's.
 	cmd := exec.Command("ip", args...)
+	// The systemd unit's environment file carries the token the same way.
+	cmd.Env = append(os.Environ(), "HERD_JOIN_TOKEN="+n.c.token)
 	fmt.Fprintf(&n.log, "=== %s start: herd %s\n", time.Now().Format(time.RFC3339Nano), strings.Join(args[4:], " "))
 	cmd.Stdout, cmd.Stderr = nodeLog{n}, nodeLog{n}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
@@ -227,11 +235,11 @@ func (c *Cluster) Close(logDir string) {
 }
 
 // URLs of a node.
-func (n *Node) API() string     { return "http://" + n.IP + ":8500" }
+func (n *Node) API() string     { return "https://" + n.IP + ":8500" }
 func (n *Node) Gateway() string { return "http://" + n.IP + ":8080" }
 
 // client is for the harness's own control requests (not the workload's).
-var client = &http.Client{Timeout: 5 * time.Second}
+var client = &http.Client{Timeout: 5 * time.Second, Transport: apiTransport()}
 
 // getJSON GETs url into out; the status code and transport error come back.
 func getJSON(ctx context.Context, hc *http.Client, url string, out any) (int, error) {
@@ -378,8 +386,8 @@ func (c *Cluster) votersServe(m api.MembersResponse) error {
 		if n == nil {
 			return fmt.Errorf("voter %s is no node of the cluster", mm.Name)
 		}
-		ep := "http://" + n.IP + ":2379"
-		cli, err := registry.NewClient([]string{ep}, slog.New(slog.DiscardHandler))
+		ep := "https://" + n.IP + ":2379"
+		cli, err := c.registryClient([]string{ep})
 		if err != nil {
 			return err
 		}

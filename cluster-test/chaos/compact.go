@@ -2,12 +2,9 @@ package chaos
 
 import (
 	"context"
-	"log/slog"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-
-	"github.com/herdcluster/herd/registry"
 )
 
 // compactEvery is how often the run compacts the registry. herd compacts
@@ -28,12 +25,12 @@ func (r *Run) compact(ctx context.Context) {
 		}
 		var eps []string
 		for _, n := range r.healthy() {
-			eps = append(eps, "http://"+n.IP+":2379")
+			eps = append(eps, "https://"+n.IP+":2379")
 		}
 		if len(eps) == 0 {
 			continue
 		}
-		cli, err := registry.NewClient(eps, slog.New(slog.DiscardHandler))
+		cli, err := r.C.registryClient(eps)
 		if err != nil {
 			continue
 		}

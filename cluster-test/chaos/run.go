@@ -253,7 +253,10 @@ func Execute(cfg Config) (r *Run, err error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	c := NewCluster(nw, cfg.Bin, dir, tl, "--hedge-after", "auto", "--raft-snapshot-count", "100", "--log-level", "info")
+	c, err := NewCluster(nw, cfg.Bin, dir, tl, "--hedge-after", "auto", "--raft-snapshot-count", "100", "--log-level", "info")
+	if err != nil {
+		return nil, err
+	}
 	r = &Run{Cfg: cfg, C: c, TL: tl, affected: map[string]bool{}, open: map[string]int{}, wipes: map[string][]time.Duration{}}
 	defer func() {
 		if err != nil {
@@ -657,7 +660,7 @@ func diff(want, got map[string]string) string {
 func (r *Run) poll(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
-	pc := &http.Client{Timeout: 400 * time.Millisecond}
+	pc := &http.Client{Timeout: 400 * time.Millisecond, Transport: apiTransport()}
 	for {
 		select {
 		case <-ctx.Done():

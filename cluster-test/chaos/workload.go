@@ -85,7 +85,7 @@ func NewRegistry(c *Cluster, keys []Key, clients int, rate float64, seed uint64)
 }
 
 // opClient: a write may take the registry's 5s request timeout to fail.
-var opClient = &http.Client{Timeout: 8 * time.Second}
+var opClient = &http.Client{Timeout: 8 * time.Second, Transport: apiTransport()}
 
 // Run runs the clients until ctx ends.
 func (r *Registry) Run(ctx context.Context) {

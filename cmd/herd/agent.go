@@ -21,6 +21,7 @@ func newAgentCmd() *cobra.Command {
 	var (
 		join, services, cors []string
 		logLevel, logFormat  string
+		tokenFile            string
 	)
 	cmd := &cobra.Command{
 		Use:   "agent",
@@ -46,8 +47,19 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 			if !cmd.Flags().Changed("data-dir") && os.Getenv("HERD_DATA_DIR") == "" {
 				cfg.DataDir = filepath.Join("data", cfg.Name)
 			}
+			if tokenFile != "" {
+				if cfg.JoinToken != "" {
+					return errors.New("--join-token and --join-token-file: give one of them")
+				}
+				b, err := os.ReadFile(tokenFile)
+				if err != nil {
+					return fmt.Errorf("--join-token-file: %w", err)
+				}
+				cfg.JoinToken = strings.TrimSpace(string(b))
+			}
 			cfg.Version = version
 			cfg.Logger = logger
+			cfg.Out = cmd.OutOrStdout()
 			return runAgent(cfg, logger)
 		},
 	}
@@ -59,6 +71,11 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.StringSliceVar(&join, "join", nil, "gossip address (host or host:port) of a node to join; repeatable and comma-separated")
 	f.DurationVar(&cfg.RetryJoinTimeout, "retry-join-timeout", 0, "give up and exit if joining takes longer than this (0: keep trying)")
 	f.IntVar(&cfg.BootstrapExpect, "bootstrap-expect", 0, "form a new cluster once this many nodes with the same value meet through --join (0: the node without --join bootstraps alone)")
+	f.StringVar(&cfg.JoinToken, "join-token", "", "the cluster's join token, for a node to be admitted (--join or --bootstrap-expect without data); a secret: prefer HERD_JOIN_TOKEN or --join-token-file")
+	f.StringVar(&tokenFile, "join-token-file", "", "file holding the join token")
+	f.BoolVar(&cfg.Insecure, "insecure", false, "INSECURE: plaintext gossip, registry and agent API with no authentication (anyone who reaches the ports owns the cluster)")
+	f.DurationVar(&cfg.CertValidity, "tls-cert-validity", 0, "validity of the certificates this node issues (0: a year); nodes renew theirs after two thirds")
+	_ = f.MarkHidden("tls-cert-validity")
 	f.BoolVar(&cfg.ForceNewCluster, "force-new-cluster", false, "restart the member in --data-dir as the only member of a new cluster, keeping its data (after losing a majority; remove the flag afterwards)")
 	f.IntVar(&cfg.MaxVoters, "max-voters", cfg.MaxVoters, "most registry voters (odd); other nodes are spares")
 	f.DurationVar(&cfg.DeadVoterTimeout, "dead-voter-timeout", cfg.DeadVoterTimeout, "how long a voter must be dead before the autopilot replaces it")

@@ -1,12 +1,17 @@
 package main
 
 import (
+	"bytes"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -14,49 +19,134 @@ import (
 	"time"
 
 	"github.com/herdcluster/herd/api"
+	"github.com/herdcluster/herd/secure"
 	"github.com/spf13/cobra"
 )
 
-// apiFlag adds --api (env HERD_API) to cmd and returns where it is stored.
-func apiFlag(cmd *cobra.Command) *string {
-	v := new(string)
-	cmd.Flags().StringVar(v, "api", "http://127.0.0.1:8500", "agent API address of any node")
-	return v
+// apiOpts is how a command reaches the agent API: its URL and what it
+// trusts (the cluster CA) and presents (a node's certificate, which the
+// operator endpoints require).
+type apiOpts struct {
+	base    string
+	caFile  string
+	dataDir string
+}
+
+// apiFlag adds --api, --ca-file and --data-dir (env HERD_API, HERD_CA_FILE,
+// HERD_DATA_DIR) to cmd.
+func apiFlag(cmd *cobra.Command) *apiOpts {
+	o := &apiOpts{}
+	f := cmd.Flags()
+	f.StringVar(&o.base, "api", "https://127.0.0.1:8500", "agent API address of any node")
+	f.StringVar(&o.caFile, "ca-file", "", "the cluster CA certificate (default: tls/ca.pem of --data-dir, of ./data/*, or of /var/lib/herd)")
+	f.StringVar(&o.dataDir, "data-dir", "", "data dir of a node on this machine: its CA is trusted and its certificate presented (operator commands need one)")
+	return o
+}
+
+// defaultDataDirs are where a node's data dir is looked for when none is
+// given: make cluster's and the systemd unit's.
+func defaultDataDirs() []string {
+	dirs, _ := filepath.Glob(filepath.Join("data", "*"))
+	var out []string
+	for _, d := range dirs {
+		if _, err := os.Stat(filepath.Join(d, "tls", "ca.pem")); err == nil {
+			out = append(out, d)
+		}
+	}
+	return append(out, "/var/lib/herd")
+}
+
+// client is an HTTP client for the API at o.base.
+func (o *apiOpts) client(timeout time.Duration) (*http.Client, error) {
+	u, err := url.Parse(o.base)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+		return nil, fmt.Errorf("--api %q is not an http(s) URL", o.base)
+	}
+	hc := &http.Client{Timeout: timeout}
+	if u.Scheme == "http" {
+		return hc, nil
+	}
+	caFile, dataDir := o.caFile, o.dataDir
+	if caFile == "" && dataDir == "" {
+		for _, d := range defaultDataDirs() {
+			if _, err := os.Stat(filepath.Join(d, "tls", "ca.pem")); err == nil {
+				dataDir = d
+				break
+			}
+		}
+	}
+	if caFile == "" && dataDir != "" {
+		caFile = secure.Files{Dir: dataDir}.CAFile()
+	}
+	if caFile == "" {
+		return nil, errors.New("the agent API speaks HTTPS with the cluster's certificate: give the cluster CA with --ca-file or HERD_CA_FILE, " +
+			"or --data-dir of a node on this machine (herd tls cert create makes a CA file and a client certificate)")
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return nil, fmt.Errorf("--ca-file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pem) {
+		return nil, fmt.Errorf("--ca-file %s holds no PEM certificate", caFile)
+	}
+	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if dataDir != "" {
+		f := secure.Files{Dir: dataDir}
+		if c, err := f.LoadNodeCert(); err == nil {
+			tc.Certificates = []tls.Certificate{c}
+		}
+	}
+	hc.Transport = &http.Transport{TLSClientConfig: tc, Proxy: http.ProxyFromEnvironment}
+	return hc, nil
 }
 
 // getJSON GETs path from the agent API into out. A non-2xx answer becomes an
 // error carrying the API's message.
-func getJSON(base, path string, out any) error { return callAPI(http.MethodGet, base, path, out) }
+func getJSON(o *apiOpts, path string, out any) error {
+	return callAPI(http.MethodGet, o, path, nil, out)
+}
 
-// callAPI sends a bodiless request to the agent API and decodes the answer
-// into out.
-func callAPI(method, base, path string, out any) error {
-	u, err := url.Parse(strings.TrimRight(base, "/") + path)
-	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
-		return fmt.Errorf("--api %q is not an http(s) URL", base)
-	}
-	client := &http.Client{Timeout: 60 * time.Second}
-	req, err := http.NewRequest(method, u.String(), nil)
+// callAPI sends a request (a JSON body when in is not nil) to the agent API
+// and decodes the answer into out.
+func callAPI(method string, o *apiOpts, path string, in, out any) error {
+	client, err := o.client(60 * time.Second)
 	if err != nil {
 		return err
 	}
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return err
+		}
+		body = bytes.NewReader(b)
+	}
+	u := strings.TrimRight(o.base, "/") + path
+	req, err := http.NewRequest(method, u, body)
+	if err != nil {
+		return err
+	}
+	if in != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
 	resp, err := client.Do(req)
 	if err != nil {
-		return fmt.Errorf("cannot reach the agent API at %s: %w", base, err)
+		return fmt.Errorf("cannot reach the agent API at %s: %w", o.base, err)
 	}
 	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
+	b, err := io.ReadAll(io.LimitReader(resp.Body, 32<<20))
 	if err != nil {
 		return fmt.Errorf("read answer of %s: %w", u, err)
 	}
 	if resp.StatusCode/100 != 2 {
 		var e api.Error
-		if json.Unmarshal(body, &e) == nil && e.Error != "" {
+		if json.Unmarshal(b, &e) == nil && e.Error != "" {
 			return fmt.Errorf("%s: %s", resp.Status, e.Error)
 		}
 		return fmt.Errorf("%s from %s", resp.Status, u)
 	}
-	if err := json.Unmarshal(body, out); err != nil {
+	if err := json.Unmarshal(b, out); err != nil {
 		return fmt.Errorf("%s answered with something that is not herd's JSON: %w", u, err)
 	}
 	return nil
@@ -74,7 +164,7 @@ func newMembersCmd() *cobra.Command {
 			return err
 		}
 		var resp api.MembersResponse
-		if err := getJSON(*base, "/v1/members", &resp); err != nil {
+		if err := getJSON(base, "/v1/members", &resp); err != nil {
 			return err
 		}
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
@@ -112,7 +202,7 @@ func newServicesCmd() *cobra.Command {
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
 		if len(args) == 0 {
 			var resp api.ServicesResponse
-			if err := getJSON(*base, "/v1/services", &resp); err != nil {
+			if err := getJSON(base, "/v1/services", &resp); err != nil {
 				return err
 			}
 			fmt.Fprintln(tw, "SERVICE\tINSTANCES")
@@ -125,7 +215,7 @@ func newServicesCmd() *cobra.Command {
 			return fmt.Errorf("service name %q is not a DNS label", args[0])
 		}
 		var resp api.ServiceResponse
-		if err := getJSON(*base, "/v1/services/"+args[0], &resp); err != nil {
+		if err := getJSON(base, "/v1/services/"+args[0], &resp); err != nil {
 			return err
 		}
 		fmt.Fprintln(tw, "ID\tNODE\tADDRESS\tPATH\tWEIGHT\tHEALTH\tTAGS")
@@ -171,7 +261,7 @@ and exits 0. Refused when the voters left behind would not keep a quorum.`,
 			return err
 		}
 		var out map[string]string
-		if err := callAPI(http.MethodPost, *base, "/v1/leave", &out); err != nil {
+		if err := callAPI(http.MethodPost, base, "/v1/leave", nil, &out); err != nil {
 			return err
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "node %s left the cluster\n", out["left"])
@@ -194,7 +284,7 @@ func newForceLeaveCmd() *cobra.Command {
 		if !api.ValidName(args[0]) {
 			return fmt.Errorf("node name %q is not a DNS label", args[0])
 		}
-		if err := callAPI(http.MethodPost, *base, "/v1/force-leave/"+args[0], &map[string]string{}); err != nil {
+		if err := callAPI(http.MethodPost, base, "/v1/force-leave/"+args[0], nil, &map[string]string{}); err != nil {
 			return err
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "node %s removed\n", args[0])

@@ -34,13 +34,17 @@ func newSnapshotSaveCmd() *cobra.Command {
 			return err
 		}
 		file := args[0]
-		req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, strings.TrimRight(*base, "/")+"/v1/snapshot", nil)
+		client, err := base.client(0)
 		if err != nil {
-			return fmt.Errorf("--api %q: %w", *base, err)
+			return err
 		}
-		resp, err := http.DefaultClient.Do(req)
+		req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, strings.TrimRight(base.base, "/")+"/v1/snapshot", nil)
 		if err != nil {
-			return fmt.Errorf("cannot reach the agent API at %s: %w", *base, err)
+			return fmt.Errorf("--api %q: %w", base.base, err)
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return fmt.Errorf("cannot reach the agent API at %s: %w", base.base, err)
 		}
 		defer resp.Body.Close()
 		if resp.StatusCode != http.StatusOK {
@@ -91,6 +95,8 @@ and other nodes join it as usual. The snapshot's integrity hash is checked.`,
 	f.StringVar(&cfg.AdvertiseIP, "advertise", "", "IP peers will use (default: --bind)")
 	f.IntVar(&cfg.PeerPort, "peer-port", cfg.PeerPort, "etcd peer port the agent will use")
 	f.IntVar(&cfg.ClientPort, "client-port", cfg.ClientPort, "etcd client port the agent will use")
+	f.IntVar(&cfg.GossipPort, "gossip-port", cfg.GossipPort, "gossip port the agent will use (in the printed join command)")
+	f.BoolVar(&cfg.Insecure, "insecure", false, "restore into a plaintext data dir (for an --insecure cluster)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := bindEnv(cmd.Flags()); err != nil {
 			return err
@@ -98,6 +104,7 @@ and other nodes join it as usual. The snapshot's integrity hash is checked.`,
 		if cfg.DataDir == "" {
 			cfg.DataDir = filepath.Join("data", cfg.Name)
 		}
+		cfg.Out = cmd.OutOrStdout()
 		if err := node.RestoreSnapshot(cfg, args[0]); err != nil {
 			return err
 		}
