@@ -255,43 +255,31 @@ func (n *Node) admit(ctx context.Context, addrs []string, deadline time.Time) er
 		return err
 	}
 	req := n.certRequest()
-	b := newBackoff()
-	var last string
-	for attempt := 1; ; attempt++ {
+	return n.retryJoin(ctx, deadline, func() (bool, error) {
 		var failures []string
 		for _, a := range addrs {
 			addr, err := joinAddr(a)
 			if err != nil {
-				return fmt.Errorf("--join: %w", err)
+				return true, fmt.Errorf("--join: %w", err)
 			}
 			if addr == n.gossipAddr() {
 				continue
 			}
 			adm, err := secure.Join(ctx, addr, *tok, secure.JoinRequest{Name: req.Name, IPs: req.IPs, Key: key})
 			if err == nil {
-				return n.keepAdmission(adm, key, *tok, addr)
+				return true, n.keepAdmission(adm, key, *tok, addr)
 			}
 			if errors.Is(err, secure.ErrWrongCA) || errors.Is(err, secure.ErrWrongToken) {
-				return fmt.Errorf("join refused: %w", err)
+				// Trying again cannot help.
+				return true, fmt.Errorf("join refused: %w", err)
 			}
 			failures = append(failures, err.Error())
 		}
 		if len(failures) == 0 {
-			return fmt.Errorf("--join: no address to join but this node's own (%s)", n.gossipAddr())
+			return true, fmt.Errorf("--join: no address to join but this node's own (%s)", n.gossipAddr())
 		}
-		last = strings.Join(failures, "; ")
-		if ctx.Err() != nil {
-			break
-		}
-		n.logger.Warn("cannot join yet; retrying", "attempt", attempt, "err", last)
-		if sleep(ctx, b.next()) != nil {
-			break
-		}
-	}
-	if !deadline.IsZero() && !time.Now().Before(deadline) {
-		return fmt.Errorf("%w after --retry-join-timeout %s: %s", ErrJoinTimeout, n.cfg.RetryJoinTimeout, last)
-	}
-	return fmt.Errorf("join: %w (last: %s)", ctx.Err(), last)
+		return false, errors.New(strings.Join(failures, "; "))
+	})
 }
 
 // keepAdmission keeps what an admission brought: the CA, the node's

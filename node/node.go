@@ -344,16 +344,29 @@ const restoredMarker = "restored-from-snapshot"
 // and why it failed. It fails at once if a live node already has this
 // node's name.
 func (n *Node) joinGossip(ctx context.Context, addrs []string, deadline time.Time) error {
+	return n.retryJoin(ctx, deadline, func() (bool, error) {
+		if _, err := n.gossip.Join(ctx, addrs); err != nil {
+			return false, err
+		}
+		if others := n.gossip.NameConflict(); len(others) > 0 {
+			return true, fmt.Errorf("--name %q: %w at %s", n.cfg.Name, ErrNameTaken, strings.Join(others, ", "))
+		}
+		n.logger.Info("joined the gossip pool", "via", addrs)
+		return true, nil
+	})
+}
+
+// retryJoin calls try until it is done (done: its error, nil or not, is
+// the result), ctx is done or deadline passes, logging every failed
+// attempt with jittered backoff between them. The error after a deadline
+// is ErrJoinTimeout with the last failure.
+func (n *Node) retryJoin(ctx context.Context, deadline time.Time, try func() (done bool, err error)) error {
 	b := newBackoff()
 	var last error
 	for attempt := 1; ; attempt++ {
-		_, err := n.gossip.Join(ctx, addrs)
-		if err == nil {
-			if others := n.gossip.NameConflict(); len(others) > 0 {
-				return fmt.Errorf("--name %q: %w at %s", n.cfg.Name, ErrNameTaken, strings.Join(others, ", "))
-			}
-			n.logger.Info("joined the gossip pool", "via", addrs)
-			return nil
+		done, err := try()
+		if done {
+			return err
 		}
 		last = err
 		if ctx.Err() != nil {
