@@ -142,7 +142,7 @@ func (n *Node) Members(ctx context.Context) api.MembersResponse {
 	// makes reading the client safe.
 	if *n.phase.Load() != "starting" && n.client != nil {
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		list, leader, err := registry.Members(cctx, n.client)
+		list, leader, err := n.registryMembers(cctx)
 		if err == nil {
 			alarms, aerr := registry.Alarms(cctx, n.client)
 			if aerr != nil {

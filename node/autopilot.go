@@ -99,7 +99,7 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, st *aut
 	if !registry.HasQuorum(ctx, n.client) {
 		return nil // never act without quorum
 	}
-	members, _, err := registry.Members(ctx, n.client)
+	members, _, err := n.registryMembers(ctx)
 	if err != nil {
 		return err
 	}
@@ -132,7 +132,7 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, st *aut
 	for _, v := range voters {
 		g, known := view[v.Name]
 		if known && g.Status == gossip.StatusAlive && g.Meta.Role == api.RoleSpare && v.ID != self.ID() &&
-			!(len(v.ClientURLs) > 0 && registry.Reachable(ctx, n.client, v.ClientURLs[0], time.Second)) {
+			!(len(v.ClientURLs) > 0 && n.reachable(ctx, v.ClientURLs[0])) {
 			// The node of this name is alive, runs no member, and the
 			// member does not answer: the node was rebuilt with new data
 			// and its old member will never come back. (A spare promoted a
@@ -142,7 +142,7 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, st *aut
 			continue
 		}
 		gone := !known || g.Status == gossip.StatusDead || g.Status == gossip.StatusLeft
-		if v.ID == self.ID() || !gone || (len(v.ClientURLs) > 0 && registry.Reachable(ctx, n.client, v.ClientURLs[0], time.Second)) {
+		if v.ID == self.ID() || !gone || (len(v.ClientURLs) > 0 && n.reachable(ctx, v.ClientURLs[0])) {
 			delete(deadSince, v.ID)
 			continue
 		}

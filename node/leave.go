@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/herdcluster/herd/gossip"
 	"github.com/herdcluster/herd/registry"
@@ -38,7 +37,7 @@ func (n *Node) Leave(ctx context.Context) error {
 	m := n.member.Load()
 	var others []registry.MemberInfo
 	if m != nil {
-		members, _, err := registry.Members(ctx, n.client)
+		members, _, err := n.registryMembers(ctx)
 		if err != nil {
 			return err
 		}
@@ -48,7 +47,7 @@ func (n *Node) Leave(ctx context.Context) error {
 				continue
 			}
 			others = append(others, x)
-			if len(x.ClientURLs) > 0 && registry.Reachable(ctx, n.client, x.ClientURLs[0], time.Second) {
+			if len(x.ClientURLs) > 0 && n.reachable(ctx, x.ClientURLs[0]) {
 				answering++
 			}
 		}
@@ -75,7 +74,7 @@ func (n *Node) Leave(ctx context.Context) error {
 	if m != nil && len(others) > 0 {
 		if m.LeaderID() == m.ID() {
 			for _, o := range others {
-				if len(o.ClientURLs) > 0 && registry.Reachable(ctx, n.client, o.ClientURLs[0], time.Second) {
+				if len(o.ClientURLs) > 0 && n.reachable(ctx, o.ClientURLs[0]) {
 					if err := registry.MoveLeader(ctx, n.client, o.ID); err != nil {
 						return fail(err)
 					}
@@ -132,7 +131,7 @@ func (n *Node) ForceLeave(ctx context.Context, name string) error {
 			}
 		}
 	}
-	members, _, err := registry.Members(ctx, n.client)
+	members, _, err := n.registryMembers(ctx)
 	if err != nil {
 		return err
 	}

@@ -261,7 +261,9 @@ func (n *Node) useVoters() {
 	}
 	cur := n.client.Endpoints()
 	if !slices.Equal(sorted(cur), sorted(eps)) {
+		n.epMu.Lock()
 		n.client.SetEndpoints(eps...)
+		n.epMu.Unlock()
 	}
 	if voters := n.memberClientURLs(); len(voters) > 0 && !slices.Equal(voters, n.dir.loadVoters()) {
 		if err := n.dir.saveVoters(voters); err != nil {
@@ -391,4 +393,21 @@ func (n *Node) memberClientURLs() []string {
 	}
 	slices.Sort(urls)
 	return urls
+}
+
+// registryMembers is registry.Members through the node's client, and
+// reachable is registry.Reachable: both dial one endpoint (Status), and
+// etcd's client reads its endpoint list without its lock when it dials
+// (client/v3 v3.7.3, Client.dial), so they hold epMu against useVoters'
+// SetEndpoints (a data race the race detector found).
+func (n *Node) registryMembers(ctx context.Context) ([]registry.MemberInfo, uint64, error) {
+	n.epMu.RLock()
+	defer n.epMu.RUnlock()
+	return registry.Members(ctx, n.client)
+}
+
+func (n *Node) reachable(ctx context.Context, clientURL string) bool {
+	n.epMu.RLock()
+	defer n.epMu.RUnlock()
+	return registry.Reachable(ctx, n.client, clientURL, time.Second)
 }

@@ -45,8 +45,11 @@ type Node struct {
 	// member is the local registry member, nil while the node is a spare.
 	// It changes at run time: a spare the autopilot promotes gets one, a
 	// voter removed from the registry loses it.
-	member    atomic.Pointer[registry.Member]
-	client    *clientv3.Client
+	member atomic.Pointer[registry.Member]
+	client *clientv3.Client
+	// epMu orders the client's endpoint changes with its one-endpoint
+	// dials (registryMembers).
+	epMu      sync.RWMutex
 	registrar *registry.Registrar
 	catalog   *registry.Catalog
 	host      *services.Host
