@@ -513,3 +513,39 @@ func TestPlaintextDataDirRefused(t *testing.T) {
 		}
 	}
 }
+
+// --gateway-tls-cert/--gateway-tls-key: the gateway terminates TLS (here
+// with the node's own certificate, which clients of the cluster CA trust),
+// and the service behind it is told the client came over https.
+func TestGatewayTLS(t *testing.T) {
+	c := newCluster(t)
+	n1 := c.add(1)
+	// The node's own certificate exists once it has created the cluster.
+	tlsDir := filepath.Join(n1.DataDir, "tls")
+	n1.Args = []string{"--gateway-tls-cert", filepath.Join(tlsDir, "node.pem"), "--gateway-tls-key", filepath.Join(tlsDir, "node-key.pem")}
+	n1.start()
+	waitUntil(t, 30*time.Second, "node1 ready", n1.ready)
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.caPool()}}}
+	var body []byte
+	waitUntil(t, 20*time.Second, "echo through the TLS gateway", func() error {
+		resp, err := hc.Get("https://" + n1.IP + ":8080/echo/x")
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		body, _ = io.ReadAll(resp.Body)
+		if resp.StatusCode != 200 {
+			return fmt.Errorf("%d %s", resp.StatusCode, body)
+		}
+		return nil
+	})
+	if !strings.Contains(strings.ToLower(string(body)), "https") {
+		t.Fatalf("the service was not told the client used https: %s", body)
+	}
+	if resp, err := http.Get("http://" + n1.IP + ":8080/echo/x"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("plain HTTP was served by a TLS gateway")
+		}
+	}
+}

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -26,6 +27,11 @@ const (
 // means "no CORS". Fields are filled by cmd/herd from flags; DefaultConfig is
 // the starting point.
 type Config struct {
+	// TLS, when set, makes the gateway's listener speak TLS with it (herd
+	// sets GetCertificate to certificate files it reloads when they
+	// change): clients connect with https, and upstreams are told so in
+	// X-Forwarded-Proto. nil (the default) serves plain HTTP.
+	TLS *tls.Config
 	// CORSOrigins lists the browser origins allowed to call services through
 	// the gateway, each exactly as a browser sends it in the Origin header
 	// ("https://app.example.com", "http://localhost:3000": lower-case scheme

@@ -6,6 +6,7 @@
 // both small interfaces declared here and answered from memory by the node.
 // It never imports gossip and never talks to etcd, so the data plane keeps
 // routing from the last catalog snapshot while the control plane is in
-// trouble. Balancing beyond round-robin, outlier ejection, retries, hedging
-// and metrics are not here yet.
+// trouble. It balances, ejects outliers, retries and hedges (see the README
+// and front.go for the path a request takes). With Config.TLS its listener
+// speaks TLS, and upstreams are told X-Forwarded-Proto: https on every path.
 package gateway

@@ -237,7 +237,11 @@ func writeExpressRequest(bw *bufio.Writer, r *http.Request, rt *route) {
 		bw.WriteString("\r\n")
 	}
 	writeField(bw, "X-Forwarded-Host", r.Host)
-	bw.WriteString("X-Forwarded-Proto: http\r\n\r\n")
+	if rt.tls {
+		bw.WriteString("X-Forwarded-Proto: https\r\n\r\n")
+	} else {
+		bw.WriteString("X-Forwarded-Proto: http\r\n\r\n")
+	}
 }
 
 // expressWait is the express path's wait for an answer's head, with its

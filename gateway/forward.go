@@ -153,7 +153,7 @@ func (rt *route) outboundHeader(r *http.Request) http.Header {
 	}
 	rt.forwarded[1] = r.Host
 	h["X-Forwarded-Host"] = rt.forwarded[1:2:2]
-	if r.TLS == nil {
+	if !rt.tls {
 		h["X-Forwarded-Proto"] = valueHTTP
 	} else {
 		h["X-Forwarded-Proto"] = valueHTTPS

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -158,6 +159,11 @@ func (g *Gateway) Handler() http.Handler { return g.engine }
 // It closes ln when it returns. It returns nil after Shutdown (including when
 // Shutdown ran before Serve) and the accept error otherwise.
 func (g *Gateway) Serve(ln net.Listener) error {
+	if g.cfg.TLS != nil {
+		// The front and net/http read the decrypted stream; both see a
+		// *tls.Conn, whose handshake runs at the first read.
+		ln = tls.NewListener(ln, g.cfg.TLS)
+	}
 	err := g.front.serve(ln)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil

@@ -117,6 +117,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		replayable: replayable,
 		upgrade:    r.Header.Get("Upgrade") != "",
 		trustXFF:   g.trusted(r),
+		tls:        r.TLS != nil || g.cfg.TLS != nil,
 		start:      start,
 	}
 	if v := insts[0].Meta[MetaResponseHeaderTimeout]; v != "" {

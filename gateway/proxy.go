@@ -47,6 +47,10 @@ type route struct {
 	// trustXFF: the client is in TrustedProxies, so its X-Forwarded-For
 	// is kept.
 	trustXFF bool
+	// tls: the client reached the gateway over TLS (X-Forwarded-Proto
+	// https). A connection the front handed to net/http is no *tls.Conn
+	// there, so this comes from the gateway's listener, not from r.TLS.
+	tls bool
 	// start is when the gateway received the request.
 	start time.Time
 	// headerTimeout is the service's own response-header timeout (meta
@@ -168,6 +172,9 @@ func rewrite(pr *httputil.ProxyRequest) {
 		}
 	}
 	pr.SetXForwarded()
+	if rt.tls {
+		pr.Out.Header.Set("X-Forwarded-Proto", "https")
+	}
 }
 
 // modifyResponse replaces what the upstream said about the gateway's own

@@ -88,6 +88,10 @@ type Config struct {
 	// and its joiners') are valid (0: a year). Nodes renew theirs once two
 	// thirds of it have passed.
 	CertValidity time.Duration
+	// GatewayTLSCert and GatewayTLSKey, when set, are PEM files the gateway
+	// terminates TLS with (read again when they change); empty, the
+	// gateway serves plain HTTP.
+	GatewayTLSCert, GatewayTLSKey string
 	// Out receives what the node prints for its operator once: the join
 	// token of a cluster it creates. nil prints nothing (the token is in
 	// the data dir).
@@ -268,6 +272,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--join-token: %w", err)
 		}
 		c.token = &t
+	}
+	if (c.GatewayTLSCert == "") != (c.GatewayTLSKey == "") {
+		return errors.New("--gateway-tls-cert and --gateway-tls-key go together: give both or neither")
 	}
 	if c.CertValidity != 0 && c.CertValidity < 10*time.Second {
 		return fmt.Errorf("--tls-cert-validity %s is under 10s", c.CertValidity)

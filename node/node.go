@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -241,6 +242,13 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	gwcfg.RateLimit, gwcfg.RateBurst = cfg.RateLimit, cfg.RateBurst
 	gwcfg.DialTimeout, gwcfg.ResponseHeaderTimeout = cfg.DialTimeout, cfg.ResponseHeaderTimeout
 	gwcfg.HedgeAfter, gwcfg.HedgeAuto, _ = cfg.hedge() // checked by Validate
+	if cfg.GatewayTLSCert != "" {
+		fc, err := secure.NewFileCertificate(cfg.GatewayTLSCert, cfg.GatewayTLSKey)
+		if err != nil {
+			return fmt.Errorf("--gateway-tls-cert/--gateway-tls-key: %w", err)
+		}
+		gwcfg.TLS = &tls.Config{GetCertificate: fc.GetCertificate, MinVersion: tls.VersionTLS12}
+	}
 	if n.gateway, err = gateway.New(gwcfg, n.catalog, n.gossip, n.logger); err != nil {
 		return err
 	}

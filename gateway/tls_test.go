@@ -1,0 +1,146 @@
+package gateway_test
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/herdcluster/herd/gateway"
+	"github.com/herdcluster/herd/secure"
+)
+
+// writeCert issues a server certificate for 127.0.0.1 from ca into dir.
+func writeCert(t *testing.T, ca *secure.CA, dir, name string) {
+	t.Helper()
+	key, err := secure.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Sign(key.Public(), secure.CertRequest{Name: name, IPs: []net.IP{net.ParseIP("127.0.0.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	kp, _ := secure.KeyPEM(key)
+	if err := secure.WriteSecretFile(filepath.Join(dir, "gw-key.pem"), kp); err != nil {
+		t.Fatal(err)
+	}
+	if err := secure.WriteSecretFile(filepath.Join(dir, "gw.pem"), pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// The gateway terminates TLS with certificate files it reloads when they
+// change; every path through it (its own server's GETs, net/http's POSTs)
+// tells the upstream the client came over https.
+func TestGatewayTerminatesTLS(t *testing.T) {
+	ca, err := secure.NewCA("gateway-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	writeCert(t, ca, dir, "first")
+	fc, err := secure.NewFileCertificate(filepath.Join(dir, "gw.pem"), filepath.Join(dir, "gw-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := startBackend(t, "b1")
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", b.instance("svc", "n1", ""))
+	cfg := gateway.DefaultConfig()
+	cfg.TLS = &tls.Config{GetCertificate: fc.GetCertificate, MinVersion: tls.VersionTLS12}
+	gw, err := gateway.New(cfg, cat, live, slog.New(slog.DiscardHandler))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	served := make(chan error, 1)
+	go func() { served <- gw.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = gw.Shutdown(ctx)
+		if err := <-served; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	url := "https://" + ln.Addr().String()
+	newClient := func() *http.Client {
+		return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: ca.Pool()}, DisableKeepAlives: true}}
+	}
+	hc := newClient()
+	// GET: the gateway's own server and the express path; DELETE: net/http
+	// and the lean forward path; POST with a body: httputil.ReverseProxy.
+	for _, method := range []string{http.MethodGet, http.MethodDelete, http.MethodPost} {
+		req, _ := http.NewRequest(method, url+"/svc/x", strings.NewReader(strings.Repeat("b", map[string]int{"GET": 0, "POST": 10}[method])))
+		res, err := hc.Do(req)
+		if err != nil {
+			t.Fatalf("%s over TLS: %v", method, err)
+		}
+		body, _ := io.ReadAll(res.Body)
+		res.Body.Close()
+		var s seen
+		if res.StatusCode != 200 || json.Unmarshal(body, &s) != nil {
+			t.Fatalf("%s over TLS: %d %s", method, res.StatusCode, body)
+		}
+		if got := s.Header.Get("X-Forwarded-Proto"); got != "https" {
+			t.Fatalf("%s: the upstream was told X-Forwarded-Proto %q", method, got)
+		}
+	}
+	// Plain HTTP to the TLS port gets no answer.
+	if res, err := http.Get("http://" + ln.Addr().String() + "/svc/x"); err == nil {
+		res.Body.Close()
+		if res.StatusCode == 200 {
+			t.Fatal("plain HTTP was served on the TLS port")
+		}
+	}
+
+	served1 := func() string {
+		conn, err := tls.Dial("tcp", ln.Addr().String(), &tls.Config{RootCAs: ca.Pool()})
+		if err != nil {
+			t.Fatalf("TLS dial: %v", err)
+		}
+		defer conn.Close()
+		return conn.ConnectionState().PeerCertificates[0].Subject.CommonName
+	}
+	if got := served1(); got != "first" {
+		t.Fatalf("serving %q", got)
+	}
+	writeCert(t, ca, dir, "second")
+	deadline := time.Now().Add(10 * time.Second)
+	for served1() != "second" {
+		if time.Now().After(deadline) {
+			t.Fatal("the replaced certificate files were never served")
+		}
+		time.Sleep(100 * time.Millisecond) // the reload is checked once a second
+	}
+	// A pair that does not load keeps the last good one in service.
+	if err := os.WriteFile(filepath.Join(dir, "gw.pem"), []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	deadline = time.Now().Add(10 * time.Second)
+	for fc.Err() == nil {
+		if time.Now().After(deadline) {
+			t.Fatal("the failed reload is never reported")
+		}
+		if got := served1(); got != "second" {
+			t.Fatalf("after a bad file: serving %q", got)
+		}
+		time.Sleep(100 * time.Millisecond) // the reload is checked once a second
+	}
+	if got := served1(); got != "second" {
+		t.Fatalf("after a bad file: serving %q", got)
+	}
+}
