@@ -269,7 +269,29 @@ func allAlive(n *node, nodes []*node) error {
 func TestKeyringRotationWhileANodeIsDown(t *testing.T) {
 	c := newCluster(t)
 	nodes := startThree(t, c)
-	n1, n3 := nodes[0], nodes[2]
+	rotateWhileDown(t, nodes, nodes[2])
+}
+
+// The same with the node that is down a spare: it runs no registry member,
+// so it reads the keyring from the voters it recorded before it rejoins.
+func TestKeyringRotationWhileASpareIsDown(t *testing.T) {
+	c := newCluster(t)
+	nodes := startThree(t, c)
+	n4 := c.add(4, "--join", c.ip(1))
+	n4.start()
+	waitUntil(t, 60*time.Second, "node4 ready", n4.ready)
+	waitRoles(t, nodes[0], 3, 1)
+	if _, spares, _ := roles(nodes[0]); len(spares) != 1 || spares[0] != n4.Name {
+		t.Fatalf("spares %v, want node4", spares)
+	}
+	rotateWhileDown(t, append(nodes, n4), n4)
+}
+
+// rotateWhileDown stops down, rotates the gossip key through nodes[0]
+// (install, use, remove the old one), starts down again and checks it is
+// back in gossip with the new key.
+func rotateWhileDown(t *testing.T, nodes []*node, down *node) {
+	n1, n3 := nodes[0], down
 	type keyringFile struct{ Primary string }
 	readKeyring := func(n *node) keyringFile {
 		b, err := os.ReadFile(filepath.Join(n.DataDir, "gossip-keyring.json"))
@@ -284,12 +306,12 @@ func TestKeyringRotationWhileANodeIsDown(t *testing.T) {
 	}
 	old := readKeyring(n1).Primary
 	if readKeyring(n3).Primary != old {
-		t.Fatal("node3 was admitted with another gossip key")
+		t.Fatalf("%s was admitted with another gossip key", n3.Name)
 	}
 
 	n3.signal(syscall.SIGTERM)
 	if code := n3.wait(30 * time.Second); code != 0 {
-		t.Fatalf("node3 stopped with %d", code)
+		t.Fatalf("%s stopped with %d", n3.Name, code)
 	}
 	key, err := runCLI(t, "keyring", "generate")
 	if err != nil {
@@ -309,8 +331,11 @@ func TestKeyringRotationWhileANodeIsDown(t *testing.T) {
 	if _, err := runCLI(t, "keyring", "list", "--api", n1.api()); err == nil || !strings.Contains(err.Error(), "needs a certificate issued by the cluster CA") {
 		t.Fatalf("keyring list without a certificate: %v", err)
 	}
-	waitUntil(t, 10*time.Second, "node1 and node2 on the new key", func() error {
-		for _, n := range nodes[:2] {
+	waitUntil(t, 10*time.Second, "the running nodes on the new key", func() error {
+		for _, n := range nodes {
+			if n == down {
+				continue
+			}
 			if readKeyring(n).Primary != key {
 				return fmt.Errorf("%s's primary is not the new key", n.Name)
 			}
@@ -326,7 +351,7 @@ func TestKeyringRotationWhileANodeIsDown(t *testing.T) {
 	}
 
 	n3.start()
-	waitUntil(t, 60*time.Second, "node3 ready", n3.ready)
+	waitUntil(t, 60*time.Second, n3.Name+" ready", n3.ready)
 	waitUntil(t, 30*time.Second, "every node sees every node alive", func() error {
 		for _, n := range nodes {
 			if err := allAlive(n, nodes); err != nil {
@@ -336,10 +361,10 @@ func TestKeyringRotationWhileANodeIsDown(t *testing.T) {
 		return nil
 	})
 	if readKeyring(n3).Primary != key {
-		t.Fatal("node3 rejoined without the new key")
+		t.Fatalf("%s rejoined without the new key", n3.Name)
 	}
 	if !strings.Contains(n3.logs(), "installed the cluster's gossip keyring") {
-		t.Fatal("node3 did not say it caught up with the keyring")
+		t.Fatalf("%s did not say it caught up with the keyring", n3.Name)
 	}
 }
 
