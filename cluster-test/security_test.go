@@ -56,7 +56,7 @@ func TestSecurityRefusesStrangers(t *testing.T) {
 		{"wrong secret", parts[0] + "." + parts[1] + "." + otherSecret,
 			"join refused: the cluster refused the join token", "join refused: wrong join token"},
 		{"another cluster's CA", parts[0] + "." + strings.Repeat("ab", 32) + "." + parts[2],
-			"is not in the join token's cluster", "join refused: TLS handshake failed"},
+			"is not in the join token's cluster", "sent the cluster CA to a joiner"},
 		{"unpinned, another secret", other,
 			"cannot prove it holds the token's secret; nothing was sent", "join abandoned by the joiner after the challenge"},
 	} {

@@ -14,7 +14,8 @@ import (
 // reports the sender and time of every packet, which is how the view tells
 // a silent (suspect) node from a talking one; and it takes the TCP
 // connections that open with a TLS record (the join exchange) away from
-// memberlist, whose streams never start with that byte, and hands them to
+// memberlist, whose streams never start with that byte (nor with the join
+// exchange's CA request), and hands them to
 // the join listener. One port then serves both, and `--join ADDR` names
 // where a new node asks to be admitted as well as where it gossips.
 type observingTransport struct {
@@ -56,6 +57,10 @@ func newObservingTransport(nt *memberlist.NetTransport, heard func(string, time.
 // record). memberlist's stream message types are small numbers, its label
 // header 244: none is 22.
 const tlsRecordHandshake = 0x16
+
+// joinCARequest is the first byte of the join exchange's request for the
+// cluster CA (secure.CARequest, "HERD-CA/1"): not a memberlist type either.
+const joinCARequest = 'H'
 
 // sniffTimeout bounds how long a new connection may take to send its first
 // byte.
@@ -115,7 +120,7 @@ func (t *observingTransport) sniff(c net.Conn) {
 		return
 	}
 	pc := &peekedConn{Conn: c, r: br}
-	if first[0] == tlsRecordHandshake {
+	if first[0] == tlsRecordHandshake || first[0] == joinCARequest {
 		t.joins.deliver(pc)
 		return
 	}

@@ -26,9 +26,11 @@ import (
 // The join exchange, on one TLS 1.3 connection to any node of the cluster
 // (herd carries it on the gossip port: see gossip.Config.JoinConns):
 //
-//  1. TLS: the node presents its certificate and the CA. The joiner checks
-//     the CA against the token's pin and the node's certificate against the
-//     CA, and aborts the handshake on a mismatch: nothing has been sent.
+//  0. CA: the joiner asks for the CA certificate (CARequest) and checks it
+//     against the token's pin; on a mismatch it stops: nothing has been
+//     sent but the request.
+//  1. TLS, verified against that CA for the address dialled (no unverified
+//     handshake anywhere).
 //  2. joiner -> node: hello {v, name}
 //  3. node -> joiner: challenge {v, server_proof}, where server_proof is
 //     HMAC(secret, "server" | EKM | CA hash) and EKM is keying material
@@ -222,6 +224,13 @@ func Join(ctx context.Context, addr string, tok Token, req JoinRequest) (*Admiss
 	}
 	ctx, cancel := context.WithTimeout(ctx, JoinTimeout)
 	defer cancel()
+	caCert, err := FetchCA(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	if got := CAHash(sha256.Sum256(caCert.Raw)); tok.Pinned() && got != tok.CA {
+		return nil, fmt.Errorf("%w: %s presents CA %s, the token pins %s; nothing was sent", ErrWrongCA, addr, got, tok.CA)
+	}
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
 	if err != nil {
@@ -233,24 +242,18 @@ func Join(ctx context.Context, addr string, tok Token, req JoinRequest) (*Admiss
 	}
 	stop := context.AfterFunc(ctx, func() { raw.Close() })
 	defer stop()
-
-	var ca *x509.Certificate
-	var pinErr error
-	cfg := &tls.Config{
+	ca := caCert
+	// Verified against that CA, for the address dialled: node
+	// certificates hold their advertise IP.
+	tc := tls.Client(raw, &tls.Config{
 		MinVersion: tls.VersionTLS13,
-		// The chain is checked below against the CA the token pins (or,
-		// for an unpinned token, the one the node proves it holds the
-		// secret for); there is no name to check it against before that.
-		InsecureSkipVerify: true,
-		VerifyConnection: func(cs tls.ConnectionState) error {
-			ca, pinErr = checkPresented(cs.PeerCertificates, tok, addr)
-			return pinErr
-		},
-	}
-	tc := tls.Client(raw, cfg)
+		RootCAs:    (&CA{Cert: caCert}).Pool(),
+		ServerName: raw.RemoteAddr().(*net.TCPAddr).IP.String(),
+	})
 	if err := tc.HandshakeContext(ctx); err != nil {
-		if pinErr != nil {
-			return nil, pinErr
+		var verr *tls.CertificateVerificationError
+		if errors.As(err, &verr) {
+			return nil, fmt.Errorf("%w: the certificate of %s does not verify against the CA it presents: %w", ErrWrongCA, addr, err)
 		}
 		return nil, fmt.Errorf("%s: %w (TLS handshake: %w)", addr, ErrNotHerd, err)
 	}
@@ -307,23 +310,36 @@ func Join(ctx context.Context, addr string, tok Token, req JoinRequest) (*Admiss
 
 func sha256Of(b []byte) []byte { s := sha256.Sum256(b); return s[:] }
 
-// checkPresented checks the chain a node presented: the last certificate
-// is a CA, pinned by the token when it pins one, and it issued the first.
-func checkPresented(chain []*x509.Certificate, tok Token, addr string) (*x509.Certificate, error) {
-	if len(chain) < 2 {
-		return nil, fmt.Errorf("%w: %s presents no cluster CA in its TLS chain (is it a herd node?)", ErrWrongCA, addr)
+// CARequest is the whole of what a joiner sends to learn the cluster CA:
+// a connection that opens with it gets the CA certificate in PEM, then
+// EOF. Its first byte, 'H', is neither a TLS record nor a memberlist
+// message, so the gossip port hands it to the join listener as well.
+const CARequest = "HERD-CA/1\n"
+
+// FetchCA asks the node at addr for the cluster CA certificate. What comes
+// back is not trusted yet: Join checks it against the token's pin (or,
+// for an unpinned token, has the node prove it holds the secret over TLS
+// verified against it) before anything secret is sent.
+func FetchCA(ctx context.Context, addr string) (*x509.Certificate, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (%w)", addr, ErrUnreachable, err)
 	}
-	ca := chain[len(chain)-1]
-	got := CAHash(sha256.Sum256(ca.Raw))
-	if tok.Pinned() && got != tok.CA {
-		return nil, fmt.Errorf("%w: %s presents CA %s, the token pins %s; nothing was sent", ErrWrongCA, addr, got, tok.CA)
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		_ = c.SetDeadline(dl)
 	}
-	if !ca.IsCA {
-		return nil, fmt.Errorf("%w: the last certificate %s presents is not a CA", ErrWrongCA, addr)
+	if _, err := io.WriteString(c, CARequest); err != nil {
+		return nil, fmt.Errorf("%s: %w (%w)", addr, ErrNotHerd, err)
 	}
-	c := &CA{Cert: ca}
-	if _, err := chain[0].Verify(x509.VerifyOptions{Roots: c.Pool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}); err != nil {
-		return nil, fmt.Errorf("%w: the certificate of %s does not verify against its CA: %w", ErrWrongCA, addr, err)
+	b, err := io.ReadAll(io.LimitReader(c, maxMessage))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w (reading its CA: %w)", addr, ErrNotHerd, err)
+	}
+	ca, err := ParseCertPEM(b)
+	if err != nil || !ca.IsCA {
+		return nil, fmt.Errorf("%s: %w (it answered no CA certificate)", addr, ErrNotHerd)
 	}
 	return ca, nil
 }
@@ -484,15 +500,30 @@ func (s *JoinServer) handle(raw net.Conn) {
 	ctx, cancel := context.WithTimeout(context.Background(), JoinTimeout)
 	defer cancel()
 	_ = raw.SetDeadline(time.Now().Add(JoinTimeout))
-	tc := tls.Server(raw, &tls.Config{
+	br := bufio.NewReaderSize(raw, 64)
+	if first, err := br.Peek(1); err != nil {
+		return
+	} else if first[0] == CARequest[0] {
+		line, err := br.ReadString('\n')
+		if err != nil || line != CARequest {
+			s.logger.Warn("join: a connection that is not a CA request", "from", from)
+			return
+		}
+		if _, err := raw.Write(s.cfg.Store.CA().CertPEM()); err != nil {
+			return
+		}
+		// A joiner whose token pins another CA stops after this.
+		s.logger.Info("sent the cluster CA to a joiner (it checks it against its token before it sends anything)", "from", from)
+		return
+	}
+	tc := tls.Server(&bufferedConn{Conn: raw, r: br}, &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		GetCertificate: func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 			return s.cfg.Store.chain(), nil
 		},
 	})
 	if err := tc.HandshakeContext(ctx); err != nil {
-		// A joiner whose token pins another CA aborts here.
-		s.logger.Warn("join refused: TLS handshake failed (a joiner with another cluster's token aborts here)", "from", from, "err", err)
+		s.logger.Warn("join refused: TLS handshake failed", "from", from, "err", err)
 		return
 	}
 	ekm, err := exportEKM(tc.ConnectionState())
@@ -596,3 +627,11 @@ func checkRequest(name string, req requestMsg) (*x509.CertificateRequest, []net.
 	}
 	return csr, ips, nil
 }
+
+// bufferedConn reads through the reader that peeked at its first byte.
+type bufferedConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufferedConn) Read(b []byte) (int, error) { return c.r.Read(b) }
