@@ -6,6 +6,7 @@ import (
 	"crypto/hkdf"
 	"crypto/rand"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -319,7 +320,7 @@ func (n *Node) memberTLS() *registry.TLS {
 }
 
 // clientTLS is the TLS configuration of the node's registry clients.
-func (n *Node) clientTLS() *tlsConfig {
+func (n *Node) clientTLS() *tls.Config {
 	if s := n.store.Load(); s != nil {
 		return s.ClientConfig()
 	}

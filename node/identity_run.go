@@ -19,8 +19,6 @@ import (
 	"github.com/herdcluster/herd/secure"
 )
 
-type tlsConfig = tls.Config
-
 // startSecured starts what needs the node's certificate, once it has one:
 // the agent API over HTTPS and the join server on the gossip port. In
 // --insecure mode it starts the API in plaintext. Safe to call more than
@@ -57,7 +55,7 @@ func (n *Node) startSecured() {
 // the data dir and gossip in step with the registry: a rotated join secret
 // rewrites the token file, a changed keyring is installed, the CA key is
 // kept where the node lacks it.
-func (n *Node) followSecrets(ctx context.Context) {
+func (n *Node) followSecrets() {
 	store := n.store.Load()
 	if store == nil {
 		return
@@ -122,31 +120,22 @@ func (n *Node) followSecretsFrom(sec *registry.Secrets, store *secure.Store) {
 // snapshot's, on a node restored from a snapshot). It retries until each is
 // in the registry or ctx is done.
 func (n *Node) publishSecrets(ctx context.Context, sec *registry.Secrets, store *secure.Store) {
-	var vals []struct {
+	type secret struct {
 		name string
 		v    []byte
 	}
+	var vals []secret
 	if ca := store.CA(); ca.Key != nil {
-		k, err := secure.KeyPEM(ca.Key)
-		if err == nil {
-			vals = append(vals, struct {
-				name string
-				v    []byte
-			}{secretCAKey, k})
+		if k, err := secure.KeyPEM(ca.Key); err == nil {
+			vals = append(vals, secret{secretCAKey, k})
 		}
 	}
 	if t := n.token.Load(); t != nil {
-		vals = append(vals, struct {
-			name string
-			v    []byte
-		}{secretJoin, []byte(hex.EncodeToString(t.Secret[:]))})
+		vals = append(vals, secret{secretJoin, []byte(hex.EncodeToString(t.Secret[:]))})
 	}
 	if kr := n.keyring.Load(); kr != nil {
 		if b, err := json.Marshal(kr); err == nil {
-			vals = append(vals, struct {
-				name string
-				v    []byte
-			}{secretKeyring, b})
+			vals = append(vals, secret{secretKeyring, b})
 		}
 	}
 	marker := filepath.Join(n.cfg.DataDir, restoredMarker)

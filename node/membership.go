@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/herdcluster/herd/api"
@@ -265,9 +266,14 @@ func (n *Node) useVoters() {
 		n.client.SetEndpoints(eps...)
 		n.epMu.Unlock()
 	}
-	if voters := n.memberClientURLs(); len(voters) > 0 && !slices.Equal(voters, n.dir.loadVoters()) {
-		if err := n.dir.saveVoters(voters); err != nil {
-			n.logger.Warn("could not record the voters' URLs in the data dir", "err", err)
+	if voters := n.memberClientURLs(); len(voters) > 0 {
+		key := strings.Join(voters, ",")
+		if last := n.savedVoters.Load(); last == nil || *last != key {
+			if err := n.dir.saveVoters(voters); err != nil {
+				n.logger.Warn("could not record the voters' URLs in the data dir", "err", err)
+			} else {
+				n.savedVoters.Store(&key)
+			}
 		}
 	}
 }

@@ -80,6 +80,8 @@ type Node struct {
 	// own certificate renewals, for /metrics and the tests.
 	admitted atomic.Uint64
 	renewals atomic.Uint64
+	// savedVoters is the voters' URL list last recorded in the data dir.
+	savedVoters atomic.Pointer[string]
 
 	errc      chan error
 	bgCtx     context.Context
@@ -205,7 +207,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if n.client, err = registry.NewClient(n.registryEndpoints(), n.clientTLS(), n.logger); err != nil {
 		return err
 	}
-	n.followSecrets(n.bgCtx)
+	n.followSecrets()
 	n.goBackground(n.renewCertificates)
 	if m := n.member.Load(); m != nil {
 		n.watchMember(m)
