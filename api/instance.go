@@ -31,6 +31,11 @@ type Instance struct {
 	// Health is "passing" for every instance registered today; reserved for
 	// health checks.
 	Health string `json:"health,omitempty"`
+	// TLS says the instance serves HTTPS with a certificate the cluster CA
+	// issued for Address and wants a cluster client certificate: gateways
+	// dial it with TLS and their node certificate. A node's service host
+	// sets it under --internal-tls; the agent API's registrations cannot.
+	TLS bool `json:"tls,omitempty"`
 }
 
 // Limits on instance fields. They keep a registry value well under etcd's

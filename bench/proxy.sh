@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # Proxy throughput benchmark: the same backend (herd's hello service on one
-# node's service port) reached four ways, measured with wrk:
+# node's service port) reached five ways, measured with wrk:
 #
 #   direct  wrk -> 127.0.0.61:9000/hello/                        (the backend alone)
 #   nginx   wrk -> nginx 127.0.0.62:8081 -> 127.0.0.61:9000        (keepalive upstream)
 #   stock   wrk -> bench/stockproxy 127.0.0.63:8082 -> :9000       (httputil.ReverseProxy, default transport)
 #   gomin   wrk -> bench/minproxy 127.0.0.64:8083 -> :9000         (the least a Go proxy can do: raw bytes, no features)
 #   herd    wrk -> herd gateway 127.0.0.61:8080 -> :9000            (the node's own gateway)
+#   itls    wrk -> herd gateway 127.0.0.65:8080 -> :9000 over TLS   (a second node, --internal-tls: the hop a
+#                                                                 peer's gateway makes, with node certificates)
+#
+# Both herd nodes run as users get them (secure by default: the agent API
+# is HTTPS; the readiness probe trusts each node's own CA).
 #
 # wrk -t2 -c64 --latency, a 2 s warm-up of each target, then BENCH_ROUNDS
 # rounds (default 3) of BENCH_DURATION (default 10s) per target, alternating
-# direct, nginx, stock, gomin, herd within each round so that drift hits all
+# direct, nginx, stock, gomin, herd, itls within each round so that drift hits all
 # alike.
 # Prints medians over rounds (req/s, p50, p99) and herd's ratios as a table,
 # and writes them as JSON to ${BENCH_OUT:-/tmp/herd-bench-proxy.json}.
@@ -36,16 +41,18 @@ herd_ip=127.0.0.61
 nginx_addr=127.0.0.62:8081
 stock_addr=127.0.0.63:8082
 gomin_addr=127.0.0.64:8083
+itls_ip=127.0.0.65
 backend=$herd_ip:9000
 herd_bin=bin/herd
 
-targets=(direct nginx stock gomin herd)
+targets=(direct nginx stock gomin herd itls)
 declare -A url=(
 	[direct]="http://$backend/hello/"
 	[nginx]="http://$nginx_addr/hello/"
 	[stock]="http://$stock_addr/hello/"
 	[gomin]="http://$gomin_addr/hello/"
 	[herd]="http://$herd_ip:8080/hello/"
+	[itls]="http://$itls_ip:8080/hello/"
 )
 declare -A what=(
 	[direct]="wrk straight to the backend"
@@ -53,6 +60,7 @@ declare -A what=(
 	[stock]="httputil.ReverseProxy, default transport"
 	[gomin]="bench/minproxy, Go floor, no features"
 	[herd]="herd gateway"
+	[itls]="herd gateway, --internal-tls hop"
 )
 
 die() {
@@ -90,6 +98,7 @@ fi
 # wildcard listener on that port, which would make our bind fail too).
 port_busy() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 for hp in "$herd_ip:7946" "$herd_ip:2379" "$herd_ip:2380" "$herd_ip:8080" "$herd_ip:8500" "$herd_ip:9000" \
+	"$itls_ip:7946" "$itls_ip:2379" "$itls_ip:2380" "$itls_ip:8080" "$itls_ip:8500" "$itls_ip:9000" \
 	"$nginx_addr" "$stock_addr" "$gomin_addr"; do
 	if port_busy "${hp%:*}" "${hp##*:}"; then
 		die "$hp is already in use (see: ss -ltnp 'sport = :${hp##*:}'); stop whatever listens there and retry"
@@ -99,7 +108,7 @@ done
 # ---- processes and cleanup --------------------------------------------------
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/herd-bench-proxy.XXXXXX")
-herd_pid='' nginx_pid='' stock_pid='' gomin_pid=''
+herd_pid='' itls_pid='' nginx_pid='' stock_pid='' gomin_pid=''
 
 # stop NAME PID SIGNAL: signal, wait up to 15 s, then SIGKILL; always reap.
 stop() {
@@ -131,6 +140,7 @@ cleanup() {
 	trap - EXIT INT TERM
 	if ((rc != 0)); then
 		show_log herd "$tmp/herd.log"
+		show_log "herd (internal TLS)" "$tmp/itls.log"
 		show_log nginx "$tmp/nginx/error.log"
 		show_log stockproxy "$tmp/stockproxy.log"
 		show_log minproxy "$tmp/minproxy.log"
@@ -139,6 +149,7 @@ cleanup() {
 	stop stockproxy "$stock_pid" TERM
 	stop minproxy "$gomin_pid" TERM
 	stop herd "$herd_pid" TERM
+	stop "herd (internal TLS)" "$itls_pid" TERM
 	rm -rf "$tmp"
 	exit "$rc"
 }
@@ -146,30 +157,41 @@ trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 
-# wait_http NAME PID URL SECONDS: until URL answers 200, or fail when the
-# process exits or time runs out.
+# wait_http NAME PID URL SECONDS [CURL-ARGS...]: until URL answers 200, or
+# fail when the process exits or time runs out.
 wait_http() {
 	local name=$1 pid=$2 u=$3 secs=$4 i code
+	shift 4
 	for ((i = 0; i < secs * 10; i++)); do
 		kill -0 "$pid" 2>/dev/null || die "$name exited before $u answered"
-		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$u" || true)
+		code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 1 "$@" "$u" || true)
 		[[ $code == 200 ]] && return 0
 		sleep 0.1
 	done
 	die "$name: $u did not answer 200 within ${secs}s (last status: ${code:-none})"
 }
 
-# The herd node: one node, hello and echo on :9000, gateway on :8080. HERD_*
-# variables of the caller's environment are dropped so that none (HERD_JOIN)
-# changes what is started.
-echo "starting herd node on $herd_ip..." >&2
-(
-	while read -r v; do unset "$v"; done < <(compgen -e | grep '^HERD_' || true)
-	exec "$herd_bin" agent --name bench --bind "$herd_ip" --data-dir "$tmp/data" --log-level warn
-) >"$tmp/herd.log" 2>&1 &
+# The herd nodes, each a one-node cluster of its own: hello and echo on
+# :9000, gateway on :8080; the second with --internal-tls. HERD_* variables
+# of the caller's environment are dropped so that none (HERD_JOIN) changes
+# what is started.
+start_herd() { # NAME IP LOG ARGS...
+	local name=$1 ip=$2 log=$3
+	shift 3
+	(
+		while read -r v; do unset "$v"; done < <(compgen -e | grep '^HERD_' || true)
+		exec "$herd_bin" agent --name "$name" --bind "$ip" --data-dir "$tmp/$name" --log-level warn "$@"
+	) >"$log" 2>&1 &
+}
+echo "starting herd nodes on $herd_ip and $itls_ip (--internal-tls)..." >&2
+start_herd bench "$herd_ip" "$tmp/herd.log"
 herd_pid=$!
-wait_http "herd (readyz)" "$herd_pid" "http://$herd_ip:8500/readyz" 60
+start_herd bench-itls "$itls_ip" "$tmp/itls.log" --internal-tls
+itls_pid=$!
+wait_http "herd (readyz)" "$herd_pid" "https://$herd_ip:8500/readyz" 60 --cacert "$tmp/bench/tls/ca.pem"
 wait_http "herd (gateway)" "$herd_pid" "${url[herd]}" 30
+wait_http "herd --internal-tls (readyz)" "$itls_pid" "https://$itls_ip:8500/readyz" 60 --cacert "$tmp/bench-itls/tls/ca.pem"
+wait_http "herd --internal-tls (gateway)" "$itls_pid" "${url[itls]}" 30
 
 # The stock proxy, built from bench/stockproxy.
 echo "building and starting bench/stockproxy on $stock_addr..." >&2
@@ -302,6 +324,8 @@ r_stock=$(ratio "${rps[herd]}" "${rps[stock]}")
 r_gomin=$(ratio "${rps[herd]}" "${rps[gomin]}")
 r_floor=$(ratio "${rps[gomin]}" "${rps[nginx]}")
 r_p99=$(ratio "${p99[herd]}" "${p99[nginx]}")
+r_itls=$(ratio "${rps[itls]}" "${rps[herd]}")
+r_itls_p99=$(ratio "${p99[itls]}" "${p99[herd]}")
 
 echo
 echo "Proxy throughput: wrk -t$threads -c$connections -d$duration --latency, median of $rounds round(s), backend herd hello on $backend"
@@ -315,6 +339,7 @@ done
 echo
 echo "herd throughput: ${r_nginx}x nginx, ${r_direct}x direct, ${r_stock}x stock, ${r_gomin}x the Go floor" \
 	"(which is ${r_floor}x nginx); herd p99 is ${r_p99}x nginx's"
+echo "internal TLS: the gateway with a TLS hop to the service host runs at ${r_itls}x the plaintext hop's req/s, p99 ${r_itls_p99}x"
 echo
 echo "caveat: nproc=$ncpu, load average at start $load_start; wrk, nginx, the stock proxy, the herd gateway and the" \
 	"backend all share the same $ncpu cores over loopback, so these numbers compare the proxies, they are not capacity."
@@ -332,7 +357,7 @@ mkdir -p "$(dirname "$out")"
 	printf '  "date": "%s",\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 	printf '  "commit": "%s",\n' "$commit"
 	printf '  "machine": {"nproc": %d, "loadavg_start": "%s", "note": "load generator, proxies and backend share the same cores over loopback"},\n' "$ncpu" "$load_start"
-	printf '  "method": {"tool": "%s", "threads": %d, "connections": %d, "duration": "%s", "rounds": %d, "warmup": "%s", "order": ["direct", "nginx", "stock", "gomin", "herd"], "statistic": "median over rounds"},\n' \
+	printf '  "method": {"tool": "%s", "threads": %d, "connections": %d, "duration": "%s", "rounds": %d, "warmup": "%s", "order": ["direct", "nginx", "stock", "gomin", "herd", "itls"], "statistic": "median over rounds"},\n' \
 		"$(wrk -v 2>&1 | head -n1 | awk '{ print $1, $2 }')" "$threads" "$connections" "$duration" "$rounds" "$warmup"
 	printf '  "targets": {\n'
 	n=0
@@ -344,8 +369,8 @@ mkdir -p "$(dirname "$out")"
 		if ((n < ${#targets[@]})); then printf ']},\n'; else printf ']}\n'; fi
 	done
 	printf '  },\n'
-	printf '  "ratios": {"herd_nginx_rps": %s, "herd_direct_rps": %s, "herd_stock_rps": %s, "herd_gomin_rps": %s, "gomin_nginx_rps": %s, "herd_nginx_p99": %s}\n' \
-		"$r_nginx" "$r_direct" "$r_stock" "$r_gomin" "$r_floor" "$r_p99"
+	printf '  "ratios": {"herd_nginx_rps": %s, "herd_direct_rps": %s, "herd_stock_rps": %s, "herd_gomin_rps": %s, "gomin_nginx_rps": %s, "herd_nginx_p99": %s, "itls_herd_rps": %s, "itls_herd_p99": %s}\n' \
+		"$r_nginx" "$r_direct" "$r_stock" "$r_gomin" "$r_floor" "$r_p99" "$r_itls" "$r_itls_p99"
 	printf '}\n'
 } >"$out"
 echo "results written to $out"

@@ -574,3 +574,86 @@ func TestGatewayTLS(t *testing.T) {
 		}
 	}
 }
+
+// With --internal-tls a node's service host serves HTTPS with its node
+// certificate to cluster members only: a peer's gateway (without the flag
+// itself) reaches it with TLS and its own certificate; plaintext, and TLS
+// without a cluster certificate, are refused at the service port.
+func TestInternalTLS(t *testing.T) {
+	c := newCluster(t)
+	n1 := c.add(1, "--services", "")
+	n1.start()
+	waitUntil(t, 30*time.Second, "node1 ready", n1.ready)
+	n2 := c.add(2, "--join", n1.IP, "--internal-tls", "--services", "hello,echo")
+	n2.start()
+	waitUntil(t, 30*time.Second, "node2 ready", n2.ready)
+
+	var svc struct {
+		Instances []struct {
+			Node string `json:"node"`
+			TLS  bool   `json:"tls"`
+		} `json:"instances"`
+	}
+	waitUntil(t, 20*time.Second, "node2's hello registered with tls", func() error {
+		if code, err := getJSON(n1.api()+"/v1/services/hello", &svc); err != nil || code != 200 {
+			return fmt.Errorf("%d %v", code, err)
+		}
+		if len(svc.Instances) != 1 || svc.Instances[0].Node != "node2" || !svc.Instances[0].TLS {
+			return fmt.Errorf("instances %+v", svc.Instances)
+		}
+		return nil
+	})
+	// GET takes the express path, DELETE the lean forward path, POST with a
+	// body httputil.ReverseProxy: each over TLS to node2.
+	for _, method := range []string{http.MethodGet, http.MethodDelete, http.MethodPost} {
+		path := map[string]string{"GET": "/hello/"}[method]
+		if path == "" {
+			path = "/echo/x"
+		}
+		waitUntil(t, 20*time.Second, method+" "+path+" through node1's gateway", func() error {
+			req, _ := http.NewRequest(method, n1.gateway()+path, strings.NewReader(map[string]string{"POST": "body"}[method]))
+			resp, err := httpClient.Do(req)
+			if err != nil {
+				return err
+			}
+			defer resp.Body.Close()
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || !strings.Contains(string(b), "node2") {
+				return fmt.Errorf("%d %s", resp.StatusCode, b)
+			}
+			return nil
+		})
+	}
+
+	svcAddr := n2.IP + ":9000"
+	if resp, err := http.Get("http://" + svcAddr + "/hello/"); err == nil {
+		resp.Body.Close()
+		if resp.StatusCode == 200 {
+			t.Fatal("node2's service port served plaintext HTTP")
+		}
+	}
+	noCert := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.caPool()}}}
+	if resp, err := noCert.Get("https://" + svcAddr + "/hello/"); err == nil {
+		resp.Body.Close()
+		t.Fatalf("node2's service port served a client without a cluster certificate: %d", resp.StatusCode)
+	}
+	// An operator's client certificate from `herd tls cert create` is a
+	// cluster certificate: it is served.
+	dir := t.TempDir()
+	if out, err := runCLI(t, "tls", "cert", "create", "--client", "--name", "ops", "--data-dir", n1.DataDir, "--out", dir); err != nil {
+		t.Fatalf("herd tls cert create: %v %s", err, out)
+	}
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "ops.pem"), filepath.Join(dir, "ops-key.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	withCert := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: c.caPool(), Certificates: []tls.Certificate{cert}}}}
+	resp, err := withCert.Get("https://" + svcAddr + "/hello/")
+	if err != nil {
+		t.Fatalf("node2's service port with a cluster client certificate: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("node2's service port with a cluster client certificate: %d", resp.StatusCode)
+	}
+}

@@ -32,6 +32,12 @@ type Config struct {
 	// change): clients connect with https, and upstreams are told so in
 	// X-Forwarded-Proto. nil (the default) serves plain HTTP.
 	TLS *tls.Config
+	// UpstreamTLS is the client side of the node's certificate: RootCAs the
+	// cluster CA, the node certificate presented. Instances registered with
+	// TLS (a service host under --internal-tls) are dialled with it,
+	// verified for the address dialled. nil (an --insecure node) makes
+	// requests to such instances fail.
+	UpstreamTLS *tls.Config
 	// CORSOrigins lists the browser origins allowed to call services through
 	// the gateway, each exactly as a browser sends it in the Origin header
 	// ("https://app.example.com", "http://localhost:3000": lower-case scheme

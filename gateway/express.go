@@ -68,7 +68,7 @@ func (g *Gateway) express(fw *frontWriter, r *http.Request, rt *route) {
 	var err error
 	for try := 0; ; try++ {
 		var reused bool
-		pc, reused, err = g.lean.get(rt, rt.hostport)
+		pc, reused, err = g.lean.get(rt, rt.hostport, rt.inst.TLS)
 		if err != nil {
 			break
 		}

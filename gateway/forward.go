@@ -34,7 +34,7 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, rt *route) {
 // outboundRequest is the request forward sends upstream for r.
 func (rt *route) outboundRequest(r *http.Request) *http.Request {
 	out := r.WithContext(rt)
-	rt.url = url.URL{Scheme: "http", Host: rt.hostport, Path: rt.path, RawPath: rt.rawPath,
+	rt.url = url.URL{Scheme: scheme(rt.inst), Host: rt.hostport, Path: rt.path, RawPath: rt.rawPath,
 		RawQuery: r.URL.RawQuery, ForceQuery: r.URL.ForceQuery}
 	out.URL = &rt.url
 	out.Host = "" // the Host header follows the URL: the instance

@@ -89,21 +89,19 @@ func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway,
 	cfg = cfg.withDefaults()
 	sel, _ := selectorFor(cfg.Balancer)
 	g := &Gateway{
-		cfg:       cfg,
-		cat:       cat,
-		live:      live,
-		log:       logger.With("component", "gateway"),
-		sel:       sel,
-		cors:      newCORSPolicy(cfg.CORSOrigins),
-		transport: newTransport(cfg),
-		noHeaderTimeout: func() *http.Transport {
-			tr := newTransport(cfg)
-			tr.ResponseHeaderTimeout = 0
-			return tr
-		}(),
+		cfg:     cfg,
+		cat:     cat,
+		live:    live,
+		log:     logger.With("component", "gateway"),
+		sel:     sel,
+		cors:    newCORSPolicy(cfg.CORSOrigins),
 		stopped: make(chan struct{}),
 	}
-	g.lean = newLeanTransport(cfg, g.transport)
+	d := newUpstreamDialer(cfg)
+	g.transport = newTransport(cfg, d)
+	g.noHeaderTimeout = newTransport(cfg, d)
+	g.noHeaderTimeout.ResponseHeaderTimeout = 0
+	g.lean = newLeanTransport(cfg, d, g.transport)
 	if cfg.RateLimit > 0 {
 		g.limiter = newLimiter(cfg.RateLimit, cfg.RateBurst)
 	}

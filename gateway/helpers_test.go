@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"context"
 	"crypto/sha256"
+	"crypto/tls"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -77,6 +78,9 @@ type seen struct {
 	Header     http.Header `json:"header"`
 	BodyLen    int         `json:"body_len"`
 	BodySHA256 string      `json:"body_sha256"`
+	// ClientCert is the common name of the client certificate the
+	// gateway presented, "" over plain HTTP.
+	ClientCert string `json:"client_cert,omitempty"`
 }
 
 // backend is a real HTTP server that echoes what it received as JSON.
@@ -94,10 +98,14 @@ const (
 	hdrResponseBodyLen = "X-Test-Response-Body-Len" // answer with a body of this many bytes
 )
 
-func startBackend(t testing.TB, name string) *backend {
+func startBackend(t testing.TB, name string) *backend { return startBackendTLS(t, name, nil) }
+
+// startBackendTLS starts the echo backend serving HTTPS with cfg (plain
+// HTTP when nil).
+func startBackendTLS(t testing.TB, name string, cfg *tls.Config) *backend {
 	t.Helper()
 	b := &backend{name: name}
-	b.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	b.srv = httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		b.hits.Add(1)
 		h := sha256.New()
 		n, err := io.Copy(h, r.Body)
@@ -128,8 +136,13 @@ func startBackend(t testing.TB, name string) *backend {
 			_, _ = w.Write(pattern(size))
 			return
 		}
+		var clientCert string
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			clientCert = r.TLS.PeerCertificates[0].Subject.CommonName
+		}
 		w.Header().Set("Content-Type", "application/json")
 		_ = json.NewEncoder(w).Encode(seen{
+			ClientCert: clientCert,
 			Backend:    name,
 			Method:     r.Method,
 			RequestURI: r.RequestURI,
@@ -139,6 +152,12 @@ func startBackend(t testing.TB, name string) *backend {
 			BodySHA256: hex.EncodeToString(h.Sum(nil)),
 		})
 	}))
+	if cfg != nil {
+		b.srv.TLS = cfg
+		b.srv.StartTLS()
+	} else {
+		b.srv.Start()
+	}
 	t.Cleanup(b.srv.Close)
 	return b
 }

@@ -112,13 +112,14 @@ func (bp *bufferPool) Put(b []byte) {
 	bp.p.Put((*[copyBufferSize]byte)(b[:copyBufferSize]))
 }
 
-// newTransport builds the one transport shared by every upstream request.
-func newTransport(cfg Config) *http.Transport {
-	dialer := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: upstreamKeepAlive}
+// newTransport builds a transport for the upstream requests the lean
+// transport does not take, dialling with d.
+func newTransport(cfg Config, d *upstreamDialer) *http.Transport {
 	return &http.Transport{
 		// Proxy is nil on purpose: cluster traffic never goes through
 		// HTTP_PROXY from the environment.
-		DialContext:           dialer.DialContext,
+		DialContext:           d.dial,
+		DialTLSContext:        d.dialTLS,
 		MaxIdleConns:          max(minMaxIdleConns, cfg.MaxIdleConnsPerHost),
 		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
 		IdleConnTimeout:       upstreamIdleConnTimeout,
@@ -151,7 +152,7 @@ func (g *Gateway) newProxy() *httputil.ReverseProxy {
 func rewrite(pr *httputil.ProxyRequest) {
 	rt := routeFrom(pr.In.Context())
 	u := pr.Out.URL
-	u.Scheme = "http"
+	u.Scheme = scheme(rt.inst)
 	u.Host = rt.hostport
 	u.Opaque = ""
 	u.User = nil

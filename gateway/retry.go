@@ -247,7 +247,7 @@ func (rt *route) outbound(req *http.Request) *http.Request { return rt.outboundT
 // outboundTo is req sent to inst, with a fresh copy of the buffered body.
 func (rt *route) outboundTo(req *http.Request, inst *api.Instance) *http.Request {
 	out := req.Clone(req.Context())
-	out.URL.Host = rt.st.hostport(inst)
+	out.URL.Scheme, out.URL.Host = scheme(inst), rt.st.hostport(inst)
 	out.URL.Path, out.URL.RawPath = upstreamPath(inst.Path, rt.decRest, rt.escRest)
 	out.Host = ""
 	if rt.body != nil {

@@ -135,3 +135,83 @@ func TestGatewayTerminatesTLS(t *testing.T) {
 		t.Fatalf("after a bad file: serving %q", got)
 	}
 }
+
+// issue signs a fresh key for req and returns the pair.
+func issue(t *testing.T, ca *secure.CA, req secure.CertRequest) tls.Certificate {
+	t.Helper()
+	key, err := secure.NewKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := ca.Sign(key.Public(), req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert}
+}
+
+// An instance registered with TLS (a service host under --internal-tls) is
+// dialled with TLS on every path through the gateway, presenting the
+// gateway's certificate and verifying the instance's against the cluster
+// CA; a gateway that cannot do both is refused by it, or refuses it.
+func TestGatewayDialsTLSInstances(t *testing.T) {
+	ca, err := secure.NewCA("gateway-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := issue(t, ca, secure.CertRequest{Name: "host", IPs: []net.IP{net.ParseIP("127.0.0.1")}})
+	b := startBackendTLS(t, "b1", &tls.Config{
+		Certificates: []tls.Certificate{server}, ClientAuth: tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool(),
+	})
+	inst := b.instance("svc", "n1", "")
+	inst.TLS = true
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", inst)
+
+	gwCert := issue(t, ca, secure.CertRequest{Name: "gw-node", IPs: []net.IP{net.ParseIP("127.0.0.1")}})
+	cfg := gateway.DefaultConfig()
+	cfg.UpstreamTLS = &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{gwCert}, MinVersion: tls.VersionTLS12}
+	tg := startGateway(t, cfg, cat, live)
+	// GET: the express path; DELETE: the lean forward path; POST with a
+	// body: httputil.ReverseProxy over http.Transport. Twice each, so the
+	// second goes over a pooled connection.
+	for range 2 {
+		for _, method := range []string{http.MethodGet, http.MethodDelete, http.MethodPost} {
+			res, body := tg.do(t, method, "/svc/x?q=1", nil, strings.NewReader(strings.Repeat("b", map[string]int{"POST": 10}[method])))
+			var s seen
+			if res.StatusCode != 200 || json.Unmarshal(body, &s) != nil {
+				t.Fatalf("%s to a TLS instance: %d %s", method, res.StatusCode, body)
+			}
+			if s.ClientCert != "gw-node" || s.Method != method || s.RequestURI != "/x?q=1" {
+				t.Fatalf("%s to a TLS instance: it saw %+v", method, s)
+			}
+		}
+	}
+
+	// A gateway with no certificate to present (an --insecure node) says
+	// so, and the instance is not spoken to in plaintext.
+	before := b.hits.Load()
+	plain := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+	for _, method := range []string{http.MethodGet, http.MethodPost} {
+		res, body := plain.do(t, method, "/svc/x", nil, strings.NewReader(strings.Repeat("b", map[string]int{"POST": 10}[method])))
+		if res.StatusCode != http.StatusBadGateway {
+			t.Fatalf("%s from a gateway without a certificate: %d %s", method, res.StatusCode, body)
+		}
+	}
+	// A gateway of another cluster: the instance's certificate is not
+	// from its CA, and its own is not from the instance's.
+	other, err := secure.NewCA("other")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ocfg := gateway.DefaultConfig()
+	ocfg.UpstreamTLS = &tls.Config{RootCAs: other.Pool(), Certificates: []tls.Certificate{issue(t, other, secure.CertRequest{Name: "stranger"})}}
+	stranger := startGateway(t, ocfg, cat, newLiveness())
+	res, body := stranger.do(t, http.MethodGet, "/svc/x", nil, nil)
+	if res.StatusCode != http.StatusBadGateway {
+		t.Fatalf("a gateway of another cluster: %d %s", res.StatusCode, body)
+	}
+	if got := b.hits.Load(); got != before {
+		t.Fatalf("the TLS instance served %d requests from gateways without a cluster certificate", got-before)
+	}
+}

@@ -32,13 +32,13 @@ import (
 // idempotent and has no body, which is also what http.Transport does.
 type leanTransport struct {
 	fallback      *http.Transport
-	dial          func(ctx context.Context, network, addr string) (net.Conn, error)
+	dialer        *upstreamDialer
 	headerTimeout time.Duration // 0: none
 	maxIdle       int           // idle connections kept per upstream address
 	idleTimeout   time.Duration // an idle connection older than this is closed
 
-	// pools maps "address:port" to its idle connections, copy on write.
-	pools atomic.Pointer[map[string]*connPool]
+	// pools maps an upstream to its idle connections, copy on write.
+	pools atomic.Pointer[map[poolKey]*connPool]
 	mu    sync.Mutex // serialises writers of pools, and the sweep timer
 	sweep *time.Timer
 	// closed is set by CloseIdleConnections at shutdown: connections are
@@ -48,18 +48,24 @@ type leanTransport struct {
 
 var _ http.RoundTripper = (*leanTransport)(nil)
 
-func newLeanTransport(cfg Config, fallback *http.Transport) *leanTransport {
-	d := &net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: upstreamKeepAlive}
+func newLeanTransport(cfg Config, d *upstreamDialer, fallback *http.Transport) *leanTransport {
 	return &leanTransport{
 		fallback:      fallback,
-		dial:          d.DialContext,
+		dialer:        d,
 		headerTimeout: fallback.ResponseHeaderTimeout,
 		maxIdle:       cfg.MaxIdleConnsPerHost,
 		idleTimeout:   upstreamIdleConnTimeout,
 	}
 }
 
-// connPool holds idle connections to one upstream address.
+// poolKey names an upstream: its "address:port", and whether it is
+// spoken to with TLS (api.Instance.TLS).
+type poolKey struct {
+	addr string
+	tls  bool
+}
+
+// connPool holds idle connections to one upstream.
 type connPool struct {
 	idle   chan *upConn
 	used   atomic.Int64 // unix nanoseconds of the last get
@@ -77,7 +83,7 @@ type upConn struct {
 
 // lean reports whether req can take the lean path.
 func lean(req *http.Request) bool {
-	if req.URL.Scheme != "http" || req.ContentLength != 0 || len(req.TransferEncoding) > 0 ||
+	if req.URL.Scheme != "http" && req.URL.Scheme != "https" || req.ContentLength != 0 || len(req.TransferEncoding) > 0 ||
 		(req.Body != nil && req.Body != http.NoBody) {
 		return false
 	}
@@ -98,7 +104,7 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 	}
 	ctx := req.Context()
 	for attempt := 0; ; attempt++ {
-		pc, reused, err := t.get(ctx, req.URL.Host)
+		pc, reused, err := t.get(ctx, req.URL.Host, req.URL.Scheme == "https")
 		if err != nil {
 			return nil, err
 		}
@@ -358,9 +364,10 @@ func (b *leanBody) tryRelease() bool {
 
 var errBodyClosed = errors.New("gateway: read on a closed upstream body")
 
-// get returns an idle connection to addr, or a new one; reused says which.
-func (t *leanTransport) get(ctx context.Context, addr string) (pc *upConn, reused bool, err error) {
-	p := t.pool(addr)
+// get returns an idle connection to addr (with TLS when secure), or a new
+// one; reused says which.
+func (t *leanTransport) get(ctx context.Context, addr string, secure bool) (pc *upConn, reused bool, err error) {
+	p := t.pool(poolKey{addr, secure})
 	now := time.Now().UnixNano()
 	if now-p.used.Load() > int64(time.Second) {
 		p.used.Store(now) // coarse: the sweep only needs minutes
@@ -377,18 +384,22 @@ func (t *leanTransport) get(ctx context.Context, addr string) (pc *upConn, reuse
 		}
 		break
 	}
-	c, err := t.dial(ctx, "tcp", addr)
+	dial := t.dialer.dial
+	if secure {
+		dial = t.dialer.dialTLS
+	}
+	c, err := dial(ctx, "tcp", addr)
 	if err != nil {
 		return nil, false, err
 	}
 	return &upConn{Conn: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10), pool: p}, false, nil
 }
 
-// pool returns addr's pool, creating it (and arming the sweep of idle
+// pool returns key's pool, creating it (and arming the sweep of idle
 // connections).
-func (t *leanTransport) pool(addr string) *connPool {
+func (t *leanTransport) pool(key poolKey) *connPool {
 	if m := t.pools.Load(); m != nil {
-		if p, ok := (*m)[addr]; ok {
+		if p, ok := (*m)[key]; ok {
 			return p
 		}
 	}
@@ -396,11 +407,11 @@ func (t *leanTransport) pool(addr string) *connPool {
 	defer t.mu.Unlock()
 	old := t.pools.Load()
 	if old != nil {
-		if p, ok := (*old)[addr]; ok {
+		if p, ok := (*old)[key]; ok {
 			return p
 		}
 	}
-	m := make(map[string]*connPool, 1+lenOf(old))
+	m := make(map[poolKey]*connPool, 1+lenOf(old))
 	if old != nil {
 		for k, v := range *old {
 			m[k] = v
@@ -408,7 +419,7 @@ func (t *leanTransport) pool(addr string) *connPool {
 	}
 	p := &connPool{idle: make(chan *upConn, max(t.maxIdle, 1)), closed: &t.closed}
 	p.used.Store(time.Now().UnixNano())
-	m[addr] = p
+	m[key] = p
 	t.pools.Store(&m)
 	if t.sweep == nil && !t.closed.Load() {
 		t.sweep = time.AfterFunc(t.idleTimeout, t.sweepIdle)
@@ -431,8 +442,8 @@ func (t *leanTransport) sweepIdle() {
 		return
 	}
 	now := time.Now().UnixNano()
-	m := make(map[string]*connPool, len(*old))
-	for addr, p := range *old {
+	m := make(map[poolKey]*connPool, len(*old))
+	for key, p := range *old {
 		for range len(p.idle) {
 			var pc *upConn
 			select {
@@ -453,7 +464,7 @@ func (t *leanTransport) sweepIdle() {
 			}
 		}
 		if len(p.idle) > 0 || now-p.used.Load() <= int64(t.idleTimeout) {
-			m[addr] = p
+			m[key] = p
 		}
 	}
 	t.pools.Store(&m)

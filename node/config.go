@@ -92,6 +92,13 @@ type Config struct {
 	// terminates TLS with (read again when they change); empty, the
 	// gateway serves plain HTTP.
 	GatewayTLSCert, GatewayTLSKey string
+	// InternalTLS makes the service host serve HTTPS with the node
+	// certificate and require a cluster certificate from its clients, and
+	// registers its instances so that gateways dial them with TLS: the hop
+	// from a peer's gateway to this node's services is encrypted and only
+	// cluster members make it. Every gateway of a secure cluster can dial
+	// such instances, with or without the flag itself.
+	InternalTLS bool
 	// Out receives what the node prints for its operator once: the join
 	// token of a cluster it creates. nil prints nothing (the token is in
 	// the data dir).
@@ -272,6 +279,9 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("--join-token: %w", err)
 		}
 		c.token = &t
+	}
+	if c.InternalTLS && c.Insecure {
+		return errors.New("--internal-tls and --insecure: an insecure node has no certificate to serve its services with; drop one of them")
 	}
 	if (c.GatewayTLSCert == "") != (c.GatewayTLSKey == "") {
 		return errors.New("--gateway-tls-cert and --gateway-tls-key go together: give both or neither")

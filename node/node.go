@@ -226,6 +226,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.goBackground(n.autopilot)
 
 	hcfg := services.Config{Node: cfg.Name, AdvertiseIP: cfg.advertise(), Port: cfg.ServicePort, Services: cfg.Services}
+	if s := n.store.Load(); s != nil && cfg.InternalTLS {
+		hcfg.TLS = s.ServerConfig(tls.RequireAndVerifyClientCert)
+	}
 	if n.host, err = services.NewHost(hcfg, n.registrar, n.logger); err != nil {
 		return err
 	}
@@ -244,6 +247,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	gwcfg.RateLimit, gwcfg.RateBurst = cfg.RateLimit, cfg.RateBurst
 	gwcfg.DialTimeout, gwcfg.ResponseHeaderTimeout = cfg.DialTimeout, cfg.ResponseHeaderTimeout
 	gwcfg.HedgeAfter, gwcfg.HedgeAuto, _ = cfg.hedge() // checked by Validate
+	gwcfg.UpstreamTLS = n.clientTLS()
 	if cfg.GatewayTLSCert != "" {
 		fc, err := secure.NewFileCertificate(cfg.GatewayTLSCert, cfg.GatewayTLSKey)
 		if err != nil {

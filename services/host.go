@@ -2,6 +2,7 @@ package services
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -42,6 +43,10 @@ type Config struct {
 	Services []string
 	// ReadHeaderTimeout bounds reading request headers (default 5s).
 	ReadHeaderTimeout time.Duration
+	// TLS, when set, serves HTTPS with it (--internal-tls: the node
+	// certificate, a cluster client certificate required) and registers
+	// every instance with TLS set, so gateways dial it with theirs.
+	TLS *tls.Config
 }
 
 // Validate checks the configuration; errors name the field.
@@ -116,7 +121,7 @@ func (h *Host) Instances() []api.Instance {
 		out = append(out, api.Instance{
 			ID: h.cfg.Node, Service: s, Node: h.cfg.Node,
 			Address: h.cfg.AdvertiseIP, Port: h.cfg.Port, Path: "/" + s,
-			Tags: []string{"builtin"},
+			Tags: []string{"builtin"}, TLS: h.cfg.TLS != nil,
 		})
 	}
 	return out
@@ -124,6 +129,9 @@ func (h *Host) Instances() []api.Instance {
 
 // Serve serves on ln until Shutdown; it returns nil after Shutdown.
 func (h *Host) Serve(ln net.Listener) error {
+	if h.cfg.TLS != nil {
+		ln = tls.NewListener(ln, h.cfg.TLS)
+	}
 	if err := h.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("services: serve: %w", err)
 	}

@@ -97,6 +97,7 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.StringVar(&cfg.HedgeAfter, "hedge-after", "off", "gateway: also ask a second instance when an idempotent request has no answer by then: off, auto (the service's p95) or a duration")
 	f.StringVar(&cfg.GatewayTLSCert, "gateway-tls-cert", "", "PEM certificate the gateway terminates TLS with (read again when it changes; default: plain HTTP)")
 	f.StringVar(&cfg.GatewayTLSKey, "gateway-tls-key", "", "PEM key of --gateway-tls-cert")
+	f.BoolVar(&cfg.InternalTLS, "internal-tls", false, "serve this node's services with HTTPS and its node certificate, to cluster members only: peers' gateways dial them with TLS")
 	f.StringSliceVar(&cors, "cors-origins", nil, "origins the gateway allows for CORS (default: none, no CORS headers)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
