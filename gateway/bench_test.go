@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"io"
 	"log/slog"
 	"net"
@@ -12,28 +13,60 @@ import (
 	"testing"
 
 	"github.com/herdcluster/herd/gateway"
+	"github.com/herdcluster/herd/secure"
 )
 
 // startHelloBackend is the cheapest real backend: a fixed short body.
-func startHelloBackend(b *testing.B) *httptest.Server {
+func startHelloBackend(b *testing.B) *httptest.Server { return startHelloBackendTLS(b, nil) }
+
+// startHelloBackendTLS is startHelloBackend serving HTTPS with cfg (plain
+// HTTP when nil).
+func startHelloBackendTLS(b *testing.B, cfg *tls.Config) *httptest.Server {
 	b.Helper()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+	srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
 		w.Header().Set("Content-Type", "text/plain")
 		w.Header().Set("Content-Length", "6")
 		_, _ = io.WriteString(w, "hello\n")
 	}))
+	if cfg != nil {
+		srv.TLS = cfg
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
 	b.Cleanup(srv.Close)
 	return srv
 }
 
 // helloGateway is a gateway routing "hello" to a startHelloBackend, shut
 // down at the end of the benchmark.
-func helloGateway(b *testing.B) *gateway.Gateway {
+func helloGateway(b *testing.B) *gateway.Gateway { return helloGatewayTLS(b, false) }
+
+// helloGatewayTLS is helloGateway, with a TLS hop to the backend when
+// internal is set: the backend serves a cluster certificate and requires
+// one, as a service host does under --internal-tls.
+func helloGatewayTLS(b *testing.B, internal bool) *gateway.Gateway {
 	b.Helper()
-	backend := startHelloBackend(b)
+	cfg := gateway.DefaultConfig()
+	var backendTLS *tls.Config
+	if internal {
+		ca, err := secure.NewCA("bench")
+		if err != nil {
+			b.Fatal(err)
+		}
+		loopback := []net.IP{net.ParseIP("127.0.0.1")}
+		backendTLS = &tls.Config{
+			Certificates: []tls.Certificate{issue(b, ca, secure.CertRequest{Name: "host", IPs: loopback})},
+			ClientAuth:   tls.RequireAndVerifyClientCert, ClientCAs: ca.Pool(),
+		}
+		cfg.UpstreamTLS = &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{issue(b, ca, secure.CertRequest{Name: "gw", IPs: loopback})}}
+	}
+	backend := startHelloBackendTLS(b, backendTLS)
 	cat := newCatalog()
-	cat.set("hello", instanceAt(backendAddr(backend), "hello", "hello-1", "node-a", "/hello"))
-	gw, err := gateway.New(gateway.DefaultConfig(), cat, newLiveness(), slog.New(slog.DiscardHandler))
+	inst := instanceAt(backendAddr(backend), "hello", "hello-1", "node-a", "/hello")
+	inst.TLS = internal
+	cat.set("hello", inst)
+	gw, err := gateway.New(cfg, cat, newLiveness(), slog.New(slog.DiscardHandler))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -191,8 +224,15 @@ func (rc *rawClient) get(b *testing.B) {
 // front and the express path, as clients reach it) to a real local backend,
 // over loopback. Allocations include the backend's, which
 // BenchmarkFrontDirect measures alone: the gateway's own are the difference.
-func BenchmarkFrontProxy(b *testing.B) {
-	gw := helloGateway(b)
+func BenchmarkFrontProxy(b *testing.B) { benchmarkFrontProxy(b, false) }
+
+// BenchmarkFrontProxyInternalTLS is BenchmarkFrontProxy with the hop to
+// the backend over TLS (--internal-tls), on a pooled connection: the cost
+// of the encrypted hop per request.
+func BenchmarkFrontProxyInternalTLS(b *testing.B) { benchmarkFrontProxy(b, true) }
+
+func benchmarkFrontProxy(b *testing.B, internalTLS bool) {
+	gw := helloGatewayTLS(b, internalTLS)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		b.Fatal(err)

@@ -9,4 +9,9 @@
 // trouble. It balances, ejects outliers, retries and hedges (see the README
 // and front.go for the path a request takes). With Config.TLS its listener
 // speaks TLS, and upstreams are told X-Forwarded-Proto: https on every path.
+// Every upstream connection, in both pools (the lean transport's and
+// http.Transport's), is opened by one upstreamDialer (dial.go): TCP, or for
+// an instance registered with TLS (a service host under --internal-tls)
+// TLS verified against the cluster CA with Config.UpstreamTLS, the node's
+// certificate, presented.
 package gateway

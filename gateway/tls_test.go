@@ -137,7 +137,7 @@ func TestGatewayTerminatesTLS(t *testing.T) {
 }
 
 // issue signs a fresh key for req and returns the pair.
-func issue(t *testing.T, ca *secure.CA, req secure.CertRequest) tls.Certificate {
+func issue(t testing.TB, ca *secure.CA, req secure.CertRequest) tls.Certificate {
 	t.Helper()
 	key, err := secure.NewKey()
 	if err != nil {
