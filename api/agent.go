@@ -90,6 +90,9 @@ type Error struct {
 	Field string `json:"field,omitempty"`
 	// Reason is a short machine-readable cause.
 	Reason string `json:"reason,omitempty"`
+	// RequestID is the gateway's X-Request-Id of the request, which its
+	// log lines carry too.
+	RequestID string `json:"request_id,omitempty"`
 }
 
 // Readiness is the body of GET /readyz.

@@ -127,11 +127,14 @@ type failoverFault struct {
 
 // failoverCluster starts three nodes with the same extra agent arguments
 // (node2 and node3 joining node1), and waits until every node's catalog
-// has all three hello instances and the registry has three voters.
+// has all three hello instances and the registry has three voters. Their
+// gateways name the serving node (--debug-headers), which the benchmark
+// counts.
 func failoverCluster(b *testing.B, args ...string) []*node {
 	b.Helper()
 	c := newCluster(b)
 	saveFailoverLogs(b, c)
+	args = append([]string{"--debug-headers"}, args...)
 	join := []string{"--join", c.ip(1)}
 	nodes := []*node{c.add(1, args...), c.add(2, append(join, args...)...), c.add(3, append(join, args...)...)}
 	for _, n := range nodes {

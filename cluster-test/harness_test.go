@@ -438,7 +438,9 @@ func helloFrom(gw string) (string, error) {
 	if err := json.Unmarshal(b, &body); err != nil || body.Message != "Hello, World!" {
 		return "", fmt.Errorf("GET %s/hello/: unexpected body %s", gw, b)
 	}
-	if up := resp.Header.Get("X-Herd-Upstream"); up != body.Node {
+	// Gateways name the serving node only with --debug-headers (or to a
+	// trusted proxy); when they do, it must be the node that answered.
+	if up, ok := resp.Header["X-Herd-Upstream"]; ok && (len(up) != 1 || up[0] != body.Node) {
 		return "", fmt.Errorf("X-Herd-Upstream %q but the answer came from %q", up, body.Node)
 	}
 	return body.Node, nil

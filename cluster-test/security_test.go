@@ -621,6 +621,9 @@ func TestInternalTLS(t *testing.T) {
 			if resp.StatusCode != 200 || !strings.Contains(string(b), "node2") {
 				return fmt.Errorf("%d %s", resp.StatusCode, b)
 			}
+			if up, ok := resp.Header["X-Herd-Upstream"]; ok {
+				t.Fatalf("a public client was told the serving node: X-Herd-Upstream %q", up)
+			}
 			return nil
 		})
 	}

@@ -244,6 +244,10 @@ const MetaResponseHeaderTimeout = "herd.response-header-timeout"
 // policy: "header:<name>" or "cookie:<name>".
 const MetaHashOn = "herd.hash-on"
 
+// MetaAllowTrace, set to "true" on a service's instances, lets TRACE
+// requests through to it; the gateway answers them 405 otherwise.
+const MetaAllowTrace = "herd.allow-trace"
+
 // MetaBalancer is the instance meta key that chooses a service's policy
 // (read from its first instance), overriding the gateway's.
 const MetaBalancer = "herd.balancer"

@@ -73,6 +73,10 @@ type Config struct {
 	// keeps (appending the client's address); from anyone else it is
 	// replaced. Empty: trust no one.
 	TrustedProxies []netip.Prefix
+	// DebugHeaders adds X-Herd-Upstream (the node that served the answer)
+	// to every answer. Off by default, the header goes only to clients in
+	// TrustedProxies: the public learns nothing of the internal topology.
+	DebugHeaders bool
 
 	// RateLimit is the sustained requests per second allowed to one client
 	// IP, with bursts of RateBurst; over it the gateway answers 429 with

@@ -38,12 +38,15 @@ const (
 	// ReasonOverloaded: every usable instance already has its maximum of
 	// requests in flight through this gateway (503).
 	ReasonOverloaded = "overloaded"
+	// ReasonMethodNotAllowed: TRACE, to a service that did not opt in
+	// (405).
+	ReasonMethodNotAllowed = "method_not_allowed"
 )
 
 // rejectReasons are the reasons of the answers the gateway gives itself,
 // without asking any instance; Rejected counts them by reason.
 var rejectReasons = [...]string{ReasonNoService, ReasonUnknownService, ReasonNoLiveInstance,
-	ReasonInvalidPath, ReasonBadRequest, ReasonBodyTooLarge, ReasonRateLimited, ReasonOverloaded}
+	ReasonInvalidPath, ReasonBadRequest, ReasonBodyTooLarge, ReasonRateLimited, ReasonOverloaded, ReasonMethodNotAllowed}
 
 func rejectIndex(reason string) int {
 	for i, r := range rejectReasons {
@@ -60,7 +63,7 @@ const statusClientClosedRequest = 499
 
 // writeError answers the request with an api.Error JSON body.
 func writeError(w http.ResponseWriter, status int, reason, msg string) {
-	body, err := json.Marshal(api.Error{Error: msg, Reason: reason})
+	body, err := json.Marshal(api.Error{Error: msg, Reason: reason, RequestID: w.Header().Get("X-Request-Id")})
 	if err != nil {
 		// api.Error holds two strings; Marshal cannot fail on it.
 		body = []byte(`{"error":"internal error"}`)

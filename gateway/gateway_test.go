@@ -261,10 +261,17 @@ func TestErrors(t *testing.T) {
 		{"escaped slash in name", http.MethodGet, "/up%2Fx/y", http.StatusNotFound, gateway.ReasonNoService, ""},
 		{"unknown service", http.MethodGet, "/nosuch/x", http.StatusNotFound, gateway.ReasonUnknownService, `service "nosuch" has no registered instances`},
 		{"all dead or left", http.MethodGet, "/deadsvc/x", http.StatusServiceUnavailable, gateway.ReasonNoLiveInstance, "none on a live node"},
-		{"upstream down", http.MethodGet, "/downsvc/x", http.StatusBadGateway, gateway.ReasonUpstreamError, "upstream node-down (" + down.String() + ") failed: "},
-		{"upstream down POST", http.MethodPost, "/downsvc/x", http.StatusBadGateway, gateway.ReasonUpstreamError, "connection refused"},
+		{"upstream down", http.MethodGet, "/downsvc/x", http.StatusBadGateway, gateway.ReasonUpstreamError, "the upstream instance failed (request "},
+		{"upstream down POST", http.MethodPost, "/downsvc/x", http.StatusBadGateway, gateway.ReasonUpstreamError, "the upstream instance failed (request "},
 		{"dot-dot segment", http.MethodGet, "/up/../admin", http.StatusBadRequest, gateway.ReasonInvalidPath, `".."`},
 		{"escaped dot-dot segment", http.MethodGet, "/up/a/%2e%2e/%2E%2E/admin", http.StatusBadRequest, gateway.ReasonInvalidPath, ""},
+		// Servlet containers read "..;x" as "..", IIS "..\\" as "../".
+		{"dot-dot-semicolon segment", http.MethodGet, "/up/..;/admin", http.StatusBadRequest, gateway.ReasonInvalidPath, `".."`},
+		{"dot-dot-semicolon with parameters", http.MethodGet, "/up/a/..;jsessionid=1/admin", http.StatusBadRequest, gateway.ReasonInvalidPath, ""},
+		{"escaped dot-dot-semicolon", http.MethodGet, "/up/%2e%2e%3b/admin", http.StatusBadRequest, gateway.ReasonInvalidPath, ""},
+		{"dot-dot-backslash", http.MethodGet, "/up/..%5cadmin", http.StatusBadRequest, gateway.ReasonInvalidPath, ""},
+		// TRACE would echo the client's cookies back (cross-site tracing).
+		{"TRACE", http.MethodTrace, "/up/x", http.StatusMethodNotAllowed, gateway.ReasonMethodNotAllowed, "TRACE"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -283,8 +290,12 @@ func TestErrors(t *testing.T) {
 			if !strings.Contains(e.Error, tt.wantMessage) {
 				t.Errorf("error %q does not contain %q", e.Error, tt.wantMessage)
 			}
-			if res.Header.Get("X-Request-Id") == "" {
-				t.Errorf("error answer has no X-Request-Id")
+			if res.Header.Get("X-Request-Id") == "" || e.RequestID != res.Header.Get("X-Request-Id") {
+				t.Errorf("error answer has X-Request-Id %q and request_id %q", res.Header.Get("X-Request-Id"), e.RequestID)
+			}
+			// Public errors name no internal address, node or dial error.
+			if strings.Contains(string(b), "127.0.0.1") || strings.Contains(string(b), "node-") || strings.Contains(string(b), "dial") {
+				t.Errorf("error answer shows internal topology: %s", b)
 			}
 		})
 	}
@@ -294,7 +305,7 @@ func TestErrors(t *testing.T) {
 	// The gateway's own answers are counted by reason; upstream failures
 	// are not among them (they are the service's).
 	want := map[string]uint64{gateway.ReasonNoService: 5, gateway.ReasonUnknownService: 1,
-		gateway.ReasonNoLiveInstance: 1, gateway.ReasonInvalidPath: 2}
+		gateway.ReasonNoLiveInstance: 1, gateway.ReasonInvalidPath: 6, gateway.ReasonMethodNotAllowed: 1}
 	for reason, n := range tg.gw.Rejected() {
 		if n != want[reason] {
 			t.Errorf("Rejected()[%q] = %d, want %d", reason, n, want[reason])

@@ -27,6 +27,15 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		id = newRequestID()
 	}
 	origin, cors := g.cors.allow(r)
+	if len(r.TransferEncoding) > 0 {
+		// RFC 9112 §6.1: a request framed by Transfer-Encoding may also
+		// have carried a Content-Length (net/http drops it before the
+		// handler sees it), which a proxy in front of the gateway may have
+		// trusted instead: close after the answer, so that nothing
+		// pipelined behind it on this connection is read with the other
+		// framing.
+		w.Header().Set("Connection", "close")
+	}
 
 	if g.limiter != nil {
 		if wait, ok := g.limiter.allow(clientIP(r)); !ok {
@@ -59,6 +68,23 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		g.reject(w, id, origin, cors, http.StatusNotFound, ReasonUnknownService,
 			fmt.Sprintf("service %q has no registered instances", service))
 		return
+	}
+	if r.Method == http.MethodTrace && insts[0].Meta[MetaAllowTrace] != "true" {
+		// TRACE echoes the request, cookies and credentials included, back
+		// to whoever made it (cross-site tracing): nginx answers 405 too.
+		w.Header().Set("Allow", "GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS")
+		g.reject(w, id, origin, cors, http.StatusMethodNotAllowed, ReasonMethodNotAllowed,
+			fmt.Sprintf("TRACE is not forwarded to service %q", service))
+		return
+	}
+	if _, up := r.Header["Upgrade"]; up && !websocketUpgrade(r) {
+		// Only WebSocket upgrades become tunnels. Any other (h2c above
+		// all, which would hand the client a raw connection to the
+		// instance, past every rule of the gateway) is ignored, as RFC
+		// 9110 §7.8 lets a server do: the request is served as plain
+		// HTTP/1.1, and an instance answering 101 anyway is a 502.
+		delete(r.Header, "Upgrade")
+		delete(r.Header, "Http2-Settings")
 	}
 	st := g.services.get(service)
 	opts := pickOpts{key: hashKey(r, insts), local: g.cfg.LocalNode}
@@ -127,7 +153,10 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	rt.path, rt.rawPath = upstreamPath(inst.Path, decRest, escRest)
 	rt.requestID[0] = id
-	rt.upstream[0] = inst.Node
+	rt.debug = g.cfg.DebugHeaders || rt.trustXFF
+	if rt.debug {
+		rt.upstream[0] = inst.Node
+	}
 	if !idOK {
 		// The outbound request is cloned from this one.
 		if r.Header == nil {
@@ -219,13 +248,34 @@ func upstreamPath(prefix, decRest, escRest string) (path, raw string) {
 
 // hasDotDotSegment reports whether p has a ".." segment, which upstream
 // servers resolve against the instance's path prefix and could climb out of
-// it to another service on the same host.
+// it to another service on the same host. "..;x" counts too (servlet
+// containers drop a segment's ";" parameters and see ".."), and "..\x"
+// (servers that take '\' for '/').
 func hasDotDotSegment(p string) bool {
 	if !strings.Contains(p, "..") {
 		return false
 	}
 	for seg := range strings.SplitSeq(p, "/") {
-		if seg == ".." {
+		if seg == ".." || strings.HasPrefix(seg, "..;") || strings.HasPrefix(seg, "..\\") {
+			return true
+		}
+	}
+	return false
+}
+
+// websocketUpgrade reports whether r asks for a WebSocket upgrade, and
+// nothing else: a GET whose Upgrade lists only "websocket" and whose
+// Connection lists "upgrade".
+func websocketUpgrade(r *http.Request) bool {
+	if r.Method != http.MethodGet {
+		return false
+	}
+	ups := r.Header["Upgrade"]
+	if len(ups) != 1 || !asciiEqualFold(strings.TrimSpace(ups[0]), "websocket") {
+		return false
+	}
+	for _, v := range r.Header["Connection"] {
+		if hasConnToken(v, "upgrade") {
 			return true
 		}
 	}

@@ -204,7 +204,22 @@ func startGateway(t testing.TB, cfg gateway.Config, cat gateway.Catalog, live ga
 	return startGatewayWithLogger(t, cfg, cat, live, logger)
 }
 
+//
+// Its answers carry X-Herd-Upstream (Config.DebugHeaders), which most tests
+// read to learn which instance served them; startPublicGateway leaves it
+// off, as users get it.
 func startGatewayWithLogger(t testing.TB, cfg gateway.Config, cat gateway.Catalog, live gateway.Liveness, logger *slog.Logger) *testGateway {
+	t.Helper()
+	cfg.DebugHeaders = true
+	return startGatewayAsIs(t, cfg, cat, live, logger)
+}
+
+// startPublicGateway starts a gateway with cfg as it is.
+func startPublicGateway(t testing.TB, cfg gateway.Config, cat gateway.Catalog, live gateway.Liveness) *testGateway {
+	return startGatewayAsIs(t, cfg, cat, live, slog.New(slog.DiscardHandler))
+}
+
+func startGatewayAsIs(t testing.TB, cfg gateway.Config, cat gateway.Catalog, live gateway.Liveness, logger *slog.Logger) *testGateway {
 	t.Helper()
 	gw, err := gateway.New(cfg, cat, live, logger)
 	if err != nil {

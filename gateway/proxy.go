@@ -51,6 +51,10 @@ type route struct {
 	// https). A connection the front handed to net/http is no *tls.Conn
 	// there, so this comes from the gateway's listener, not from r.TLS.
 	tls bool
+	// debug: answers name the node that served them (X-Herd-Upstream):
+	// Config.DebugHeaders is on, or the client is a trusted proxy. The
+	// public sees no internal topology.
+	debug bool
 	// start is when the gateway received the request.
 	start time.Time
 	// headerTimeout is the service's own response-header timeout (meta
@@ -64,7 +68,7 @@ type route struct {
 	// Single-value header slices the response headers point into, so that
 	// setting them costs no allocation.
 	requestID [1]string
-	upstream  [1]string
+	upstream  [1]string // the serving node's name, when debug
 	// forwarded backs X-Forwarded-For and X-Forwarded-Host, and url the
 	// outbound URL, of a request sent by forward.
 	forwarded [2]string
@@ -223,15 +227,17 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 			fmt.Sprintf("request body is over the gateway's limit of %d bytes", maxRequestBody))
 		return
 	}
-	status, reason := http.StatusBadGateway, ReasonUpstreamError
+	status, reason, msg := http.StatusBadGateway, ReasonUpstreamError, "the upstream instance failed"
 	if isTimeout(err) {
-		status, reason = http.StatusGatewayTimeout, ReasonUpstreamTimeout
+		status, reason, msg = http.StatusGatewayTimeout, ReasonUpstreamTimeout, "the upstream instance timed out"
 	}
 	rt.st.countAnswer(r.Method, status)
-	g.log.Warn("upstream request failed",
+	// The details (which node, which address, what broke) are internal
+	// topology: they go to the log, under the request ID the client has.
+	g.log.Warn("upstream request failed", "request_id", rt.requestID[0],
 		"service", rt.inst.Service, "instance", rt.inst.ID, "node", rt.inst.Node,
 		"addr", rt.hostport, "reason", reason, "err", err)
-	writeError(w, status, reason, fmt.Sprintf("upstream %s (%s) failed: %v", rt.inst.Node, rt.hostport, err))
+	writeError(w, status, reason, msg+" (request "+rt.requestID[0]+")")
 }
 
 func isTimeout(err error) bool {

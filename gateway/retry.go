@@ -237,7 +237,9 @@ func (rt *route) retarget(inst *api.Instance) {
 	rt.inst = inst
 	rt.hostport = rt.st.hostport(inst)
 	rt.path, rt.rawPath = upstreamPath(inst.Path, rt.decRest, rt.escRest)
-	rt.upstream[0] = inst.Node
+	if rt.debug {
+		rt.upstream[0] = inst.Node
+	}
 }
 
 // outbound is req sent to the route's current instance, with a fresh copy

@@ -178,13 +178,14 @@ func TestShutdownDeadlineAbortsInFlight(t *testing.T) {
 	}
 }
 
-// startTunnelBackend answers "Upgrade: echo" requests by switching protocols
-// and echoing lines back.
+// startTunnelBackend answers "Upgrade: websocket" requests by switching
+// protocols and echoing lines back (no WebSocket framing: the gateway
+// tunnels bytes, whatever they are).
 func startTunnelBackend(t testing.TB) *httptest.Server {
 	t.Helper()
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Header.Get("Upgrade") != "echo" {
-			http.Error(w, "want Upgrade: echo", http.StatusBadRequest)
+		if r.Header.Get("Upgrade") != "websocket" {
+			http.Error(w, "want Upgrade: websocket", http.StatusBadRequest)
 			return
 		}
 		conn, brw, err := http.NewResponseController(w).Hijack()
@@ -192,7 +193,7 @@ func startTunnelBackend(t testing.TB) *httptest.Server {
 			return
 		}
 		defer conn.Close()
-		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+		_, _ = brw.WriteString("HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 		if brw.Flush() != nil {
 			return
 		}
@@ -224,7 +225,7 @@ func TestUpgradeTunnel(t *testing.T) {
 	if err := conn.SetDeadline(time.Now().Add(5 * time.Second)); err != nil {
 		t.Fatal(err)
 	}
-	_, err = io.WriteString(conn, "GET /ws/ HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+	_, err = io.WriteString(conn, "GET /ws/ HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -309,6 +310,7 @@ func TestShutdownStopsHedgeLosers(t *testing.T) {
 	live.set("node-good", api.StatusSuspect)
 	cfg := gateway.DefaultConfig()
 	cfg.HedgeAfter = 30 * time.Millisecond
+	cfg.DebugHeaders = true
 	gw, err := gateway.New(cfg, cat, live, nil)
 	if err != nil {
 		t.Fatal(err)

@@ -99,6 +99,9 @@ type Config struct {
 	// cluster members make it. Every gateway of a secure cluster can dial
 	// such instances, with or without the flag itself.
 	InternalTLS bool
+	// DebugHeaders makes the gateway name the serving node in
+	// X-Herd-Upstream on every answer (otherwise only to trusted proxies).
+	DebugHeaders bool
 	// Out receives what the node prints for its operator once: the join
 	// token of a cluster it creates. nil prints nothing (the token is in
 	// the data dir).

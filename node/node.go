@@ -248,6 +248,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	gwcfg.DialTimeout, gwcfg.ResponseHeaderTimeout = cfg.DialTimeout, cfg.ResponseHeaderTimeout
 	gwcfg.HedgeAfter, gwcfg.HedgeAuto, _ = cfg.hedge() // checked by Validate
 	gwcfg.UpstreamTLS = n.clientTLS()
+	gwcfg.DebugHeaders = cfg.DebugHeaders
 	if cfg.GatewayTLSCert != "" {
 		fc, err := secure.NewFileCertificate(cfg.GatewayTLSCert, cfg.GatewayTLSKey)
 		if err != nil {

@@ -98,6 +98,7 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.StringVar(&cfg.GatewayTLSCert, "gateway-tls-cert", "", "PEM certificate the gateway terminates TLS with (read again when it changes; default: plain HTTP)")
 	f.StringVar(&cfg.GatewayTLSKey, "gateway-tls-key", "", "PEM key of --gateway-tls-cert")
 	f.BoolVar(&cfg.InternalTLS, "internal-tls", false, "serve this node's services with HTTPS and its node certificate, to cluster members only: peers' gateways dial them with TLS")
+	f.BoolVar(&cfg.DebugHeaders, "debug-headers", false, "gateway: name the node that served each answer in X-Herd-Upstream, for every client (default: only for --trusted-proxies)")
 	f.StringSliceVar(&cors, "cors-origins", nil, "origins the gateway allows for CORS (default: none, no CORS headers)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")

@@ -1,0 +1,230 @@
+package gateway_test
+
+import (
+	"bufio"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/herdcluster/herd/api"
+	"github.com/herdcluster/herd/gateway"
+)
+
+// hostileUpstream is a hostile instance: a TCP listener whose handler reads and
+// writes raw bytes, recording every request head it read.
+type hostileUpstream struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	heads []string
+}
+
+// startHostileUpstream serves every connection with handle.
+func startHostileUpstream(t testing.TB, handle func(u *hostileUpstream, c net.Conn, br *bufio.Reader)) *hostileUpstream {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &hostileUpstream{ln: ln}
+	var wg sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); wg.Wait() })
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+				handle(u, c, bufio.NewReader(c))
+			}()
+		}
+	}()
+	return u
+}
+
+// readHead reads one request head, records it and returns it ("" at EOF).
+func (u *hostileUpstream) readHead(br *bufio.Reader) string {
+	var b strings.Builder
+	for {
+		line, err := br.ReadString('\n')
+		b.WriteString(line)
+		if err != nil {
+			return ""
+		}
+		if line == "\r\n" {
+			break
+		}
+	}
+	u.mu.Lock()
+	u.heads = append(u.heads, b.String())
+	u.mu.Unlock()
+	return b.String()
+}
+
+func (u *hostileUpstream) seen() string {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return strings.Join(u.heads, "")
+}
+
+func (u *hostileUpstream) instance(service string) api.Instance {
+	return instanceAt(u.ln.Addr().(*net.TCPAddr), service, "raw", "node-raw", "")
+}
+
+// dialGateway opens a client connection to the gateway that writes raw bytes.
+func dialGateway(t testing.TB, addr string) (net.Conn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c, bufio.NewReader(c)
+}
+
+// An h2c upgrade must not become a tunnel: the request is served as plain
+// HTTP/1.1, the instance never sees the Upgrade, an instance that answers
+// 101 anyway is a 502, and what the client sends next is parsed by the
+// gateway as requests, never passed on as raw bytes.
+func TestH2CUpgradeIsNoTunnel(t *testing.T) {
+	for _, hostile := range []bool{false, true} {
+		name := map[bool]string{false: "instance answers plainly", true: "instance switches anyway"}[hostile]
+		t.Run(name, func(t *testing.T) {
+			up := startHostileUpstream(t, func(u *hostileUpstream, c net.Conn, br *bufio.Reader) {
+				for {
+					head := u.readHead(br)
+					if head == "" {
+						return
+					}
+					if hostile {
+						_, _ = io.WriteString(c, "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n")
+						_, _ = io.Copy(io.Discard, io.TeeReader(br, recorder{u}))
+						return
+					}
+					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nplain")
+				}
+			})
+			cat := newCatalog()
+			cat.set("svc", up.instance("svc"))
+			tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+			c, br := dialGateway(t, tg.addr)
+			_, _ = io.WriteString(c, "GET /svc/ HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"+
+				"HTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n")
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			want := map[bool]int{false: 200, true: 502}[hostile]
+			if res.StatusCode != want {
+				t.Fatalf("h2c upgrade: %d %s, want %d", res.StatusCode, body, want)
+			}
+			// What a tunnel would have carried: a request for another
+			// path, outside the instance's prefix.
+			_, _ = io.WriteString(c, "GET /admin/../../internal HTTP/1.1\r\nHost: gw\r\n\r\n")
+			if res, err := http.ReadResponse(br, nil); err == nil {
+				res.Body.Close()
+				if res.StatusCode == 200 || res.StatusCode == 101 {
+					t.Fatalf("the bytes after the upgrade got %d", res.StatusCode)
+				}
+			}
+			seen := up.seen()
+			if strings.Contains(strings.ToLower(seen), "upgrade: h2c") || strings.Contains(strings.ToLower(seen), "http2-settings:") {
+				t.Fatalf("the instance was asked to upgrade:\n%s", seen)
+			}
+			if strings.Contains(seen, "internal") {
+				t.Fatalf("the bytes after the upgrade reached the instance:\n%s", seen)
+			}
+		})
+	}
+}
+
+// recorder appends what a tunnel carried to the upstream's record.
+type recorder struct{ u *hostileUpstream }
+
+func (r recorder) Write(p []byte) (int, error) {
+	r.u.mu.Lock()
+	r.u.heads = append(r.u.heads, string(p))
+	r.u.mu.Unlock()
+	return len(p), nil
+}
+
+// A request with both Content-Length and Transfer-Encoding is framed by
+// the latter and the connection closes after its answer (RFC 9112 §6.1):
+// a request pipelined behind it is not served.
+func TestContentLengthWithTransferEncodingCloses(t *testing.T) {
+	b := startBackend(t, "b1")
+	cat := newCatalog()
+	cat.set("svc", b.instance("svc", "n1", ""))
+	tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+	c, br := dialGateway(t, tg.addr)
+	_, _ = io.WriteString(c, "POST /svc/first HTTP/1.1\r\nHost: gw\r\nContent-Length: 37\r\nTransfer-Encoding: chunked\r\n\r\n"+
+		"0\r\n\r\n"+"GET /svc/second HTTP/1.1\r\nHost: gw\r\n\r\n")
+	res, err := http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.ReadAll(res.Body)
+	if res.StatusCode != 200 || !res.Close {
+		t.Fatalf("first answer %d, close %v: want 200 and Connection: close", res.StatusCode, res.Close)
+	}
+	if res, err := http.ReadResponse(br, nil); err == nil {
+		res.Body.Close()
+		t.Fatalf("the request pipelined behind it was answered: %d", res.StatusCode)
+	}
+	if n := b.hits.Load(); n != 1 {
+		t.Fatalf("the backend served %d requests, want 1", n)
+	}
+}
+
+// X-Herd-Upstream names an internal node: the public never gets it (not
+// even when the instance sends its own), trusted proxies and
+// --debug-headers do.
+func TestUpstreamHeaderOnlyForTrustedClients(t *testing.T) {
+	b := startBackend(t, "b1")
+	cat := newCatalog()
+	cat.set("svc", b.instance("svc", "node-b", ""))
+	liar := http.Header{"X-Test-Upstream-Liar": {"1"}}
+	public := startPublicGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+	for _, method := range []string{http.MethodGet, http.MethodDelete, http.MethodPost} {
+		res, _ := public.do(t, method, "/svc/x", liar, strings.NewReader(map[string]string{"POST": "x"}[method]))
+		if v, ok := res.Header["X-Herd-Upstream"]; ok {
+			t.Fatalf("%s: a public client got X-Herd-Upstream %q", method, v)
+		}
+	}
+	cfg := gateway.DefaultConfig()
+	cfg.TrustedProxies = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8")}
+	trusted := startPublicGateway(t, cfg, cat, newLiveness())
+	for _, method := range []string{http.MethodGet, http.MethodDelete, http.MethodPost} {
+		res, _ := trusted.do(t, method, "/svc/x", liar, strings.NewReader(map[string]string{"POST": "x"}[method]))
+		if got := res.Header.Get("X-Herd-Upstream"); got != "node-b" {
+			t.Fatalf("%s: a trusted proxy got X-Herd-Upstream %q, want node-b", method, got)
+		}
+	}
+}
+
+// TRACE reaches a service only when it opts in.
+func TestTraceOptIn(t *testing.T) {
+	b := startBackend(t, "b1")
+	inst := b.instance("svc", "n1", "")
+	inst.Meta = map[string]string{gateway.MetaAllowTrace: "true"}
+	cat := newCatalog()
+	cat.set("svc", inst)
+	tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+	res, body := tg.do(t, http.MethodTrace, "/svc/x", nil, nil)
+	if res.StatusCode != 200 {
+		t.Fatalf("TRACE to a service that opted in: %d %s", res.StatusCode, body)
+	}
+}
