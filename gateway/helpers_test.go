@@ -204,7 +204,6 @@ func startGateway(t testing.TB, cfg gateway.Config, cat gateway.Catalog, live ga
 	return startGatewayWithLogger(t, cfg, cat, live, logger)
 }
 
-//
 // Its answers carry X-Herd-Upstream (Config.DebugHeaders), which most tests
 // read to learn which instance served them; startPublicGateway leaves it
 // off, as users get it.
