@@ -228,3 +228,57 @@ func TestTraceOptIn(t *testing.T) {
 		t.Fatalf("TRACE to a service that opted in: %d %s", res.StatusCode, body)
 	}
 }
+
+// A malformed chunked request body is the client's fault: 400, as net/http
+// answers, never counted against the instance, never retried or hedged. A
+// flood of them ejects nothing.
+func TestClientBodyErrorsAreTheClients(t *testing.T) {
+	b1, b2 := startBackend(t, "b1"), startBackend(t, "b2")
+	cat := newCatalog()
+	cat.set("svc", b1.instance("svc", "n1", ""), b2.instance("svc", "n2", ""))
+	cfg := gateway.DefaultConfig()
+	cfg.HedgeAfter = 5 * time.Millisecond
+	tg := startGateway(t, cfg, cat, newLiveness())
+	bad := map[string]string{
+		"hex overflow": "fffffffffffffffff\r\nx\r\n0\r\n\r\n",
+		"0x prefix":    "0x5\r\nhello\r\n0\r\n\r\n",
+		"plus sign":    "+5\r\nhello\r\n0\r\n\r\n",
+		"bare LF":      "5\nhello\n0\n\n",
+		"no CRLF":      "5\r\nhelloXX0\r\n\r\n",
+	}
+	for round := 0; round < 10; round++ {
+		for name, chunks := range bad {
+			c, br := dialGateway(t, tg.addr)
+			_, _ = io.WriteString(c, "POST /svc/x HTTP/1.1\r\nHost: gw\r\nTransfer-Encoding: chunked\r\n\r\n"+chunks)
+			res, err := http.ReadResponse(br, nil)
+			if err != nil {
+				t.Fatalf("%s: %v", name, err)
+			}
+			body, _ := io.ReadAll(res.Body)
+			c.Close()
+			if res.StatusCode != http.StatusBadRequest {
+				t.Fatalf("%s: %d %s, want 400", name, res.StatusCode, body)
+			}
+			if strings.Contains(string(body), "127.0.0.1") || strings.Contains(string(body), "upstream") {
+				t.Fatalf("%s: the answer blames or names the instance: %s", name, body)
+			}
+		}
+	}
+	for _, s := range tg.gw.Stats() {
+		if s.Ejections != 0 || s.Retries != 0 || s.UpstreamErrors != 0 {
+			t.Fatalf("bad client bodies counted against the instances: %+v", s)
+		}
+	}
+	// Both instances still serve.
+	seen := map[string]bool{}
+	for i := 0; i < 40 && len(seen) < 2; i++ {
+		res, body := tg.do(t, http.MethodPost, "/svc/x", nil, strings.NewReader("ok"))
+		if res.StatusCode != 200 {
+			t.Fatalf("a good request after the flood: %d %s", res.StatusCode, body)
+		}
+		seen[res.Header.Get("X-Herd-Upstream")] = true
+	}
+	if len(seen) != 2 {
+		t.Fatalf("after the flood only %v served", seen)
+	}
+}

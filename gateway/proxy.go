@@ -227,6 +227,14 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 			fmt.Sprintf("request body is over the gateway's limit of %d bytes", maxRequestBody))
 		return
 	}
+	if errors.Is(err, errClientBody) {
+		// The client's body broke off or was malformed (bad chunk
+		// framing): the client's fault, answered as net/http would, and
+		// no verdict on the instance (see verdict).
+		rt.st.countAnswer(r.Method, http.StatusBadRequest)
+		writeError(w, http.StatusBadRequest, ReasonBadRequest, err.Error())
+		return
+	}
 	status, reason, msg := http.StatusBadGateway, ReasonUpstreamError, "the upstream instance failed"
 	if isTimeout(err) {
 		status, reason, msg = http.StatusGatewayTimeout, ReasonUpstreamTimeout, "the upstream instance timed out"
