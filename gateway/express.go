@@ -73,7 +73,13 @@ func (g *Gateway) express(fw *frontWriter, r *http.Request, rt *route) {
 			break
 		}
 		fc.upstream.Store(pc)
-		if err = pc.SetDeadline(w.next()); err == nil {
+		// The write has its own deadline, the header timeout's: the read's
+		// (the client watch's or the hedge's, 50 ms in) may already be
+		// past when the dial was slow, and must not fail the write.
+		if err = pc.SetWriteDeadline(w.hard); err == nil {
+			err = pc.SetReadDeadline(w.next())
+		}
+		if err == nil {
 			writeExpressRequest(pc.bw, r, rt)
 			if err = pc.bw.Flush(); err == nil {
 				n, err = w.head(pc)
@@ -305,7 +311,7 @@ func (w *expressWait) head(pc *upConn) (int, error) {
 		if !w.hedgeCancelled && !now.Before(w.soft) || !now.Before(w.hard) {
 			return 0, err
 		}
-		if err := pc.SetDeadline(w.next()); err != nil {
+		if err := pc.SetReadDeadline(w.next()); err != nil {
 			return 0, err
 		}
 		if err := w.fc.ctx.Err(); err != nil {

@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bufio"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/herdcluster/herd/api"
 	"github.com/herdcluster/herd/gateway"
+	"github.com/herdcluster/herd/secure"
 )
 
 // hostileUpstream is a hostile instance: a TCP listener whose handler reads and
@@ -280,5 +282,40 @@ func TestClientBodyErrorsAreTheClients(t *testing.T) {
 	}
 	if len(seen) != 2 {
 		t.Fatalf("after the flood only %v served", seen)
+	}
+}
+
+// The express path's write to the instance has its own deadline: an
+// instance slow to accept (here a TLS handshake that takes 200 ms, past
+// the 50 ms client-watch delay) still gets the request and answers.
+func TestSlowUpstreamAcceptIsNoTimeout(t *testing.T) {
+	ca, err := secure.NewCA("gateway-test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	server := issue(t, ca, secure.CertRequest{Name: "host", IPs: []net.IP{net.ParseIP("127.0.0.1")}})
+	b := startBackendTLS(t, "slow-accept", &tls.Config{
+		GetConfigForClient: func(*tls.ClientHelloInfo) (*tls.Config, error) {
+			time.Sleep(200 * time.Millisecond) // the fault: a slow accept
+			return nil, nil
+		},
+		Certificates: []tls.Certificate{server},
+	})
+	inst := b.instance("svc", "n1", "")
+	inst.TLS = true
+	cat := newCatalog()
+	cat.set("svc", inst)
+	cfg := gateway.DefaultConfig()
+	cfg.DialTimeout = 2 * time.Second
+	cfg.UpstreamTLS = &tls.Config{RootCAs: ca.Pool()}
+	tg := startGateway(t, cfg, cat, newLiveness())
+	// A new connection each time: the gateway's pool keeps none idle
+	// between these (the backend closes them).
+	for i := 0; i < 3; i++ {
+		res, body := tg.do(t, http.MethodGet, "/svc/x", http.Header{"Connection": {"close"}}, nil)
+		if res.StatusCode != 200 {
+			t.Fatalf("request %d through a slow-accepting instance: %d %s", i, res.StatusCode, body)
+		}
+		b.srv.CloseClientConnections()
 	}
 }
