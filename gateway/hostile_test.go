@@ -319,3 +319,57 @@ func TestSlowUpstreamAcceptIsNoTimeout(t *testing.T) {
 		b.srv.CloseClientConnections()
 	}
 }
+
+// An instance that sends bytes past the end of an answer (after HEAD, 204,
+// 304, or a Content-Length body), a moment later, must not have its
+// connection reused: the next client would read those bytes as its
+// answer, and every answer after would be shifted by one.
+func TestStrayUpstreamBytesCloseTheConnection(t *testing.T) {
+	for _, tc := range []struct {
+		name, method, answer string
+	}{
+		{"HEAD", http.MethodHead, "HTTP/1.1 200 OK\r\nContent-Length: 20\r\n\r\n"},
+		{"204", http.MethodGet, "HTTP/1.1 204 No Content\r\n\r\n"},
+		{"304", http.MethodGet, "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"},
+		{"Content-Length", http.MethodGet, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+		{"Content-Length, lean forward path", http.MethodDelete, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var strays sync.WaitGroup
+			strays.Add(1)
+			up := startHostileUpstream(t, func(u *hostileUpstream, c net.Conn, br *bufio.Reader) {
+				for {
+					head := u.readHead(br)
+					if head == "" {
+						return
+					}
+					if strings.Contains(head, "/victim") {
+						_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nvictim")
+						continue
+					}
+					_, _ = io.WriteString(c, tc.answer)
+					time.Sleep(30 * time.Millisecond) // the fault: bytes a moment later
+					_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\npoisoned")
+					strays.Done()
+				}
+			})
+			cat := newCatalog()
+			cat.set("svc", up.instance("svc"))
+			tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+			res, _ := tg.do(t, tc.method, "/svc/attack", nil, nil)
+			if res.StatusCode >= 500 {
+				t.Fatalf("attack answer: %d", res.StatusCode)
+			}
+			strays.Wait()
+			for i := 0; i < 3; i++ {
+				res, body := tg.do(t, tc.method, "/svc/victim", nil, nil)
+				if tc.method != http.MethodHead && string(body) != "victim" {
+					t.Fatalf("victim request %d got %d %q", i, res.StatusCode, body)
+				}
+				if res.ContentLength == 8 {
+					t.Fatalf("victim request %d got the stray answer", i)
+				}
+			}
+		})
+	}
+}

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -279,6 +280,43 @@ func writeField(bw *bufio.Writer, k, v string) {
 	bw.WriteString("\r\n")
 }
 
+// stale reports whether the idle connection received anything since its
+// last answer ended: bytes the upstream sent past that end (which the next
+// request would read as its answer: response-queue poisoning), or its
+// close. One non-blocking peek at the socket, no goroutine per idle
+// connection (http.Transport keeps a reader on each for this).
+func (pc *upConn) stale() bool {
+	if pc.br.Buffered() > 0 {
+		return true
+	}
+	c := pc.Conn
+	if tc, ok := c.(*tls.Conn); ok {
+		// Any TLS record arriving on an idle connection is one too many
+		// (Go's servers send their session tickets before any answer).
+		c = tc.NetConn()
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return false
+	}
+	raw, err := sc.SyscallConn()
+	if err != nil {
+		return true
+	}
+	stale := false
+	var b [1]byte
+	if err := raw.Read(func(fd uintptr) bool {
+		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		// n > 0: stray bytes; n == 0 with no error: the upstream closed;
+		// EAGAIN: nothing there, as it should be.
+		stale = n > 0 || err == nil || err != syscall.EAGAIN && err != syscall.EWOULDBLOCK
+		return true
+	}); err != nil {
+		return true
+	}
+	return stale
+}
+
 // done hands the connection back to its pool when its exchange finished
 // cleanly and may be followed by another, and closes it otherwise.
 func (pc *upConn) done(stop func() bool, keep bool) {
@@ -375,7 +413,7 @@ func (t *leanTransport) get(ctx context.Context, addr string, secure bool) (pc *
 	for {
 		select {
 		case pc := <-p.idle:
-			if now-pc.idleSince.Load() > int64(t.idleTimeout) {
+			if now-pc.idleSince.Load() > int64(t.idleTimeout) || pc.stale() {
 				pc.Close()
 				continue
 			}
