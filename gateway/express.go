@@ -6,7 +6,6 @@ import (
 	"context"
 	"net"
 	"net/http"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -621,7 +620,8 @@ func readLine(bw *bufio.Writer, br *bufio.Reader, block func()) (line []byte, up
 	}
 }
 
-// chunkSize parses a chunk-size line (extensions allowed).
+// chunkSize parses a chunk-size line (extensions allowed): hex digits
+// only, as net/http reads them (strconv would take a sign, "+5").
 func chunkSize(line []byte) (int64, bool) {
 	if i := bytes.IndexByte(line, ';'); i >= 0 {
 		line = line[:i]
@@ -630,6 +630,19 @@ func chunkSize(line []byte) (int64, bool) {
 	if len(line) == 0 || len(line) > 15 {
 		return 0, false
 	}
-	n, err := strconv.ParseInt(string(line), 16, 64)
-	return n, err == nil && n >= 0
+	var n int64
+	for _, c := range line {
+		switch {
+		case '0' <= c && c <= '9':
+			c -= '0'
+		case 'a' <= c && c <= 'f':
+			c -= 'a' - 10
+		case 'A' <= c && c <= 'F':
+			c -= 'A' - 10
+		default:
+			return 0, false
+		}
+		n = n<<4 | int64(c)
+	}
+	return n, true
 }
