@@ -20,6 +20,10 @@ const (
 	DefaultReadHeaderTimeout     = 5 * time.Second
 	DefaultIdleTimeout           = 120 * time.Second
 	DefaultMaxIdleConnsPerHost   = 256
+	DefaultClientBodyTimeout     = 30 * time.Second
+	DefaultClientWriteTimeout    = 30 * time.Second
+	DefaultMaxConns              = 16384
+	DefaultMaxConnsPerIP         = 1024
 )
 
 // Config tunes one gateway. The zero value of every field means "use the
@@ -61,8 +65,29 @@ type Config struct {
 	ReadHeaderTimeout time.Duration
 
 	// IdleTimeout is how long an idle client keep-alive connection is kept
-	// open. Zero means DefaultIdleTimeout (120s).
+	// open. Zero means DefaultIdleTimeout (120s). A new connection must
+	// send its first request head within ReadHeaderTimeout instead.
 	IdleTimeout time.Duration
+
+	// ClientBodyTimeout bounds the wait for the next bytes of a request
+	// body (each read of it, not the whole: slow uploads that keep moving
+	// pass). A body that stops arriving is a 408. Zero means
+	// DefaultClientBodyTimeout (30s).
+	ClientBodyTimeout time.Duration
+
+	// ClientWriteTimeout bounds how long the gateway waits for a client to
+	// take more of an answer (each write makes progress or fails, so slow
+	// readers that keep reading pass); a client that stops reading loses
+	// the connection, and the upstream exchange behind it ends. Zero means
+	// DefaultClientWriteTimeout (30s).
+	ClientWriteTimeout time.Duration
+
+	// MaxConns caps the gateway's client connections, MaxConnsPerIP those
+	// from one client IP (clients in TrustedProxies are exempt from the
+	// latter); a connection past either is answered 503 (reason
+	// too_many_connections) and closed. Zero means DefaultMaxConns (16384)
+	// and DefaultMaxConnsPerIP (1024).
+	MaxConns, MaxConnsPerIP int
 
 	// MaxIdleConnsPerHost is how many idle keep-alive connections are kept
 	// per upstream address. Zero means DefaultMaxIdleConnsPerHost (256); Go's
@@ -122,6 +147,10 @@ func DefaultConfig() Config {
 		ReadHeaderTimeout:     DefaultReadHeaderTimeout,
 		IdleTimeout:           DefaultIdleTimeout,
 		MaxIdleConnsPerHost:   DefaultMaxIdleConnsPerHost,
+		ClientBodyTimeout:     DefaultClientBodyTimeout,
+		ClientWriteTimeout:    DefaultClientWriteTimeout,
+		MaxConns:              DefaultMaxConns,
+		MaxConnsPerIP:         DefaultMaxConnsPerIP,
 	}
 }
 
@@ -136,11 +165,16 @@ func (c Config) Validate() error {
 		{"ResponseHeaderTimeout", c.ResponseHeaderTimeout},
 		{"ReadHeaderTimeout", c.ReadHeaderTimeout},
 		{"IdleTimeout", c.IdleTimeout},
+		{"ClientBodyTimeout", c.ClientBodyTimeout},
+		{"ClientWriteTimeout", c.ClientWriteTimeout},
 	}
 	for _, f := range durations {
 		if f.d < 0 {
 			return fmt.Errorf("%w: %s must not be negative, got %s", ErrInvalidConfig, f.name, f.d)
 		}
+	}
+	if c.MaxConns < 0 || c.MaxConnsPerIP < 0 {
+		return fmt.Errorf("%w: MaxConns and MaxConnsPerIP must not be negative", ErrInvalidConfig)
 	}
 	if c.MaxIdleConnsPerHost < 0 {
 		return fmt.Errorf("%w: MaxIdleConnsPerHost must not be negative, got %d", ErrInvalidConfig, c.MaxIdleConnsPerHost)
@@ -213,6 +247,18 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxIdleConnsPerHost == 0 {
 		c.MaxIdleConnsPerHost = d.MaxIdleConnsPerHost
+	}
+	if c.ClientBodyTimeout == 0 {
+		c.ClientBodyTimeout = d.ClientBodyTimeout
+	}
+	if c.ClientWriteTimeout == 0 {
+		c.ClientWriteTimeout = d.ClientWriteTimeout
+	}
+	if c.MaxConns == 0 {
+		c.MaxConns = d.MaxConns
+	}
+	if c.MaxConnsPerIP == 0 {
+		c.MaxConnsPerIP = d.MaxConnsPerIP
 	}
 	if c.Balancer == "" {
 		c.Balancer = BalancerP2C

@@ -41,12 +41,18 @@ const (
 	// ReasonMethodNotAllowed: TRACE, to a service that did not opt in
 	// (405).
 	ReasonMethodNotAllowed = "method_not_allowed"
+	// ReasonClientTimeout: the request body stopped arriving for longer
+	// than ClientBodyTimeout (408).
+	ReasonClientTimeout = "client_timeout"
+	// ReasonTooManyConns: the connection is over MaxConns or MaxConnsPerIP
+	// (503, then the connection is closed).
+	ReasonTooManyConns = "too_many_connections"
 )
 
 // rejectReasons are the reasons of the answers the gateway gives itself,
 // without asking any instance; Rejected counts them by reason.
 var rejectReasons = [...]string{ReasonNoService, ReasonUnknownService, ReasonNoLiveInstance,
-	ReasonInvalidPath, ReasonBadRequest, ReasonBodyTooLarge, ReasonRateLimited, ReasonOverloaded, ReasonMethodNotAllowed}
+	ReasonInvalidPath, ReasonBadRequest, ReasonBodyTooLarge, ReasonRateLimited, ReasonOverloaded, ReasonMethodNotAllowed, ReasonTooManyConns, ReasonClientTimeout}
 
 func rejectIndex(reason string) int {
 	for i, r := range rejectReasons {

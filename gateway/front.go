@@ -258,12 +258,19 @@ func (fc *frontConn) serve() {
 		}
 	}()
 	g := fc.f.g
+	// A new connection has ReadHeaderTimeout from its accept to send its
+	// first request head, as net/http gives it: a connection that sends
+	// nothing is not kept for the idle timeout.
+	first := true
+	if err := fc.c.SetReadDeadline(time.Now().Add(g.cfg.ReadHeaderTimeout)); err != nil {
+		return
+	}
 	for {
 		fc.state.Store(connIdle)
 		if fc.f.closing.Load() {
 			return
 		}
-		if now := time.Now(); fc.idleUntil.Sub(now) < g.cfg.IdleTimeout-time.Second {
+		if now := time.Now(); !first && fc.idleUntil.Sub(now) < g.cfg.IdleTimeout-time.Second {
 			fc.idleUntil = now.Add(g.cfg.IdleTimeout)
 			if err := fc.c.SetReadDeadline(fc.idleUntil); err != nil {
 				return
@@ -273,7 +280,8 @@ func (fc *frontConn) serve() {
 			return
 		}
 		fc.state.Store(connActive)
-		n, err := fc.readHead()
+		n, err := fc.readHead(first)
+		first = false
 		if err != nil {
 			return
 		}
@@ -297,9 +305,9 @@ func (fc *frontConn) serve() {
 }
 
 // readHead waits for a whole request head in the read buffer and returns
-// its length, or 0 when the head does not fit.
-func (fc *frontConn) readHead() (int, error) {
-	armed := false
+// its length, or 0 when the head does not fit. armed says the header
+// deadline is set already (the first request's, from the accept).
+func (fc *frontConn) readHead(armed bool) (int, error) {
 	for {
 		buf, _ := fc.br.Peek(fc.br.Buffered())
 		if i := bytes.Index(buf, crlfcrlf); i >= 0 {

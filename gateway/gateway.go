@@ -157,6 +157,7 @@ func (g *Gateway) Handler() http.Handler { return g.engine }
 // It closes ln when it returns. It returns nil after Shutdown (including when
 // Shutdown ran before Serve) and the accept error otherwise.
 func (g *Gateway) Serve(ln net.Listener) error {
+	ln = newClientListener(ln, g)
 	if g.cfg.TLS != nil {
 		// The front and net/http read the decrypted stream; both see a
 		// *tls.Conn, whose handshake runs at the first read.

@@ -103,10 +103,13 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 			fmt.Sprintf("request body of %d bytes is over the gateway's limit of %d", r.ContentLength, maxRequestBody))
 		return
 	}
+	var cbody *clientBody
 	if r.Body != nil && r.Body != http.NoBody {
 		// Bodies of unknown length are cut at the limit; the proxy then
 		// answers 413 (proxyError).
-		r.Body = clientBody{http.MaxBytesReader(w, r.Body, maxRequestBody)}
+		cbody = &clientBody{ReadCloser: http.MaxBytesReader(w, r.Body, maxRequestBody),
+			rc: http.NewResponseController(w), timeout: g.cfg.ClientBodyTimeout}
+		r.Body = cbody
 	}
 	if h := st.healthOf(st.hostport(inst)); h.inflight.Load() >= maxInflightPerInstance {
 		// Fail fast rather than queue behind an instance that is already
@@ -126,7 +129,13 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 				fmt.Sprintf("request body is over the gateway's limit of %d bytes", maxRequestBody))
 			return
 		}
-		g.reject(w, id, origin, cors, http.StatusBadRequest, ReasonBadRequest, "reading the request body: "+err.Error())
+		w.Header().Set("Connection", "close")
+		if isTimeout(err) {
+			g.reject(w, id, origin, cors, http.StatusRequestTimeout, ReasonClientTimeout,
+				fmt.Sprintf("the request body stopped arriving for %s", g.cfg.ClientBodyTimeout))
+			return
+		}
+		g.reject(w, id, origin, cors, http.StatusBadRequest, ReasonBadRequest, err.Error())
 		return
 	}
 	rt := &route{
@@ -141,6 +150,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		escRest:    escRest,
 		body:       body,
 		replayable: replayable,
+		cbody:      cbody,
 		upgrade:    r.Header.Get("Upgrade") != "",
 		trustXFF:   g.trusted(r),
 		tls:        r.TLS != nil || g.cfg.TLS != nil,
@@ -296,7 +306,11 @@ func (g *Gateway) trusted(r *http.Request) bool {
 	if len(g.cfg.TrustedProxies) == 0 {
 		return false
 	}
-	ip := clientIP(r)
+	return g.trustedIP(clientIP(r))
+}
+
+// trustedIP reports whether ip is in TrustedProxies.
+func (g *Gateway) trustedIP(ip netip.Addr) bool {
 	for _, p := range g.cfg.TrustedProxies {
 		if p.Contains(ip) {
 			return true

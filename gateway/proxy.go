@@ -43,7 +43,9 @@ type route struct {
 	// replayable says whether the request may be sent again.
 	body       []byte
 	replayable bool
-	upgrade    bool
+	// cbody is the client's streamed body, nil when there is none.
+	cbody   *clientBody
+	upgrade bool
 	// trustXFF: the client is in TrustedProxies, so its X-Forwarded-For
 	// is kept.
 	trustXFF bool
@@ -206,7 +208,10 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 // response header reached the client.
 func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) {
 	rt := routeFrom(r.Context())
-	if r.Context().Err() != nil {
+	if berr := rt.cbody.failure(); berr != nil {
+		err = berr // whatever the transport made of it
+	}
+	if r.Context().Err() != nil && !errors.Is(err, errClientBody) {
 		// The client went away (or Shutdown gave up on the request):
 		// nobody is left to answer and nothing failed upstream.
 		w.WriteHeader(statusClientClosedRequest)
@@ -228,11 +233,17 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		return
 	}
 	if errors.Is(err, errClientBody) {
-		// The client's body broke off or was malformed (bad chunk
-		// framing): the client's fault, answered as net/http would, and
-		// no verdict on the instance (see verdict).
-		rt.st.countAnswer(r.Method, http.StatusBadRequest)
-		writeError(w, http.StatusBadRequest, ReasonBadRequest, err.Error())
+		// The client's body broke off, stalled or was malformed (bad
+		// chunk framing): the client's fault, answered as net/http would,
+		// and no verdict on the instance (see verdict).
+		status, reason, msg := http.StatusBadRequest, ReasonBadRequest, err.Error()
+		if isTimeout(err) {
+			status, reason = http.StatusRequestTimeout, ReasonClientTimeout
+			msg = fmt.Sprintf("the request body stopped arriving for %s", g.cfg.ClientBodyTimeout)
+		}
+		rt.st.countAnswer(r.Method, status)
+		h.Set("Connection", "close")
+		writeError(w, status, reason, msg)
 		return
 	}
 	status, reason, msg := http.StatusBadGateway, ReasonUpstreamError, "the upstream instance failed"

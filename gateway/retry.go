@@ -285,19 +285,55 @@ func (rt *route) getBody() (io.ReadCloser, error) {
 	return io.NopCloser(bytes.NewReader(rt.body)), nil
 }
 
-// clientBody marks read errors of a streamed client body, so that they are
-// not held against the instance.
-type clientBody struct{ io.ReadCloser }
+// clientBody is a client's request body. Each read has ClientBodyTimeout
+// to bring more (the connection's read deadline, moved forward at every
+// read: a slow upload that keeps moving passes, a stalled one fails), and
+// its read errors are marked, so that they are not held against the
+// instance.
+type clientBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController // nil once the body is done
+	timeout time.Duration
+	// err is the read error, marked, that ended the body (not EOF). A
+	// read error also makes net/http cancel the request's context, so the
+	// failure can look like the client leaving: this says it was not.
+	err atomic.Pointer[error]
+}
 
-func (b clientBody) Read(p []byte) (int, error) {
+func (b *clientBody) Read(p []byte) (int, error) {
+	if b.rc != nil {
+		_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	}
 	n, err := b.ReadCloser.Read(p)
+	if err == io.EOF && b.rc != nil {
+		// Done: net/http's own deadlines (and its read that watches for
+		// the client closing while the answer streams) take over. (After
+		// an error the deadline stays: net/http would otherwise wait for
+		// the rest of a stalled body before closing the connection.)
+		_ = b.rc.SetReadDeadline(time.Time{})
+	}
+	if err != nil {
+		b.rc = nil
+	}
 	if err != nil && err != io.EOF {
 		var tooBig *http.MaxBytesError
 		if !errors.As(err, &tooBig) {
 			err = fmt.Errorf("%w: %w", errClientBody, err)
 		}
+		b.err.Store(&err)
 	}
 	return n, err
+}
+
+// failure is the error that ended the body, nil if none did (or b is nil).
+func (b *clientBody) failure() error {
+	if b == nil {
+		return nil
+	}
+	if p := b.err.Load(); p != nil {
+		return *p
+	}
+	return nil
 }
 
 // once sends req to the instance at hostport, keeping its in-flight count

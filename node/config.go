@@ -102,6 +102,14 @@ type Config struct {
 	// DebugHeaders makes the gateway name the serving node in
 	// X-Herd-Upstream on every answer (otherwise only to trusted proxies).
 	DebugHeaders bool
+	// ClientBodyTimeout and ClientWriteTimeout bound how long the gateway
+	// waits for a client's next body bytes, and for a client to take more
+	// of an answer (0: the gateway's defaults, 30s each).
+	ClientBodyTimeout, ClientWriteTimeout time.Duration
+	// MaxConns and MaxConnsPerIP cap the gateway's client connections in
+	// total and per client IP (0: the gateway's defaults).
+	MaxConns, MaxConnsPerIP int
+
 	// Out receives what the node prints for its operator once: the join
 	// token of a cluster it creates. nil prints nothing (the token is in
 	// the data dir).
@@ -139,6 +147,14 @@ type Config struct {
 	// Logger receives every log line of the node.
 	Logger *slog.Logger
 }
+
+// The gateway's defaults for the client limits, for the flags' help.
+const (
+	DefaultClientBodyTimeout  = gateway.DefaultClientBodyTimeout
+	DefaultClientWriteTimeout = gateway.DefaultClientWriteTimeout
+	DefaultMaxConns           = gateway.DefaultMaxConns
+	DefaultMaxConnsPerIP      = gateway.DefaultMaxConnsPerIP
+)
 
 // DefaultConfig returns the defaults of `herd agent`.
 func DefaultConfig() Config {
@@ -271,6 +287,12 @@ func (c *Config) Validate() error {
 	}
 	if c.DialTimeout < 0 || c.ResponseHeaderTimeout < 0 {
 		return errors.New("--dial-timeout and --response-header-timeout must not be negative")
+	}
+	if c.ClientBodyTimeout < 0 || c.ClientWriteTimeout < 0 {
+		return fmt.Errorf("--client-body-timeout %s and --client-write-timeout %s must not be negative", c.ClientBodyTimeout, c.ClientWriteTimeout)
+	}
+	if c.MaxConns < 0 || c.MaxConnsPerIP < 0 {
+		return fmt.Errorf("--max-conns %d and --max-conns-per-ip %d must not be negative", c.MaxConns, c.MaxConnsPerIP)
 	}
 	c.token = nil
 	if c.JoinToken != "" {

@@ -249,6 +249,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	gwcfg.HedgeAfter, gwcfg.HedgeAuto, _ = cfg.hedge() // checked by Validate
 	gwcfg.UpstreamTLS = n.clientTLS()
 	gwcfg.DebugHeaders = cfg.DebugHeaders
+	gwcfg.ClientBodyTimeout, gwcfg.ClientWriteTimeout = cfg.ClientBodyTimeout, cfg.ClientWriteTimeout
+	gwcfg.MaxConns, gwcfg.MaxConnsPerIP = cfg.MaxConns, cfg.MaxConnsPerIP
 	if cfg.GatewayTLSCert != "" {
 		fc, err := secure.NewFileCertificate(cfg.GatewayTLSCert, cfg.GatewayTLSKey)
 		if err != nil {
