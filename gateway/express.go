@@ -402,6 +402,8 @@ func parseAnswerHead(head []byte, isHead bool) (a expressAnswer) {
 			}
 		case asciiEqualFold(k, "Date"):
 			a.hasDate = true
+		case asciiEqualFold(k, "Location"), asciiEqualFold(k, "Content-Location"), asciiEqualFold(k, "Refresh"):
+			return a // rewritten into the route: the general path's (modifyResponse)
 		}
 	}
 	bodyless := isHead || code == http.StatusNoContent || code == http.StatusNotModified

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/netip"
 	"strings"
 	"sync"
@@ -371,5 +372,65 @@ func TestStrayUpstreamBytesCloseTheConnection(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Redirects and content locations that point into the instance's path
+// prefix (as a path, or as an absolute URL on the instance's own address)
+// are rewritten into the route; others are left alone.
+func TestUpstreamRedirectsRewrittenIntoTheRoute(t *testing.T) {
+	var self string // the instance's host:port, once known
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		h := w.Header()
+		switch r.URL.Path {
+		case "/echo/rel":
+			h.Set("Location", "/echo/x?y=1")
+		case "/echo/abs":
+			h.Set("Location", "http://"+self+"/echo/y")
+		case "/echo/refresh":
+			h.Set("Refresh", "0; url=/echo/z")
+		case "/echo/content":
+			h.Set("Content-Location", "/echo/c")
+		case "/echo/root":
+			h.Set("Location", "/echo")
+		case "/echo/outside":
+			h.Set("Location", "/echoes/x")
+		case "/echo/elsewhere":
+			h.Set("Location", "https://login.example/echo/x")
+		case "/echo/relative":
+			h.Set("Location", "next")
+		}
+		w.WriteHeader(http.StatusTemporaryRedirect)
+	}))
+	defer srv.Close()
+	self = srv.Listener.Addr().String()
+	cat := newCatalog()
+	cat.set("alias", instanceAt(backendAddr(srv), "alias", "a1", "n1", "/echo"))
+	tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+	for path, want := range map[string][2]string{
+		"/alias/rel":       {"Location", "/alias/x?y=1"},
+		"/alias/abs":       {"Location", "/alias/y"},
+		"/alias/refresh":   {"Refresh", "0; url=/alias/z"},
+		"/alias/content":   {"Content-Location", "/alias/c"},
+		"/alias/root":      {"Location", "/alias"},
+		"/alias/outside":   {"Location", "/echoes/x"},
+		"/alias/elsewhere": {"Location", "https://login.example/echo/x"},
+		"/alias/relative":  {"Location", "next"},
+	} {
+		// GET: the express path hands these over; DELETE: the lean
+		// forward path; POST: httputil.ReverseProxy.
+		for _, method := range []string{http.MethodGet, http.MethodDelete, http.MethodPost} {
+			req, _ := http.NewRequest(method, tg.url+path, strings.NewReader(map[string]string{"POST": "x"}[method]))
+			res, err := (&http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error {
+				return http.ErrUseLastResponse
+			}}).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			res.Body.Close()
+			if got := res.Header.Get(want[0]); got != want[1] {
+				t.Errorf("%s %s: %s %q, want %q", method, path, want[0], got, want[1])
+			}
+		}
 	}
 }

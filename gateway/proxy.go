@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/http/httputil"
 	"net/url"
+	"strings"
 	"sync"
 	"time"
 
@@ -201,7 +202,72 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 	if rt.cors {
 		g.cors.setHeaders(h, rt.origin)
 	}
+	for _, k := range [...]string{"Location", "Content-Location"} {
+		if v := h[k]; len(v) == 1 {
+			if nv, ok := rt.routeLocation(v[0]); ok {
+				h[k] = []string{nv}
+			}
+		}
+	}
+	if v := h["Refresh"]; len(v) == 1 {
+		// "5; url=/echo/x": the URL part, as for Location.
+		if i := strings.Index(strings.ToLower(v[0]), "url="); i >= 0 {
+			if nv, ok := rt.routeLocation(strings.Trim(v[0][i+4:], `"' `)); ok {
+				h["Refresh"] = []string{v[0][:i+4] + nv}
+			}
+		}
+	}
 	return nil
+}
+
+// routeLocation rewrites a URL the instance sent (Location,
+// Content-Location, Refresh) that points into its own path prefix, as a
+// path or as an absolute URL on its own address, into the gateway's route
+// to the service, as nginx's proxy_redirect default does: an instance at
+// path /echo behind service alias that redirects to /echo/x sends the
+// client to /alias/x, not to service echo; one at http://10.0.0.5:9000/y
+// (an address clients cannot reach) to /alias/y when its prefix is empty.
+// Other URLs (relative ones, other hosts, other paths) are left alone.
+func (rt *route) routeLocation(v string) (string, bool) {
+	rest := v
+	if !strings.HasPrefix(v, "/") || strings.HasPrefix(v, "//") {
+		u, err := url.Parse(v)
+		if err != nil || u.Host == "" || u.User != nil || !rt.isInstanceHost(u) {
+			return "", false
+		}
+		// What follows scheme://host (url.Parse keeps both as written).
+		skip := len("//") + len(u.Host)
+		if u.Scheme != "" {
+			skip += len(u.Scheme) + len(":")
+		}
+		if skip > len(v) {
+			return "", false
+		}
+		rest = v[skip:]
+		if rest == "" || rest[0] != '/' {
+			rest = "/" + rest
+		}
+	}
+	prefix := rt.inst.Path
+	if !strings.HasPrefix(rest, prefix) {
+		return "", false
+	}
+	after := rest[len(prefix):]
+	if after != "" && after[0] != '/' && after[0] != '?' && after[0] != '#' {
+		return "", false // "/echoes" is not under "/echo"
+	}
+	return "/" + rt.inst.Service + after, true
+}
+
+// isInstanceHost reports whether u's host is the route's instance.
+func (rt *route) isInstanceHost(u *url.URL) bool {
+	if strings.EqualFold(u.Host, rt.hostport) {
+		return true
+	}
+	if u.Port() != "" || !strings.EqualFold(u.Hostname(), rt.inst.Address) {
+		return false
+	}
+	return u.Scheme == "http" && rt.inst.Port == 80 || u.Scheme == "https" && rt.inst.Port == 443
 }
 
 // proxyError answers a request whose upstream exchange failed before any
