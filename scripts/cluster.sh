@@ -2,14 +2,44 @@
 # Starts a three-node herd on this machine: node1 on 127.0.0.1 bootstraps
 # the cluster (its CA, join token and gossip key), node2 and node3 on
 # 127.0.0.2 and 127.0.0.3 join it with node1's join token. Data lives under
-# ./data/<node>. Each log line is prefixed with its node's name. Ctrl-C
+# ./data/<node> (HERD_CLUSTER_DATA moves it; HERD_CLUSTER_BIN names another
+# binary than ./bin/herd). Each log line is prefixed with its node's name. Ctrl-C
 # stops all three gracefully and exits 0 (a second Ctrl-C forces them).
 # Each node runs in its own session so that a Ctrl-C reaches it once,
 # through this script.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
-bin=./bin/herd
+
+# A Ctrl-C goes to the terminal's foreground process group, which is
+# make's: make then dies of the SIGINT (status 130) whatever this script
+# does. So, on a terminal, the script runs in a process group of its own
+# that owns the terminal while it runs: the Ctrl-C reaches only it, it stops
+# the nodes and exits 0, and so does make. (perl's POSIX module does the
+# tcsetpgrp; without perl, or off a terminal, the script runs as it is.)
+if [ -t 0 ] && [ -z "${HERD_CLUSTER_FOREGROUND:-}" ] && command -v perl >/dev/null; then
+	export HERD_CLUSTER_FOREGROUND=1
+	exec perl -MPOSIX -e '
+		$SIG{TTOU} = "IGNORE";
+		my $parent = getpgrp();
+		my $pid = fork();
+		die "cluster: fork: $!\n" unless defined $pid;
+		if ($pid == 0) {
+			setpgid(0, 0);
+			tcsetpgrp(0, getpgrp());
+			$SIG{TTOU} = "DEFAULT";
+			exec(@ARGV) or die "cluster: exec: $!\n";
+		}
+		setpgid($pid, $pid);
+		waitpid($pid, 0);
+		my $status = $?;
+		tcsetpgrp(0, $parent);
+		exit(($status & 127) ? 128 + ($status & 127) : $status >> 8);
+	' "$0" "$@"
+fi
+
+bin=${HERD_CLUSTER_BIN:-./bin/herd}
+data=${HERD_CLUSTER_DATA:-data}
 [ -x "$bin" ] || { echo "cluster: $bin is missing; run 'make build'" >&2; exit 1; }
 
 pids=()
@@ -32,12 +62,12 @@ start() {
 	shift 2
 	# The log filters ignore Ctrl-C: they must outlive the nodes' last
 	# lines, or a node stopping gracefully would die of SIGPIPE.
-	setsid "$bin" agent --name "$name" --bind "$ip" --data-dir "data/$name" "$@" \
+	setsid "$bin" agent --name "$name" --bind "$ip" --data-dir "$data/$name" "$@" \
 		> >(trap '' INT TERM; exec sed -u "s/^/[$name] /") 2> >(trap '' INT TERM; exec sed -u "s/^/[$name] /" >&2) &
 	pids+=($!)
 }
 
-token_file=data/node1/join-token
+token_file=$data/node1/join-token
 start node1 127.0.0.1
 # node1 writes its join token when it creates the cluster (at once) or
 # already has it (a restart): the others join with it.
@@ -53,7 +83,7 @@ start node2 127.0.0.2 --join 127.0.0.1
 start node3 127.0.0.3 --join 127.0.0.1
 unset HERD_JOIN_TOKEN
 
-ca=$PWD/data/node1/tls/ca.pem
+ca=$(cd "$data/node1/tls" && pwd)/ca.pem
 # Tell the user what to do once every node is ready.
 (
 	for _ in $(seq 1 120); do
@@ -75,7 +105,7 @@ ca=$PWD/data/node1/tls/ca.pem
     curl --cacert \$HERD_CA_FILE https://127.0.0.1:8500/v1/members
     bin/herd members                  # the nodes, their roles and the leader
     bin/herd services hello           # the instances of hello
-    bin/herd token show --data-dir data/node1   # the join token for more nodes
+    bin/herd token show --data-dir $data/node1   # the join token for more nodes
 
   Ctrl-C stops the cluster gracefully.
 
