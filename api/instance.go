@@ -110,7 +110,7 @@ func (in *Instance) Validate() error {
 	if ip == nil {
 		return &FieldError{Field: "address", Reason: fmt.Sprintf("%q is not an IP address", in.Address)}
 	}
-	if ip.IsUnspecified() || ip.IsMulticast() {
+	if ip.IsUnspecified() || ip.IsMulticast() || ip.Equal(net.IPv4bcast) {
 		return &FieldError{Field: "address", Reason: fmt.Sprintf("%s cannot be dialled", in.Address)}
 	}
 	if in.Port < 1 || in.Port > 65535 {
@@ -118,10 +118,15 @@ func (in *Instance) Validate() error {
 	}
 	if in.Path != "" {
 		if !strings.HasPrefix(in.Path, "/") || strings.HasSuffix(in.Path, "/") {
-			return &FieldError{Field: "path", Reason: fmt.Sprintf("%q must start with '/' and not end with '/'", in.Path)}
+			return &FieldError{Field: "path", Reason: fmt.Sprintf("%q must start with '/' and not end with '/' (the root is \"/\" or none)", in.Path)}
 		}
-		if len(in.Path) > MaxPathLen || strings.ContainsAny(in.Path, "?#% \t\r\n") {
-			return &FieldError{Field: "path", Reason: fmt.Sprintf("%q must be a plain path of at most %d bytes without '?', '#', '%%' or spaces", in.Path, MaxPathLen)}
+		if len(in.Path) > MaxPathLen || strings.ContainsAny(in.Path, "?#%\\ \t\r\n") {
+			return &FieldError{Field: "path", Reason: fmt.Sprintf("%q must be a plain path of at most %d bytes without '?', '#', '%%', '\\' or spaces", in.Path, MaxPathLen)}
+		}
+		for seg := range strings.SplitSeq(in.Path[1:], "/") {
+			if seg == "" || seg == "." || seg == ".." || strings.HasPrefix(seg, "..;") {
+				return &FieldError{Field: "path", Reason: fmt.Sprintf("%q has an empty, '.' or '..' segment", in.Path)}
+			}
 		}
 	}
 	if in.Weight < 0 || in.Weight > MaxWeight {

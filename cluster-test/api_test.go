@@ -59,14 +59,38 @@ func TestRegistrationAPI(t *testing.T) {
 		{"web/instances/x", ``, 400, ""},
 		{"web/instances/x", `{"address":"127.0.0.1","port":80} {}`, 400, ""},
 		{"web/instances/x", `{"address":"127.0.0.1","port":80,"meta":{"k":"` + strings.Repeat("v", 1<<20) + `"}}`, 413, ""},
+		// One small instance and then 2 MB of white space: the whole body
+		// counts against the 1 MiB limit.
+		{"web/instances/x", `{"address":"127.0.0.1","port":80}` + strings.Repeat(" ", 2<<20), 413, ""},
+		{"web/instances/x", `{"address":"255.255.255.255","port":80}`, 400, "address"},
+		{"web/instances/x", `{"address":"127.0.0.1","port":80,"path":"/a/../admin"}`, 400, "path"},
+		{"web/instances/x", `{"address":"127.0.0.1","port":80,"path":"/a/./b"}`, 400, "path"},
+		{"web/instances/x", `{"address":"127.0.0.1","port":80,"path":"/a//b"}`, 400, "path"},
+		{"web/instances/x", `{"address":"127.0.0.1","port":80,"path":"/a/..;/b"}`, 400, "path"},
+		{"web/instances/x", `{"address":"127.0.0.1","port":80,"path":"/a\\b"}`, 400, "path"},
+		{"web/instances/x", `[{"address":"127.0.0.1","port":80}]`, 400, ""},
 	} {
 		code, e := do(t, http.MethodPut, base+tc.path, tc.body)
 		if code != tc.code || e.Field != tc.field || e.Error == "" {
 			t.Errorf("PUT %s %.60q: %d %+v, want %d naming %q", tc.path, tc.body, code, e, tc.code, tc.field)
 		}
+		if strings.Contains(e.Error, "api.") || strings.Contains(e.Error, "RegisterRequest") {
+			t.Errorf("PUT %s %.60q: the error names a Go type: %q", tc.path, tc.body, e.Error)
+		}
+	}
+	if code, e := do(t, http.MethodPut, base+"web/instances/x", `[1]`); !strings.Contains(e.Error, "JSON object") {
+		t.Errorf("an array body: %d %q, want it to ask for a JSON object", code, e.Error)
 	}
 	if code, _ := getJSON(n1.api()+"/v1/services/web", nil); code != 404 {
 		t.Fatalf("a refused registration left something behind: GET web = %d", code)
+	}
+	// "path": "/" is the root, as no path is.
+	if code, e := do(t, http.MethodPut, base+"root/instances/r1", fmt.Sprintf(`{"address":%q,"port":9000,"path":"/"}`, n1.IP)); code != 200 {
+		t.Fatalf(`register with "path":"/": %d %+v`, code, e)
+	}
+	var root api.InstanceResponse
+	if code, err := getJSON(n1.api()+"/v1/services/root/instances/r1?consistent", &root); code != 200 || err != nil || root.Instance.Path != "" {
+		t.Fatalf(`the instance registered with "path":"/": %d %v %+v`, code, err, root.Instance)
 	}
 
 	body := fmt.Sprintf(`{"address":%q,"port":9000,"path":"/echo","tags":["t"],"meta":{"k":"v"},"weight":5}`, n1.IP)

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -326,15 +327,28 @@ func (s *apiServer) register(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req api.RegisterRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxBodyBytes))
+	body := http.MaxBytesReader(w, r.Body, maxBodyBytes)
+	dec := json.NewDecoder(body)
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	err := dec.Decode(&req)
+	if err == nil {
+		// The whole body counts against the limit, and nothing but
+		// white space may follow the instance.
+		var tail []byte
+		if tail, err = io.ReadAll(io.MultiReader(dec.Buffered(), body)); err == nil && len(bytes.TrimSpace(tail)) > 0 {
+			writeJSON(w, http.StatusBadRequest, api.Error{Error: "body holds more than one JSON value", Reason: "bad_json"})
+			return
+		}
+	}
+	if err != nil {
 		var tooBig *http.MaxBytesError
 		var syntax *json.SyntaxError
 		var typ *json.UnmarshalTypeError
 		switch {
 		case errors.As(err, &tooBig):
 			writeJSON(w, http.StatusRequestEntityTooLarge, api.Error{Error: "request body is over 1 MiB", Reason: "body_too_large"})
+		case errors.As(err, &typ) && typ.Field == "":
+			writeJSON(w, http.StatusBadRequest, api.Error{Error: "body must be a JSON object (an instance: {\"address\": ..., \"port\": ...}), got a JSON " + typ.Value, Reason: "bad_json"})
 		case errors.As(err, &typ):
 			writeJSON(w, http.StatusBadRequest, api.Error{Error: fmt.Sprintf("invalid %s: want %s, got %s", typ.Field, typ.Type, typ.Value), Field: typ.Field, Reason: "invalid_field"})
 		case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF):
@@ -351,9 +365,8 @@ func (s *apiServer) register(w http.ResponseWriter, r *http.Request) {
 		}
 		return
 	}
-	if dec.More() {
-		writeJSON(w, http.StatusBadRequest, api.Error{Error: "body holds more than one JSON value", Reason: "bad_json"})
-		return
+	if req.Path == "/" {
+		req.Path = "" // the instance's root: no prefix
 	}
 	in := api.Instance{
 		ID: id, Service: name, Address: req.Address, Port: req.Port, Path: req.Path,
