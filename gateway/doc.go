@@ -14,4 +14,14 @@
 // an instance registered with TLS (a service host under --internal-tls)
 // TLS verified against the cluster CA with Config.UpstreamTLS, the node's
 // certificate, presented.
+//
+// It faces strangers (see the README's "What the gateway refuses"): only
+// WebSocket upgrades become tunnels (handler.go), a Transfer-Encoding
+// request closes its connection after the answer, TRACE is refused, client
+// connections are capped and their reads and writes time out between
+// progress (conns.go, the front's first-request deadline, clientBody), a
+// client's broken body is its own 400 and never the instance's failure,
+// public errors and answers name no internal node or address (debug
+// headers aside), and an idle upstream connection that received anything
+// is never reused (upConn.stale).
 package gateway
