@@ -80,6 +80,35 @@ type upConn struct {
 	bw        *bufio.Writer
 	pool      *connPool
 	idleSince atomic.Int64 // unix nanoseconds, set when it goes idle
+	// raw and peek look at the socket for stale (made once per
+	// connection: a peek per reuse allocates nothing).
+	raw     syscall.RawConn // nil: not a socket
+	peek    func(fd uintptr) bool
+	peeked  bool // peek's result: something arrived
+	peekBuf [1]byte
+}
+
+// newUpConn wraps a new connection to an upstream.
+func newUpConn(c net.Conn, p *connPool) *upConn {
+	pc := &upConn{Conn: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10), pool: p}
+	if tc, ok := c.(*tls.Conn); ok {
+		// Any TLS record arriving on an idle connection is one too many
+		// (Go's servers send their session tickets before any answer).
+		c = tc.NetConn()
+	}
+	if sc, ok := c.(syscall.Conn); ok {
+		if raw, err := sc.SyscallConn(); err == nil {
+			pc.raw = raw
+			pc.peek = func(fd uintptr) bool {
+				n, _, err := syscall.Recvfrom(int(fd), pc.peekBuf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+				// n > 0: stray bytes; n == 0 with no error: the upstream
+				// closed; EAGAIN: nothing there, as it should be.
+				pc.peeked = n > 0 || err == nil || err != syscall.EAGAIN && err != syscall.EWOULDBLOCK
+				return true
+			}
+		}
+	}
+	return pc
 }
 
 // lean reports whether req can take the lean path.
@@ -289,32 +318,13 @@ func (pc *upConn) stale() bool {
 	if pc.br.Buffered() > 0 {
 		return true
 	}
-	c := pc.Conn
-	if tc, ok := c.(*tls.Conn); ok {
-		// Any TLS record arriving on an idle connection is one too many
-		// (Go's servers send their session tickets before any answer).
-		c = tc.NetConn()
-	}
-	sc, ok := c.(syscall.Conn)
-	if !ok {
+	if pc.raw == nil {
 		return false
 	}
-	raw, err := sc.SyscallConn()
-	if err != nil {
+	if err := pc.raw.Read(pc.peek); err != nil {
 		return true
 	}
-	stale := false
-	var b [1]byte
-	if err := raw.Read(func(fd uintptr) bool {
-		n, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		// n > 0: stray bytes; n == 0 with no error: the upstream closed;
-		// EAGAIN: nothing there, as it should be.
-		stale = n > 0 || err == nil || err != syscall.EAGAIN && err != syscall.EWOULDBLOCK
-		return true
-	}); err != nil {
-		return true
-	}
-	return stale
+	return pc.peeked
 }
 
 // done hands the connection back to its pool when its exchange finished
@@ -430,7 +440,7 @@ func (t *leanTransport) get(ctx context.Context, addr string, secure bool) (pc *
 	if err != nil {
 		return nil, false, err
 	}
-	return &upConn{Conn: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10), pool: p}, false, nil
+	return newUpConn(c, p), false, nil
 }
 
 // pool returns key's pool, creating it (and arming the sweep of idle
