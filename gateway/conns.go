@@ -106,21 +106,29 @@ type clientConn struct {
 	// deadline is a write deadline set from outside (unix nanoseconds, 0
 	// for none), which the write timeout does not extend.
 	deadline atomic.Int64
+	// armed is the write deadline Write set last (unix nanoseconds); it
+	// is moved only once it is a second old, not at every write.
+	armed atomic.Int64
 }
 
-// Write writes p, each part of it within writeTimeout: a write that timed
+// Write writes p, each part of it within writeTimeout (less up to a
+// second: the deadline is moved once a second at most): a write that timed
 // out having written some of p goes on with the rest, so a client that
 // reads slowly but steadily is served, and one that stopped is cut off.
 func (c *clientConn) Write(p []byte) (int, error) {
 	written := 0
 	for {
-		d := time.Now().Add(c.writeTimeout)
+		now := time.Now().UnixNano()
+		d := now + int64(c.writeTimeout)
 		ext := c.deadline.Load()
-		if ext != 0 && ext < d.UnixNano() {
-			d = time.Unix(0, ext)
+		if ext != 0 && ext < d {
+			d = ext
 		}
-		if err := c.Conn.SetWriteDeadline(d); err != nil {
-			return written, err
+		if a := c.armed.Load(); d-a > int64(time.Second) || d < a {
+			if err := c.Conn.SetWriteDeadline(time.Unix(0, d)); err != nil {
+				return written, err
+			}
+			c.armed.Store(d)
 		}
 		n, err := c.Conn.Write(p[written:])
 		written += n
@@ -141,6 +149,7 @@ func (c *clientConn) SetDeadline(t time.Time) error {
 }
 
 func (c *clientConn) setDeadline(t time.Time) {
+	c.armed.Store(0) // the next Write arms its own again
 	if t.IsZero() {
 		c.deadline.Store(0)
 	} else {
