@@ -29,7 +29,7 @@ type apiServer struct {
 	srv *http.Server
 }
 
-func newAPIServer(n *Node) *apiServer {
+func newAPIServer(n *Node) (*apiServer, error) {
 	s := &apiServer{n: n}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
@@ -50,8 +50,12 @@ func newAPIServer(n *Node) *apiServer {
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), Reason: "not_found"})
 	})
+	guard, err := newAPIGuard(&n.cfg, mux)
+	if err != nil {
+		return nil, err
+	}
 	s.srv = &http.Server{
-		Handler:           mux,
+		Handler:           guard,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       30 * time.Second,
 		WriteTimeout:      30 * time.Second,
@@ -61,7 +65,7 @@ func newAPIServer(n *Node) *apiServer {
 		// are the clients' errors: one debug line each, not a log flood.
 		ErrorLog: slog.NewLogLogger(n.logger.With("component", "api").Handler(), slog.LevelDebug),
 	}
-	return s
+	return s, nil
 }
 
 func (s *apiServer) serve(ln net.Listener) error {

@@ -52,6 +52,12 @@ type Config struct {
 	Services []string
 	// CORSOrigins are the origins the gateway allows; empty means no CORS.
 	CORSOrigins []string
+	// APIAllowedHosts are Host names the agent API answers to besides its
+	// own addresses and node name (a DNS name operators use for it).
+	APIAllowedHosts []string
+	// APIAllowedOrigins are browser origins whose requests the agent API
+	// accepts (a UI served elsewhere); any other foreign origin is refused.
+	APIAllowedOrigins []string
 	// Balancer is the gateway's balancing policy (see gateway.Config).
 	Balancer string
 	// PreferLocal makes the gateway send a service's traffic to this node's
@@ -267,6 +273,9 @@ func (c *Config) Validate() error {
 		if !contains(services.Builtin(), s) {
 			return fmt.Errorf("--services: unknown service %q (built-in: %s)", s, strings.Join(services.Builtin(), ", "))
 		}
+	}
+	if _, err := newAPIGuard(c, nil); err != nil {
+		return err
 	}
 	for _, o := range c.CORSOrigins {
 		if o != "*" && !strings.HasPrefix(o, "http://") && !strings.HasPrefix(o, "https://") {

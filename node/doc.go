@@ -9,4 +9,8 @@
 // holds; it serves the join exchange for others, keeps the token file and
 // the keyring in step with the registry, and renews its certificate
 // (identity_run.go).
+//
+// The agent API (api.go) sits behind apiGuard (apiguard.go), which keeps
+// browsers from being used against it: only the Hosts it serves, no
+// foreign Origin, JSON bodies for every change.
 package node

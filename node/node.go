@@ -195,7 +195,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 
 	n.goBackground(n.recordPeers)
 
-	n.api = newAPIServer(n)
+	if n.api, err = newAPIServer(n); err != nil {
+		return err
+	}
 	if n.store.Load() != nil || cfg.Insecure {
 		n.startSecured()
 	}

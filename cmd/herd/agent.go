@@ -44,6 +44,8 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 			cfg.Services = flattenList(services)
 			cfg.CORSOrigins = flattenList(cors)
 			cfg.TrustedProxies = flattenList(cfg.TrustedProxies)
+			cfg.APIAllowedHosts = flattenList(cfg.APIAllowedHosts)
+			cfg.APIAllowedOrigins = flattenList(cfg.APIAllowedOrigins)
 			if !cmd.Flags().Changed("data-dir") && os.Getenv("HERD_DATA_DIR") == "" {
 				cfg.DataDir = filepath.Join("data", cfg.Name)
 			}
@@ -103,6 +105,8 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.IntVar(&cfg.MaxConns, "max-conns", node.DefaultMaxConns, "gateway: most client connections in all (503 past it)")
 	f.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", node.DefaultMaxConnsPerIP, "gateway: most client connections from one IP, --trusted-proxies exempt (503 past it)")
 	f.BoolVar(&cfg.DebugHeaders, "debug-headers", false, "gateway: name the node that served each answer in X-Herd-Upstream, for every client (default: only for --trusted-proxies)")
+	f.StringSliceVar(&cfg.APIAllowedHosts, "api-allowed-hosts", nil, "Host names the agent API answers to besides its own addresses and node name (DNS rebinding protection; default: none)")
+	f.StringSliceVar(&cfg.APIAllowedOrigins, "api-allowed-origins", nil, "browser origins (scheme://host[:port]) allowed to call the agent API (default: none: cross-origin requests are refused)")
 	f.StringSliceVar(&cors, "cors-origins", nil, "origins the gateway allows for CORS (default: none, no CORS headers)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
