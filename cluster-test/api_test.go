@@ -84,6 +84,23 @@ func TestRegistrationAPI(t *testing.T) {
 	if code, _ := getJSON(n1.api()+"/v1/services/web", nil); code != 404 {
 		t.Fatalf("a refused registration left something behind: GET web = %d", code)
 	}
+	// The node's built-in instances are its own: the API can neither point
+	// them elsewhere nor remove them.
+	var echoBefore api.InstanceResponse
+	if code, err := getJSON(n1.api()+"/v1/services/echo/instances/node1?consistent", &echoBefore); code != 200 || err != nil {
+		t.Fatalf("the built-in echo: %d %v", code, err)
+	}
+	if code, e := do(t, http.MethodPut, base+"echo/instances/node1", `{"address":"127.0.0.1","port":1}`); code != 403 || e.Reason != "builtin_instance" {
+		t.Errorf("replacing the built-in echo: %d %+v, want 403 builtin_instance", code, e)
+	}
+	if code, e := do(t, http.MethodDelete, base+"echo/instances/node1", ""); code != 403 || e.Reason != "builtin_instance" {
+		t.Errorf("deleting the built-in echo: %d %+v, want 403 builtin_instance", code, e)
+	}
+	var echoAfter api.InstanceResponse
+	if code, err := getJSON(n1.api()+"/v1/services/echo/instances/node1?consistent", &echoAfter); code != 200 || err != nil ||
+		echoAfter.Instance.Port != echoBefore.Instance.Port || echoAfter.Instance.Address != echoBefore.Instance.Address {
+		t.Fatalf("the built-in echo changed: %d %v %+v, was %+v", code, err, echoAfter, echoBefore)
+	}
 	// "path": "/" is the root, as no path is.
 	if code, e := do(t, http.MethodPut, base+"root/instances/r1", fmt.Sprintf(`{"address":%q,"port":9000,"path":"/"}`, n1.IP)); code != 200 {
 		t.Fatalf(`register with "path":"/": %d %+v`, code, e)

@@ -307,6 +307,24 @@ func writeRegistryError(w http.ResponseWriter, err error) {
 	}
 }
 
+// builtin answers 403 when name/id is a built-in instance this node hosts:
+// only the node itself changes those (an API client could otherwise point
+// a node's echo at another address, or remove it).
+func (s *apiServer) builtin(w http.ResponseWriter, name, id string) bool {
+	if s.n.host == nil {
+		return false
+	}
+	for _, in := range s.n.host.Instances() {
+		if in.Service == name && in.ID == id {
+			writeJSON(w, http.StatusForbidden, api.Error{
+				Error:  fmt.Sprintf("%s/%s is this node's built-in instance: only the node changes it (--services)", name, id),
+				Reason: "builtin_instance"})
+			return true
+		}
+	}
+	return false
+}
+
 // instancePath reads and checks {name} and {id} of an instance path,
 // answering 400 when either is not a DNS label.
 func instancePath(w http.ResponseWriter, r *http.Request) (name, id string, ok bool) {
@@ -328,6 +346,9 @@ func (s *apiServer) register(w http.ResponseWriter, r *http.Request) {
 	}
 	name, id, ok := instancePath(w, r)
 	if !ok {
+		return
+	}
+	if s.builtin(w, name, id) {
 		return
 	}
 	var req api.RegisterRequest
@@ -391,6 +412,9 @@ func (s *apiServer) deregister(w http.ResponseWriter, r *http.Request) {
 	}
 	name, id, ok := instancePath(w, r)
 	if !ok {
+		return
+	}
+	if s.builtin(w, name, id) {
 		return
 	}
 	if err := s.n.registrar.Deregister(r.Context(), name, id); err != nil {
