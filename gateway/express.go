@@ -560,8 +560,12 @@ func copyChunked(bw *bufio.Writer, br *bufio.Reader, block func()) (upOK, client
 			if size, ok = chunkSize(line); !ok {
 				return false, true
 			}
-		} else if len(line) > 0 && bytes.IndexByte(line, ':') <= 0 {
-			return false, true // not a trailer field
+		} else if len(line) > 0 {
+			if _, _, ok := splitFieldBytes(line); !ok {
+				// Not a trailer field as net/http reads one (a bad name,
+				// a control character, a bare CR): never passed on.
+				return false, true
+			}
 		}
 		// Checked, the line goes on as it came, with its CRLF.
 		if _, err := bw.Write(line[:len(line)+2]); err != nil {
