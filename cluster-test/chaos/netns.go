@@ -17,7 +17,10 @@ import (
 // Everything the suite creates is named with these prefixes, so that
 // Cleanup can find what an interrupted run left behind: network namespaces
 // "hchaos-<id>-<node>", links "hc<id>br" (the bridge) and "hc<id>v<i>" (the
-// host ends of the veth pairs), and directories "/tmp/hchaos-<id>".
+// host ends of the veth pairs), and directories "/tmp/hchaos-<id>". The
+// file "/tmp/hchaos-<id>.owner" holds the PID of the process that made the
+// run, so that a later run can tell a dead run's leftovers (SIGKILL leaves
+// them) from a live concurrent one's (CleanupStale).
 const (
 	nsPrefix   = "hchaos-"
 	linkPrefix = "hc"
@@ -93,6 +96,10 @@ func NewNet(n int) (_ *Net, err error) {
 	// share a subnet; 1..250.
 	third := (int(b[0])<<8|int(b[1]))%250 + 1
 	nw := &Net{ID: id, Prefix: fmt.Sprintf("10.213.%d.", third), Bridge: linkPrefix + id + "br"}
+	// The owner first: nothing of the run exists without it.
+	if err := os.WriteFile(ownerFile(id), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		return nil, err
+	}
 	defer func() {
 		if err != nil {
 			nw.Close()
@@ -184,7 +191,45 @@ func (n *Net) Close() error {
 	if len(errs) > 0 {
 		return fmt.Errorf("removing the chaos network: %s", strings.Join(errs, "; "))
 	}
+	_ = os.Remove(ownerFile(n.ID))
 	return nil
+}
+
+func ownerFile(id string) string { return filepath.Join(os.TempDir(), nsPrefix+id+".owner") }
+
+// CleanupStale removes what runs whose process is gone left behind (a run
+// killed with SIGKILL cannot clean up after itself): the namespaces of a
+// run with no owner file, or whose owner PID is not alive. Runs of live
+// processes are left alone. It returns what it removed.
+func CleanupStale() ([]string, error) {
+	out, err := exec.Command("ip", "netns", "list").Output()
+	if err != nil {
+		return nil, fmt.Errorf("ip netns list: %w", err)
+	}
+	seen := map[string]bool{}
+	var removed []string
+	for _, line := range strings.Split(string(out), "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || !nsName.MatchString(f[0]) {
+			continue
+		}
+		id := strings.TrimPrefix(f[0], nsPrefix)[:4]
+		if seen[id] {
+			continue
+		}
+		seen[id] = true
+		if b, err := os.ReadFile(ownerFile(id)); err == nil {
+			if pid, err := strconv.Atoi(strings.TrimSpace(string(b))); err == nil && syscall.Kill(pid, 0) != syscall.ESRCH {
+				continue // a live run's
+			}
+		}
+		r, err := Cleanup(id)
+		removed = append(removed, r...)
+		if err != nil {
+			return removed, err
+		}
+	}
+	return removed, nil
 }
 
 // killAll kills the processes of every namespace of nw.

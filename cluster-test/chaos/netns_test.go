@@ -3,6 +3,7 @@ package chaos
 import (
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -100,5 +101,32 @@ func TestNetPartitionAndCleanup(t *testing.T) {
 	out, _ := exec.Command("ip", "netns", "list").Output()
 	if strings.Contains(string(out), nsPrefix+leftover.ID) {
 		t.Fatalf("namespaces left after Cleanup: %s", out)
+	}
+
+	// A run whose process was killed (SIGKILL: no cleanup of its own) is
+	// removed by the next run's CleanupStale; a live run's is not.
+	dead, err := NewNet(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(ownerFile(dead.ID), []byte(strconv.Itoa(gone.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := CleanupStale(); err != nil {
+		t.Fatal(err)
+	}
+	out, _ = exec.Command("ip", "netns", "list").Output()
+	if strings.Contains(string(out), nsPrefix+dead.ID) {
+		t.Fatalf("a dead run's namespaces are still there: %s", out)
+	}
+	if !strings.Contains(string(out), nw.Nodes[0].NS) {
+		t.Fatalf("CleanupStale removed this live run's namespaces: %s", out)
+	}
+	if _, err := os.Stat(ownerFile(dead.ID)); !os.IsNotExist(err) {
+		t.Fatalf("the dead run's owner file: %v", err)
 	}
 }

@@ -222,6 +222,11 @@ func Execute(cfg Config) (r *Run, err error) {
 		echo = io.MultiWriter(tlog, cfg.Log)
 	}
 	tl := NewTimeline(echo)
+	if removed, err := CleanupStale(); err != nil {
+		return nil, err
+	} else if len(removed) > 0 {
+		tl.Add("removed what a killed earlier run left: %s", strings.Join(removed, ", "))
+	}
 	nw, err := NewNet(cfg.Nodes)
 	if err != nil {
 		return nil, err
