@@ -233,35 +233,23 @@ func validateOrigin(o string) error {
 // withDefaults returns c with every zero field set to its default.
 func (c Config) withDefaults() Config {
 	d := DefaultConfig()
-	if c.DialTimeout == 0 {
-		c.DialTimeout = d.DialTimeout
-	}
-	if c.ResponseHeaderTimeout == 0 {
-		c.ResponseHeaderTimeout = d.ResponseHeaderTimeout
-	}
-	if c.ReadHeaderTimeout == 0 {
-		c.ReadHeaderTimeout = d.ReadHeaderTimeout
-	}
-	if c.IdleTimeout == 0 {
-		c.IdleTimeout = d.IdleTimeout
-	}
-	if c.MaxIdleConnsPerHost == 0 {
-		c.MaxIdleConnsPerHost = d.MaxIdleConnsPerHost
-	}
-	if c.ClientBodyTimeout == 0 {
-		c.ClientBodyTimeout = d.ClientBodyTimeout
-	}
-	if c.ClientWriteTimeout == 0 {
-		c.ClientWriteTimeout = d.ClientWriteTimeout
-	}
-	if c.MaxConns == 0 {
-		c.MaxConns = d.MaxConns
-	}
-	if c.MaxConnsPerIP == 0 {
-		c.MaxConnsPerIP = d.MaxConnsPerIP
-	}
-	if c.Balancer == "" {
-		c.Balancer = BalancerP2C
-	}
+	orDefault(&c.DialTimeout, d.DialTimeout)
+	orDefault(&c.ResponseHeaderTimeout, d.ResponseHeaderTimeout)
+	orDefault(&c.ReadHeaderTimeout, d.ReadHeaderTimeout)
+	orDefault(&c.IdleTimeout, d.IdleTimeout)
+	orDefault(&c.MaxIdleConnsPerHost, d.MaxIdleConnsPerHost)
+	orDefault(&c.ClientBodyTimeout, d.ClientBodyTimeout)
+	orDefault(&c.ClientWriteTimeout, d.ClientWriteTimeout)
+	orDefault(&c.MaxConns, d.MaxConns)
+	orDefault(&c.MaxConnsPerIP, d.MaxConnsPerIP)
+	orDefault(&c.Balancer, d.Balancer)
 	return c
+}
+
+// orDefault sets *v to d when it is the zero value.
+func orDefault[T comparable](v *T, d T) {
+	var zero T
+	if *v == zero {
+		*v = d
+	}
 }

@@ -140,19 +140,10 @@ func FuzzParseAnswerHead(f *testing.F) {
 		f.Add([]byte(s), false)
 		f.Add([]byte(s), true)
 	}
-	f.Fuzz(func(t *testing.T, head []byte, isHead bool) {
-		i := bytes.Index(head, crlfcrlf)
-		if i < 0 {
+	f.Fuzz(func(t *testing.T, stream []byte, isHead bool) {
+		head, _, a, method, ok := framedAnswer(stream, isHead)
+		if !ok {
 			return
-		}
-		head = head[:i+4]
-		a := parseAnswerHead(head, isHead)
-		if !a.ok {
-			return
-		}
-		method := http.MethodGet
-		if isHead {
-			method = http.MethodHead
 		}
 		res, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(head)), &http.Request{Method: method})
 		if err != nil {
@@ -194,6 +185,23 @@ func TestParseAnswerHeadSeeds(t *testing.T) {
 	}
 }
 
+// framedAnswer cuts an upstream's answer stream after its head and reports
+// how the express path frames it (ok false: it does not frame it itself),
+// with the method of the request it answers.
+func framedAnswer(stream []byte, isHead bool) (head, rest []byte, a expressAnswer, method string, ok bool) {
+	i := bytes.Index(stream, crlfcrlf)
+	if i < 0 {
+		return nil, nil, a, "", false
+	}
+	head, rest = stream[:i+4], stream[i+4:]
+	a = parseAnswerHead(head, isHead)
+	method = http.MethodGet
+	if isHead {
+		method = http.MethodHead
+	}
+	return head, rest, a, method, a.ok
+}
+
 // Hostile upstream answers: bodies with bad chunk framing and bytes past
 // the end.
 var answerStreamSeeds = []string{
@@ -220,18 +228,9 @@ func FuzzCopyAnswerBody(f *testing.F) {
 		f.Add([]byte(s), false)
 	}
 	f.Fuzz(func(t *testing.T, stream []byte, isHead bool) {
-		i := bytes.Index(stream, crlfcrlf)
-		if i < 0 {
+		_, rest, a, method, ok := framedAnswer(stream, isHead)
+		if !ok {
 			return
-		}
-		head, rest := stream[:i+4], stream[i+4:]
-		a := parseAnswerHead(head, isHead)
-		if !a.ok {
-			return
-		}
-		method := http.MethodGet
-		if isHead {
-			method = http.MethodHead
 		}
 		br := bufio.NewReaderSize(bytes.NewReader(rest), 4<<10)
 		var out bytes.Buffer
