@@ -1,5 +1,7 @@
 package api
 
+import "time"
+
 // Gossip status of a node, as memberlist sees it.
 const (
 	StatusAlive   = "alive"
@@ -90,6 +92,9 @@ type Error struct {
 	Field string `json:"field,omitempty"`
 	// Reason is a short machine-readable cause.
 	Reason string `json:"reason,omitempty"`
+	// Policy names the policy the request needs, on a 403 of the agent
+	// API's access control.
+	Policy string `json:"policy,omitempty"`
 	// RequestID is the gateway's X-Request-Id of the request, which its
 	// log lines carry too.
 	RequestID string `json:"request_id,omitempty"`
@@ -123,4 +128,48 @@ type KeyringResponse struct {
 	Keys []string `json:"keys"`
 	// Local is this node's own keyring, which follows the registry's.
 	Local *KeyringResponse `json:"local,omitempty"`
+}
+
+// ACLToken is an API token as the agent API shows it. Secret is set only
+// in the answer that created the token: the registry keeps its hash.
+type ACLToken struct {
+	Name      string    `json:"name"`
+	Policies  []string  `json:"policies"`
+	CreatedAt time.Time `json:"created_at"`
+	// ExpiresAt is absent for a token that never expires.
+	ExpiresAt time.Time `json:"expires_at,omitzero"`
+	Expired   bool      `json:"expired,omitempty"`
+	CreatedBy string    `json:"created_by,omitempty"`
+	Secret    string    `json:"secret,omitempty"`
+}
+
+// ACLTokenRequest is the body of POST /v1/acl/tokens.
+type ACLTokenRequest struct {
+	Name     string   `json:"name"`
+	Policies []string `json:"policies"`
+	// TTL is a Go duration ("24h", "90m"); empty: the token never expires.
+	TTL string `json:"ttl,omitempty"`
+}
+
+// ACLTokensResponse is the body of GET /v1/acl/tokens, sorted by name.
+type ACLTokensResponse struct {
+	Tokens []ACLToken `json:"tokens"`
+}
+
+// ACLBootstrapRequest is the body of POST /v1/acl/bootstrap. Reset
+// replaces the management token (the old one stops working at once);
+// without it the request succeeds only on a cluster never bootstrapped.
+type ACLBootstrapRequest struct {
+	Reset bool `json:"reset,omitempty"`
+}
+
+// WhoAmI is the body of GET /v1/acl/whoami: who the API takes the caller
+// for.
+type WhoAmI struct {
+	// Name is the token's name, "cert:<name>" for a cluster certificate,
+	// or "anonymous".
+	Name     string    `json:"name"`
+	Kind     string    `json:"kind"` // token, certificate, anonymous
+	Policies []string  `json:"policies"`
+	Expires  time.Time `json:"expires_at,omitzero"`
 }

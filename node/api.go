@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/herdcluster/herd/acl"
 	"github.com/herdcluster/herd/api"
 	"github.com/herdcluster/herd/registry"
 	"github.com/herdcluster/herd/secure"
@@ -34,19 +35,29 @@ func newAPIServer(n *Node) (*apiServer, error) {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", s.healthz)
 	mux.HandleFunc("GET /readyz", s.readyz)
-	mux.HandleFunc("GET /v1/members", s.members)
-	mux.HandleFunc("GET /v1/services", s.services)
-	mux.HandleFunc("GET /v1/services/{name}", s.service)
-	mux.HandleFunc("GET /v1/services/{name}/instances/{id}", s.instance)
-	mux.HandleFunc("PUT /v1/services/{name}/instances/{id}", s.register)
-	mux.HandleFunc("DELETE /v1/services/{name}/instances/{id}", s.deregister)
-	mux.HandleFunc("POST /v1/leave", s.leave)
-	mux.HandleFunc("GET /v1/snapshot", s.snapshot)
-	mux.Handle("GET /metrics", n.metricsHandler())
-	mux.HandleFunc("POST /v1/force-leave/{name}", s.forceLeave)
-	mux.HandleFunc("POST /v1/token/rotate", s.rotateToken)
-	mux.HandleFunc("GET /v1/keyring", s.keyring)
-	mux.HandleFunc("POST /v1/keyring", s.changeKeyring)
+	read, operator := needs(acl.NeedRead), needs(acl.NeedOperator)
+	mux.HandleFunc("GET /v1/members", s.guard(read, s.members))
+	mux.HandleFunc("GET /v1/services", s.guard(read, s.services))
+	mux.HandleFunc("GET /v1/services/{name}", s.guard(read, s.service))
+	mux.HandleFunc("GET /v1/services/{name}/instances/{id}", s.guard(read, s.instance))
+	mux.HandleFunc("PUT /v1/services/{name}/instances/{id}", s.guard(needServiceOf, s.register))
+	mux.HandleFunc("DELETE /v1/services/{name}/instances/{id}", s.guard(needServiceOf, s.deregister))
+	mux.HandleFunc("POST /v1/leave", s.guard(operator, s.leave))
+	mux.HandleFunc("GET /v1/snapshot", s.guard(operator, s.snapshot))
+	if n.cfg.MetricsAnonymous {
+		mux.Handle("GET /metrics", n.metricsHandler())
+	} else {
+		mux.HandleFunc("GET /metrics", s.guard(read, n.metricsHandler().ServeHTTP))
+	}
+	mux.HandleFunc("POST /v1/force-leave/{name}", s.guard(operator, s.forceLeave))
+	mux.HandleFunc("POST /v1/token/rotate", s.guard(operator, s.rotateToken))
+	mux.HandleFunc("GET /v1/keyring", s.guard(operator, s.keyring))
+	mux.HandleFunc("POST /v1/keyring", s.guard(operator, s.changeKeyring))
+	mux.HandleFunc("GET /v1/acl/tokens", s.guard(operator, s.aclTokens))
+	mux.HandleFunc("POST /v1/acl/tokens", s.guard(operator, s.aclTokenCreate))
+	mux.HandleFunc("DELETE /v1/acl/tokens/{name}", s.guard(operator, s.aclTokenRevoke))
+	mux.HandleFunc("POST /v1/acl/bootstrap", s.guard(operator, s.aclBootstrap))
+	mux.HandleFunc("GET /v1/acl/whoami", s.guard(needs(acl.NeedAuthenticated), s.whoami))
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), Reason: "not_found"})
 	})
@@ -82,6 +93,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.WriteHeader(code)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
 	_ = enc.Encode(v)
 }
 
@@ -352,42 +364,7 @@ func (s *apiServer) register(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req api.RegisterRequest
-	body := http.MaxBytesReader(w, r.Body, maxBodyBytes)
-	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
-	err := dec.Decode(&req)
-	if err == nil {
-		// The whole body counts against the limit, and nothing but
-		// white space may follow the instance.
-		var tail []byte
-		if tail, err = io.ReadAll(io.MultiReader(dec.Buffered(), body)); err == nil && len(bytes.TrimSpace(tail)) > 0 {
-			writeJSON(w, http.StatusBadRequest, api.Error{Error: "body holds more than one JSON value", Reason: "bad_json"})
-			return
-		}
-	}
-	if err != nil {
-		var tooBig *http.MaxBytesError
-		var syntax *json.SyntaxError
-		var typ *json.UnmarshalTypeError
-		switch {
-		case errors.As(err, &tooBig):
-			writeJSON(w, http.StatusRequestEntityTooLarge, api.Error{Error: "request body is over 1 MiB", Reason: "body_too_large"})
-		case errors.As(err, &typ) && typ.Field == "":
-			writeJSON(w, http.StatusBadRequest, api.Error{Error: "body must be a JSON object (an instance: {\"address\": ..., \"port\": ...}), got a JSON " + typ.Value, Reason: "bad_json"})
-		case errors.As(err, &typ):
-			writeJSON(w, http.StatusBadRequest, api.Error{Error: fmt.Sprintf("invalid %s: want %s, got %s", typ.Field, typ.Type, typ.Value), Field: typ.Field, Reason: "invalid_field"})
-		case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF):
-			writeJSON(w, http.StatusBadRequest, api.Error{Error: "body is not valid JSON: " + err.Error(), Reason: "bad_json"})
-		case errors.Is(err, io.EOF):
-			writeJSON(w, http.StatusBadRequest, api.Error{Error: "body is empty: send a JSON instance", Reason: "bad_json"})
-		default:
-			// json names an unknown field as `json: unknown field "x"`.
-			field := ""
-			if _, after, ok := strings.Cut(err.Error(), "unknown field "); ok {
-				field = strings.Trim(after, `"`)
-			}
-			writeJSON(w, http.StatusBadRequest, api.Error{Error: err.Error(), Field: field, Reason: "invalid_field"})
-		}
+	if !decodeBody(w, r, maxBodyBytes, "an instance {\"address\": ..., \"port\": ...}", &req) {
 		return
 	}
 	if req.Path == "/" {
@@ -401,6 +378,7 @@ func (s *apiServer) register(w http.ResponseWriter, r *http.Request) {
 		writeRegistryError(w, err)
 		return
 	}
+	s.audit(r, actRegister, name+"/"+id)
 	in.Node = s.n.cfg.Name
 	in.Normalize()
 	writeJSON(w, http.StatusOK, in)
@@ -421,6 +399,7 @@ func (s *apiServer) deregister(w http.ResponseWriter, r *http.Request) {
 		writeRegistryError(w, err)
 		return
 	}
+	s.audit(r, actDeregister, name+"/"+id)
 	writeJSON(w, http.StatusOK, map[string]string{"deregistered": name + "/" + id})
 }
 
@@ -428,6 +407,7 @@ func (s *apiServer) leave(w http.ResponseWriter, r *http.Request) {
 	if !s.running(w) {
 		return
 	}
+	s.audit(r, actLeave, s.n.cfg.Name)
 	if err := s.n.Leave(r.Context()); err != nil {
 		writeLifecycleError(w, err)
 		return
@@ -448,6 +428,7 @@ func (s *apiServer) forceLeave(w http.ResponseWriter, r *http.Request) {
 		writeLifecycleError(w, err)
 		return
 	}
+	s.audit(r, actForceLeave, name)
 	writeJSON(w, http.StatusOK, map[string]string{"removed": name})
 }
 
@@ -482,6 +463,7 @@ func (s *apiServer) snapshot(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	defer rc.Close()
+	s.audit(r, actSnapshot, "registry")
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.Header().Set("Content-Disposition", `attachment; filename="herd.snapshot"`)
 	if _, err := io.Copy(w, rc); err != nil {
@@ -490,25 +472,9 @@ func (s *apiServer) snapshot(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// operator answers 403 unless the client presented a certificate issued by
-// the cluster CA: the endpoints that change the cluster's secrets are
-// reserved to whoever holds a node's data dir (or a certificate made from
-// one), until API tokens exist.
-func (s *apiServer) operator(w http.ResponseWriter, r *http.Request) bool {
-	if s.n.store.Load() == nil {
-		writeJSON(w, http.StatusConflict, api.Error{Error: "this cluster runs with --insecure: it has no secrets to manage", Reason: "insecure"})
-		return false
-	}
-	if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
-		writeJSON(w, http.StatusForbidden, api.Error{Error: "this endpoint needs a certificate issued by the cluster CA: run the command with --data-dir of a node on its machine", Reason: "certificate_required"})
-		return false
-	}
-	return true
-}
-
 // rotateToken replaces the cluster's join secret and answers the new token.
 func (s *apiServer) rotateToken(w http.ResponseWriter, r *http.Request) {
-	if !s.running(w) || !s.operator(w, r) {
+	if !s.running(w) || !s.secured(w) {
 		return
 	}
 	tok, err := s.n.RotateToken(r.Context())
@@ -516,6 +482,7 @@ func (s *apiServer) rotateToken(w http.ResponseWriter, r *http.Request) {
 		writeRegistryError(w, err)
 		return
 	}
+	s.audit(r, actTokenRotate, "join-secret")
 	writeJSON(w, http.StatusOK, api.TokenResponse{Token: tok.String()})
 }
 
@@ -529,7 +496,7 @@ func keyringResponse(kr secure.Keyring) *api.KeyringResponse {
 
 // keyring answers the cluster's keyring and this node's, by key IDs.
 func (s *apiServer) keyring(w http.ResponseWriter, r *http.Request) {
-	if !s.running(w) || !s.operator(w, r) {
+	if !s.running(w) || !s.secured(w) {
 		return
 	}
 	cluster, local, err := s.n.Keyring(r.Context())
@@ -544,14 +511,11 @@ func (s *apiServer) keyring(w http.ResponseWriter, r *http.Request) {
 
 // changeKeyring installs, uses or removes a gossip key cluster-wide.
 func (s *apiServer) changeKeyring(w http.ResponseWriter, r *http.Request) {
-	if !s.running(w) || !s.operator(w, r) {
+	if !s.running(w) || !s.secured(w) {
 		return
 	}
 	var req api.KeyringRequest
-	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, 4096))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeJSON(w, http.StatusBadRequest, api.Error{Error: "body is not a keyring request {\"op\",\"key\"}: " + err.Error(), Reason: "bad_json"})
+	if !decodeBody(w, r, 4096, "a keyring request {\"op\", \"key\"}", &req) {
 		return
 	}
 	key, err := secure.DecodeGossipKey(req.Key)
@@ -568,5 +532,52 @@ func (s *apiServer) changeKeyring(w http.ResponseWriter, r *http.Request) {
 		writeRegistryError(w, err)
 		return
 	}
+	s.audit(r, actKeyring, req.Op+" "+keyID(key))
 	writeJSON(w, http.StatusOK, keyringResponse(kr))
+}
+
+// decodeBody reads r's body, at most limit bytes, into v: one JSON value
+// with no unknown field and nothing but white space after it. what names
+// the expected value in errors. It has answered the request (a 400 naming
+// the field, or a 413) when it returns false.
+func decodeBody(w http.ResponseWriter, r *http.Request, limit int64, what string, v any) bool {
+	body := http.MaxBytesReader(w, r.Body, limit)
+	dec := json.NewDecoder(body)
+	dec.DisallowUnknownFields()
+	err := dec.Decode(v)
+	if err == nil {
+		// The whole body counts against the limit, and nothing but
+		// white space may follow the value.
+		var tail []byte
+		if tail, err = io.ReadAll(io.MultiReader(dec.Buffered(), body)); err == nil && len(bytes.TrimSpace(tail)) > 0 {
+			writeJSON(w, http.StatusBadRequest, api.Error{Error: "body holds more than one JSON value", Reason: "bad_json"})
+			return false
+		}
+	}
+	if err == nil {
+		return true
+	}
+	var tooBig *http.MaxBytesError
+	var syntax *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &tooBig):
+		writeJSON(w, http.StatusRequestEntityTooLarge, api.Error{Error: fmt.Sprintf("request body is over %d bytes", limit), Reason: "body_too_large"})
+	case errors.As(err, &typ) && typ.Field == "":
+		writeJSON(w, http.StatusBadRequest, api.Error{Error: "body must be a JSON object (" + what + "), got a JSON " + typ.Value, Reason: "bad_json"})
+	case errors.As(err, &typ):
+		writeJSON(w, http.StatusBadRequest, api.Error{Error: fmt.Sprintf("invalid %s: want %s, got %s", typ.Field, typ.Type, typ.Value), Field: typ.Field, Reason: "invalid_field"})
+	case errors.As(err, &syntax), errors.Is(err, io.ErrUnexpectedEOF):
+		writeJSON(w, http.StatusBadRequest, api.Error{Error: "body is not valid JSON: " + err.Error(), Reason: "bad_json"})
+	case errors.Is(err, io.EOF):
+		writeJSON(w, http.StatusBadRequest, api.Error{Error: "body is empty: send " + what, Reason: "bad_json"})
+	default:
+		// json names an unknown field as `json: unknown field "x"`.
+		field := ""
+		if _, after, ok := strings.Cut(err.Error(), "unknown field "); ok {
+			field = strings.Trim(after, `"`)
+		}
+		writeJSON(w, http.StatusBadRequest, api.Error{Error: err.Error(), Field: field, Reason: "invalid_field"})
+	}
+	return false
 }

@@ -58,6 +58,13 @@ type Config struct {
 	// APIAllowedOrigins are browser origins whose requests the agent API
 	// accepts (a UI served elsewhere); any other foreign origin is refused.
 	APIAllowedOrigins []string
+	// AnonymousRead lets requests without a token read (members, services,
+	// instances, metrics); they never change anything. Off by default:
+	// every /v1 request needs an API token or a cluster certificate.
+	AnonymousRead bool
+	// MetricsAnonymous serves /metrics without a token (for a Prometheus
+	// that holds none); otherwise it needs the read policy.
+	MetricsAnonymous bool
 	// Balancer is the gateway's balancing policy (see gateway.Config).
 	Balancer string
 	// PreferLocal makes the gateway send a service's traffic to this node's

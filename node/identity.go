@@ -16,6 +16,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/herdcluster/herd/acl"
 	"github.com/herdcluster/herd/gossip"
 	"github.com/herdcluster/herd/registry"
 	"github.com/herdcluster/herd/secure"
@@ -188,12 +189,23 @@ func (n *Node) createIdentity(formation *secure.Token, print bool) error {
 	if err := n.saveIdentity(ca, true, cert.Raw, key, kr, tok); err != nil {
 		return err
 	}
-	n.logger.Info("created the cluster's identity: a CA, this node's certificate, the join secret and the gossip key",
-		"ca", tok.CA.String(), "token_file", files.TokenFile())
+	// The management token: published (as its hash) once the registry
+	// runs, unless the cluster was bootstrapped already.
+	mgmt, err := acl.NewSecret()
+	if err != nil {
+		return err
+	}
+	if err := files.SaveACLToken(mgmt); err != nil {
+		return err
+	}
+	n.logger.Info("created the cluster's identity: a CA, this node's certificate, the join secret, the gossip key and the management token",
+		"ca", tok.CA.String(), "token_file", files.TokenFile(), "management_token_file", files.ACLTokenFile())
 	if print && n.cfg.Out != nil {
 		fmt.Fprintf(n.cfg.Out, "\nherd: this node created a new cluster. Its join token (kept in %s, mode 0600; `herd token show --data-dir %s` prints it again):\n\n    %s\n\n"+
-			"Start other nodes with: herd agent --join %s --join-token <token>   (or HERD_JOIN_TOKEN=<token>)\n\n",
-			files.TokenFile(), n.cfg.DataDir, tok.String(), n.gossipAddr())
+			"Start other nodes with: herd agent --join %s --join-token <token>   (or HERD_JOIN_TOKEN=<token>)\n\n"+
+			"The management token of the agent API (policy operator; kept in %s, mode 0600):\n\n    export HERD_TOKEN=%s\n\n"+
+			"Make narrower tokens with: herd acl token create --name NAME --policy read|service:PREFIX|operator\n\n",
+			files.TokenFile(), n.cfg.DataDir, tok.String(), n.gossipAddr(), files.ACLTokenFile(), mgmt)
 	}
 	return nil
 }

@@ -162,6 +162,7 @@ func (n *Node) publishSecrets(ctx context.Context, sec *registry.Secrets, store 
 				}
 			}
 		}
+		n.publishManagementToken(ctx, replace)
 		if replace {
 			if err := os.Remove(marker); err != nil {
 				n.logger.Warn("could not remove the restore marker", "err", err)

@@ -58,6 +58,14 @@ var (
 		"Renewals of this node's certificate.", nil, nil)
 	descCertExpiry = prometheus.NewDesc("herd_tls_cert_expiry_timestamp_seconds",
 		"When this node's certificate expires (Unix time).", nil, nil)
+	descACLDenied = prometheus.NewDesc("herd_acl_denied_total",
+		"Agent API requests refused by access control, by reason (token_required, invalid_token, unknown_token, token_expired, permission_denied).", []string{"reason"}, nil)
+	descACLChanges = prometheus.NewDesc("herd_acl_changes_total",
+		"Changes made through the agent API, by action (register, deregister, leave, force_leave, snapshot, join_token_rotate, keyring, acl_token_create, acl_token_revoke, acl_bootstrap).", []string{"action"}, nil)
+	descACLTokens = prometheus.NewDesc("herd_acl_tokens",
+		"API tokens in this node's token set.", nil, nil)
+	descACLSynced = prometheus.NewDesc("herd_acl_synced",
+		"1 when this node's token set follows the registry live, 0 when it checks requests against the last set it read.", nil, nil)
 	descSynced = prometheus.NewDesc("herd_catalog_synced",
 		"1 when the catalog follows the registry live, 0 when it serves its last snapshot.", nil, nil)
 )
@@ -65,7 +73,7 @@ var (
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAnswers, descRetries, descEjections, descUpstreamErrors,
 		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRateLimited, descRejected, descLatency, descDuration, descHedges,
-		descUndecryptable, descAdmitted, descRenewals, descCertExpiry} {
+		descUndecryptable, descAdmitted, descRenewals, descCertExpiry, descACLDenied, descACLChanges, descACLTokens, descACLSynced} {
 		ch <- d
 	}
 }
@@ -121,6 +129,16 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descUndecryptable, prometheus.CounterValue, float64(n.gossip.Undecryptable()))
 	ch <- prometheus.MustNewConstMetric(descAdmitted, prometheus.CounterValue, float64(n.admitted.Load()))
 	ch <- prometheus.MustNewConstMetric(descRenewals, prometheus.CounterValue, float64(n.renewals.Load()))
+	for i := range n.acls.denied {
+		ch <- prometheus.MustNewConstMetric(descACLDenied, prometheus.CounterValue, float64(n.acls.denied[i].Load()), denialReasons[i])
+	}
+	for i := range n.acls.changes {
+		ch <- prometheus.MustNewConstMetric(descACLChanges, prometheus.CounterValue, float64(n.acls.changes[i].Load()), actionNames[i])
+	}
+	if !n.cfg.Insecure {
+		ch <- prometheus.MustNewConstMetric(descACLTokens, prometheus.GaugeValue, float64(n.acls.set.Load().Len()))
+		ch <- prometheus.MustNewConstMetric(descACLSynced, prometheus.GaugeValue, b2f(n.acls.synced.Load()))
+	}
 	if s := n.store.Load(); s != nil {
 		ch <- prometheus.MustNewConstMetric(descCertExpiry, prometheus.GaugeValue, float64(s.Leaf().NotAfter.Unix()))
 	}

@@ -80,6 +80,8 @@ type Node struct {
 	// own certificate renewals, for /metrics and the tests.
 	admitted atomic.Uint64
 	renewals atomic.Uint64
+	// acls is the node's mirror of the API tokens and its audit counters.
+	acls aclState
 	// savedVoters is the voters' URL list last recorded in the data dir.
 	savedVoters atomic.Pointer[string]
 
@@ -210,6 +212,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 	n.followSecrets()
+	if !cfg.Insecure {
+		n.goBackground(n.followTokens)
+	}
 	n.goBackground(n.renewCertificates)
 	if m := n.member.Load(); m != nil {
 		n.watchMember(m)

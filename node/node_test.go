@@ -52,7 +52,8 @@ func testConfig(t *testing.T) Config {
 	return cfg
 }
 
-// caClient trusts the CA in dataDir, as the CLI does.
+// caClient trusts the CA in dataDir and sends the management token kept
+// there (once the node has written it), as the CLI does with HERD_TOKEN.
 func caClient(t *testing.T, dataDir string) *http.Client {
 	t.Helper()
 	pem, err := os.ReadFile(filepath.Join(dataDir, "tls", "ca.pem"))
@@ -61,8 +62,25 @@ func caClient(t *testing.T, dataDir string) *http.Client {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
-	return &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	base := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
+	return &http.Client{Transport: tokenTransport{base: base, file: filepath.Join(dataDir, "acl-token")}}
 }
+
+// tokenTransport adds the token in file to requests that carry none.
+type tokenTransport struct {
+	base *http.Transport
+	file string
+}
+
+func (tt tokenTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if b, err := os.ReadFile(tt.file); err == nil && r.Header.Get("Authorization") == "" && r.Header.Get("X-Herd-Token") == "" {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+strings.TrimSpace(string(b)))
+	}
+	return tt.base.RoundTrip(r)
+}
+
+func (tt tokenTransport) CloseIdleConnections() { tt.base.CloseIdleConnections() }
 
 func get(url string) (int, string, error) { return getWith(http.DefaultClient, url) }
 

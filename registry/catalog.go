@@ -3,8 +3,6 @@ package registry
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
 	"log/slog"
 	"sort"
 	"strings"
@@ -14,7 +12,6 @@ import (
 
 	"github.com/herdcluster/herd/api"
 	"go.etcd.io/etcd/api/v3/mvccpb"
-	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -166,44 +163,23 @@ func (c *Catalog) setState(synced bool, reason string) {
 }
 
 func (c *Catalog) run(ctx context.Context) {
-	b := newBackoff(100*time.Millisecond, 2*time.Second)
-	first := true
-	for ctx.Err() == nil {
-		rev, err := c.list(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			c.setState(false, "cannot list the registry: "+err.Error())
-			_ = sleepCtx(ctx, b.next())
-			continue
-		}
-		if !first {
-			c.relists.Add(1)
-		}
-		first = false
-		b.reset()
-		c.setState(true, "")
-		reason := c.watch(ctx, rev)
-		if ctx.Err() != nil {
-			return
-		}
-		c.setState(false, reason)
-		c.logger.Info("catalog watch ended; listing again", "reason", reason)
-		_ = sleepCtx(ctx, b.next())
-	}
+	f := &follower{cli: c.cli, prefix: ServicesPrefix, staleAfter: c.staleAfter, logger: c.logger, m: catalogMirror{c},
+		relists: func() { c.relists.Add(1) }}
+	f.run(ctx)
 }
 
-// list reads every instance at one revision and publishes the snapshot.
-func (c *Catalog) list(ctx context.Context) (int64, error) {
-	lctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 5*time.Second)
-	defer cancel()
-	resp, err := c.cli.Get(lctx, ServicesPrefix, clientv3.WithPrefix())
-	if err != nil {
-		return 0, err
-	}
+// catalogMirror feeds the catalog from its follower.
+type catalogMirror struct{ c *Catalog }
+
+func (m catalogMirror) listed(kvs []*mvccpb.KeyValue, rev int64) { m.c.listed(kvs, rev) }
+func (m catalogMirror) events(evs []*clientv3.Event)             { m.c.apply(evs) }
+func (m catalogMirror) progress(rev int64)                       { m.c.progress(rev) }
+func (m catalogMirror) state(synced bool, reason string)         { m.c.setState(synced, reason) }
+
+// listed publishes a snapshot of every instance listed at rev.
+func (c *Catalog) listed(kvs []*mvccpb.KeyValue, rev int64) {
 	services := map[string][]api.Instance{}
-	for _, kv := range resp.Kvs {
+	for _, kv := range kvs {
 		in, ok := c.decode(kv)
 		if ok {
 			services[in.Service] = append(services[in.Service], in)
@@ -212,53 +188,7 @@ func (c *Catalog) list(ctx context.Context) (int64, error) {
 	for _, ins := range services {
 		sortByID(ins)
 	}
-	c.publish(&catalogSnapshot{rev: resp.Header.Revision, services: services})
-	return resp.Header.Revision, nil
-}
-
-// watch applies events after rev until the watch ends, and says why it
-// ended.
-func (c *Catalog) watch(ctx context.Context, rev int64) string {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	// Watch from rev itself, not rev+1: etcd sends progress notifications
-	// only to watchers whose start revision it has reached, so on a quiet
-	// registry a watch from rev+1 would stay silent. Events at rev are
-	// already in the snapshot and apply drops them.
-	wch := c.cli.Watch(wctx, ServicesPrefix, clientv3.WithPrefix(), clientv3.WithRev(rev),
-		clientv3.WithPrevKV(), clientv3.WithProgressNotify())
-	stale := time.NewTimer(c.staleAfter)
-	defer stale.Stop()
-	for {
-		var wr clientv3.WatchResponse
-		var ok bool
-		select {
-		case wr, ok = <-wch:
-		case <-stale.C:
-			return fmt.Sprintf("watch silent for %s (registry unreachable?)", c.staleAfter)
-		}
-		if !ok {
-			return "watch closed"
-		}
-		stale.Reset(c.staleAfter)
-		if wr.CompactRevision != 0 {
-			return "watch revision was compacted"
-		}
-		if err := wr.Err(); err != nil {
-			if errors.Is(err, rpctypes.ErrCompacted) {
-				return "watch revision was compacted"
-			}
-			return "watch failed: " + err.Error()
-		}
-		if wr.Canceled {
-			return "watch canceled"
-		}
-		if wr.IsProgressNotify() {
-			c.progress(wr.Header.Revision)
-			continue
-		}
-		c.apply(wr.Events)
-	}
+	c.publish(&catalogSnapshot{rev: rev, services: services})
 }
 
 // progress moves the snapshot's revision on to rev, which the member

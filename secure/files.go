@@ -22,16 +22,19 @@ import (
 //	tls/node-key.pem   its key, made on this node and never sent anywhere
 //	join-token         the join token, kept current by the node
 //	gossip-keyring.json the gossip keyring, kept current by the node
+//	acl-token          the management token (agent API), on the node that
+//	                   created the cluster or last reset it
 type Files struct{ Dir string }
 
 // Paths of the identity files.
-func (f Files) tlsDir() string      { return filepath.Join(f.Dir, "tls") }
-func (f Files) CAFile() string      { return filepath.Join(f.tlsDir(), "ca.pem") }
-func (f Files) CAKeyFile() string   { return filepath.Join(f.tlsDir(), "ca-key.pem") }
-func (f Files) CertFile() string    { return filepath.Join(f.tlsDir(), "node.pem") }
-func (f Files) KeyFile() string     { return filepath.Join(f.tlsDir(), "node-key.pem") }
-func (f Files) TokenFile() string   { return filepath.Join(f.Dir, "join-token") }
-func (f Files) KeyringFile() string { return filepath.Join(f.Dir, "gossip-keyring.json") }
+func (f Files) tlsDir() string       { return filepath.Join(f.Dir, "tls") }
+func (f Files) CAFile() string       { return filepath.Join(f.tlsDir(), "ca.pem") }
+func (f Files) CAKeyFile() string    { return filepath.Join(f.tlsDir(), "ca-key.pem") }
+func (f Files) CertFile() string     { return filepath.Join(f.tlsDir(), "node.pem") }
+func (f Files) KeyFile() string      { return filepath.Join(f.tlsDir(), "node-key.pem") }
+func (f Files) TokenFile() string    { return filepath.Join(f.Dir, "join-token") }
+func (f Files) KeyringFile() string  { return filepath.Join(f.Dir, "gossip-keyring.json") }
+func (f Files) ACLTokenFile() string { return filepath.Join(f.Dir, "acl-token") }
 
 // HasIdentity reports whether the data dir holds a CA certificate and a
 // node certificate: the node belongs to a secured cluster.
@@ -158,6 +161,14 @@ func (f Files) LoadNodeCert() (tls.Certificate, error) {
 func (f Files) SaveToken(t Token) error {
 	if err := WriteSecretFile(f.TokenFile(), []byte(t.String()+"\n")); err != nil {
 		return fmt.Errorf("write %s: %w", f.TokenFile(), err)
+	}
+	return nil
+}
+
+// SaveACLToken writes the management token file.
+func (f Files) SaveACLToken(secret string) error {
+	if err := WriteSecretFile(f.ACLTokenFile(), []byte(secret+"\n")); err != nil {
+		return fmt.Errorf("write %s: %w", f.ACLTokenFile(), err)
 	}
 	return nil
 }

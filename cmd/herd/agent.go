@@ -107,6 +107,8 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.BoolVar(&cfg.DebugHeaders, "debug-headers", false, "gateway: name the node that served each answer in X-Herd-Upstream, for every client (default: only for --trusted-proxies)")
 	f.StringSliceVar(&cfg.APIAllowedHosts, "api-allowed-hosts", nil, "Host names the agent API answers to besides its own addresses and node name (DNS rebinding protection; default: none)")
 	f.StringSliceVar(&cfg.APIAllowedOrigins, "api-allowed-origins", nil, "browser origins (scheme://host[:port]) allowed to call the agent API (default: none: cross-origin requests are refused)")
+	f.BoolVar(&cfg.AnonymousRead, "anonymous-read", false, "agent API: let requests without a token read members, services and metrics (default: every request needs a token)")
+	f.BoolVar(&cfg.MetricsAnonymous, "metrics-anonymous", false, "agent API: serve /metrics without a token (default: it needs the read policy)")
 	f.StringSliceVar(&cors, "cors-origins", nil, "origins the gateway allows for CORS (default: none, no CORS headers)")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -23,24 +24,63 @@ import (
 	"github.com/spf13/cobra"
 )
 
-// apiOpts is how a command reaches the agent API: its URL and what it
-// trusts (the cluster CA) and presents (a node's certificate, which the
-// operator endpoints require).
+// apiOpts is how a command reaches the agent API: its URL, what it trusts
+// (the cluster CA), the API token it sends, and the certificate it
+// presents (a node's, from --data-dir: the API takes it for an operator).
 type apiOpts struct {
-	base    string
-	caFile  string
-	dataDir string
+	base      string
+	caFile    string
+	dataDir   string
+	token     string
+	tokenFile string
 }
 
-// apiFlag adds --api, --ca-file and --data-dir (env HERD_API, HERD_CA_FILE,
-// HERD_DATA_DIR) to cmd.
+// apiFlag adds --api, --ca-file, --data-dir, --token and --token-file (env
+// HERD_API, HERD_CA_FILE, HERD_DATA_DIR, HERD_TOKEN, HERD_TOKEN_FILE) to
+// cmd.
 func apiFlag(cmd *cobra.Command) *apiOpts {
 	o := &apiOpts{}
 	f := cmd.Flags()
 	f.StringVar(&o.base, "api", "https://127.0.0.1:8500", "agent API address of any node")
 	f.StringVar(&o.caFile, "ca-file", "", "the cluster CA certificate (default: tls/ca.pem of --data-dir, of ./data/*, or of /var/lib/herd)")
-	f.StringVar(&o.dataDir, "data-dir", "", "data dir of a node on this machine: its CA is trusted and its certificate presented (operator commands need one)")
+	f.StringVar(&o.dataDir, "data-dir", "", "data dir of a node on this machine: its CA is trusted and its certificate presented (the API grants it operator)")
+	f.StringVar(&o.token, "token", "", "API token (herd-acl1....); prefer HERD_TOKEN or --token-file, which stay out of the process list")
+	f.StringVar(&o.tokenFile, "token-file", "", "file holding the API token")
 	return o
+}
+
+// authorize adds the API token, if the command has one, to req.
+func (o *apiOpts) authorize(req *http.Request) error {
+	tok := o.token
+	if o.tokenFile != "" {
+		if tok != "" {
+			return errors.New("--token and --token-file (or HERD_TOKEN and HERD_TOKEN_FILE): give one")
+		}
+		b, err := os.ReadFile(o.tokenFile)
+		if err != nil {
+			return fmt.Errorf("--token-file: %w", err)
+		}
+		if tok = strings.TrimSpace(string(b)); tok == "" {
+			return fmt.Errorf("--token-file %s is empty", o.tokenFile)
+		}
+	}
+	if tok = strings.TrimSpace(tok); tok == "" {
+		return nil
+	}
+	if strings.ContainsAny(tok, " \t\r\n") {
+		return errors.New("the API token holds white space or a line break: it is not a herd API token")
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	return nil
+}
+
+// request is a request to the API at path, with the command's token.
+func (o *apiOpts) request(ctx context.Context, method, path string, body io.Reader) (*http.Request, error) {
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(o.base, "/")+path, body)
+	if err != nil {
+		return nil, fmt.Errorf("--api %q: %w", o.base, err)
+	}
+	return req, o.authorize(req)
 }
 
 // defaultDataDirs are where a node's data dir is looked for when none is
@@ -123,7 +163,7 @@ func callAPI(method string, o *apiOpts, path string, in, out any) error {
 		body = bytes.NewReader(b)
 	}
 	u := strings.TrimRight(o.base, "/") + path
-	req, err := http.NewRequest(method, u, body)
+	req, err := o.request(context.Background(), method, path, body)
 	if err != nil {
 		return err
 	}

@@ -17,7 +17,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newAgentCmd(), newMembersCmd(), newServicesCmd(), newLeaveCmd(), newForceLeaveCmd(), newSnapshotCmd(), newTokenCmd(), newTLSCmd(), newKeyringCmd(), newVersionCmd())
+	root.AddCommand(newAgentCmd(), newMembersCmd(), newServicesCmd(), newLeaveCmd(), newForceLeaveCmd(), newSnapshotCmd(), newTokenCmd(), newTLSCmd(), newKeyringCmd(), newACLCmd(), newVersionCmd())
 	return root
 }
 

@@ -105,7 +105,8 @@ func newTokenRotateCmd() *cobra.Command {
 		Short: "Replace the cluster's join secret: old tokens stop working for new joins",
 		Long: `Replace the cluster's join secret and print the new token. Tokens with the old secret stop working
 for new joins at once, on every node; running nodes are not affected, and every node's token file
-is updated. Needs the certificate of a node on this machine (--data-dir).`,
+is updated. Needs an operator token (HERD_TOKEN) or the certificate of a node on this machine
+(--data-dir).`,
 		Args: cobra.NoArgs,
 	}
 	o := apiFlag(cmd)
@@ -113,8 +114,10 @@ is updated. Needs the certificate of a node on this machine (--data-dir).`,
 		if err := bindEnv(cmd.Flags()); err != nil {
 			return err
 		}
-		if _, err := needDataDir(o.dataDir); err != nil {
-			return err
+		if o.token == "" && o.tokenFile == "" {
+			if _, err := needDataDir(o.dataDir); err != nil {
+				return fmt.Errorf("%w, or an operator token (HERD_TOKEN, --token-file)", err)
+			}
 		}
 		var out api.TokenResponse
 		if err := callAPI("POST", o, "/v1/token/rotate", nil, &out); err != nil {

@@ -38,9 +38,9 @@ func newSnapshotSaveCmd() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		req, err := http.NewRequestWithContext(context.Background(), http.MethodGet, strings.TrimRight(base.base, "/")+"/v1/snapshot", nil)
+		req, err := base.request(context.Background(), http.MethodGet, "/v1/snapshot", nil)
 		if err != nil {
-			return fmt.Errorf("--api %q: %w", base.base, err)
+			return err
 		}
 		resp, err := client.Do(req)
 		if err != nil {
