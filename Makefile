@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build build-linux test check check-deploy cluster bench bench-proxy bench-failover chaos chaos-smoke chaos-cleanup chaos-deps vagrant-up clean
+.PHONY: all build build-linux test check check-deploy cluster bench bench-proxy bench-failover bench-acl chaos chaos-smoke chaos-cleanup chaos-deps vagrant-up clean
 
 all: build
 
@@ -37,6 +37,11 @@ bench:
 # (/tmp/herd-bench-proxy.json). Installs wrk and nginx-light when missing.
 bench-proxy: build
 	./bench/proxy.sh
+
+# Access control's cost: agent API registrations/s and reads/s with ACLs on
+# and off, alternating rounds on one real node; medians and ratios.
+bench-acl:
+	./bench/acl.sh
 
 # The chaos suite: real nodes in network namespaces, crashes, pauses,
 # partitions, churn; linearizability and no-loss checks. Needs root.

@@ -324,11 +324,63 @@ func (n *node) insecure() bool {
 func (n *node) gateway() string { return "http://" + n.IP + ":8080" }
 
 // httpClient verifies each node's certificate against its own cluster's
-// CA, found by the address it dials.
-var httpClient = &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+// CA, found by the address it dials, and sends the cluster's management
+// token to its agent APIs, as an operator with HERD_TOKEN set does.
+var httpClient = &http.Client{Timeout: 5 * time.Second, Transport: operatorTransport{tlsTransport}}
+
+// anonClient is httpClient without the token: a stranger to the ACLs.
+var anonClient = &http.Client{Timeout: 5 * time.Second, Transport: tlsTransport}
+
+var tlsTransport = &http.Transport{
 	DialTLSContext:      dialClusterTLS,
 	MaxIdleConnsPerHost: 16,
-}}
+}
+
+// operatorTransport adds the management token of the cluster that owns
+// the address to every agent API request that carries no token.
+type operatorTransport struct{ base http.RoundTripper }
+
+func (o operatorTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if r.URL.Scheme == "https" && r.URL.Port() == "8500" && r.Header.Get("Authorization") == "" && r.Header.Get("X-Herd-Token") == "" {
+		if c := clusterOf(r.URL.Hostname()); c != nil {
+			if tok := c.managementToken(); tok != "" {
+				r = r.Clone(r.Context())
+				r.Header.Set("Authorization", "Bearer "+tok)
+			}
+		}
+	}
+	return o.base.RoundTrip(r)
+}
+
+// clusterOf is the test cluster whose prefix host has, nil if none.
+func clusterOf(host string) *cluster {
+	dot := strings.LastIndexByte(host, '.')
+	if v, ok := clusters.Load(host[:dot+1]); ok {
+		return v.(*cluster)
+	}
+	return nil
+}
+
+// managementToken is the newest acl-token in the cluster's data dirs: the
+// node that created the cluster writes it, a restored or reset one writes
+// a newer one.
+func (c *cluster) managementToken() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var tok string
+	var newest time.Time
+	for _, n := range c.nodes {
+		p := filepath.Join(n.DataDir, "acl-token")
+		st, err := os.Stat(p)
+		if err != nil || !st.ModTime().After(newest) {
+			continue
+		}
+		if b, err := os.ReadFile(p); err == nil {
+			tok, newest = strings.TrimSpace(string(b)), st.ModTime()
+		}
+	}
+	return tok
+}
 
 func dialClusterTLS(ctx context.Context, network, addr string) (net.Conn, error) {
 	host, _, err := net.SplitHostPort(addr)
@@ -453,6 +505,7 @@ func runCLI(t testing.TB, args ...string) (string, error) {
 	defer cancel()
 	args = withCA(args)
 	cmd := exec.CommandContext(ctx, herdBin, args...)
+	cmd.Env = withToken(args)
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -521,6 +574,27 @@ func withCA(args []string) []string {
 		}
 	}
 	return args
+}
+
+// withToken is the CLI's environment for args: with HERD_TOKEN set to the
+// management token of the cluster that --api names, unless the command
+// brings its own token or a data dir (whose certificate it presents).
+func withToken(args []string) []string {
+	env := os.Environ()
+	i := slices.Index(args, "--api")
+	if i < 0 || i+1 >= len(args) || slices.ContainsFunc(args, func(a string) bool {
+		return a == "--token" || a == "--token-file" || a == "--data-dir"
+	}) {
+		return env
+	}
+	host := strings.TrimPrefix(args[i+1], "https://")
+	host, _, _ = strings.Cut(host, ":")
+	if c := clusterOf(host); c != nil {
+		if tok := c.managementToken(); tok != "" {
+			env = append(env, "HERD_TOKEN="+tok)
+		}
+	}
+	return env
 }
 
 // execHerd returns a command running the herd binary with args.

@@ -67,6 +67,26 @@ func TestMakeClusterScript(t *testing.T) {
 			return err
 		})
 	}
+	// The lines it prints to export work for the CLI and for curl.
+	out := terminal()
+	ca := exportedValue(t, out, "HERD_CA_FILE")
+	tokFile := strings.TrimSuffix(strings.TrimPrefix(exportedValue(t, out, "HERD_TOKEN"), "$(cat "), ")")
+	tok, err := os.ReadFile(tokFile)
+	if err != nil {
+		t.Fatalf("the HERD_TOKEN line names %q: %v", tokFile, err)
+	}
+	cli := exec.Command(herdBin, "members", "--api", "https://127.0.0.1:8500")
+	cli.Dir = t.TempDir() // no ./data to find a certificate in
+	cli.Env = append(os.Environ(), "HERD_CA_FILE="+ca, "HERD_TOKEN="+strings.TrimSpace(string(tok)))
+	if b, err := cli.CombinedOutput(); err != nil || strings.Count(string(b), "alive") != 3 {
+		t.Fatalf("herd members with the exported lines: %v\n%s", err, b)
+	}
+	if curl, err := exec.LookPath("curl"); err == nil {
+		b, err := exec.Command(curl, "-fsS", "--cacert", ca, "-H", "Authorization: Bearer "+strings.TrimSpace(string(tok)), "https://127.0.0.1:8500/v1/members").CombinedOutput()
+		if err != nil || !strings.Contains(string(b), `"node3"`) {
+			t.Fatalf("curl with the exported lines: %v\n%s", err, b)
+		}
+	}
 	// The terminal's foreground process group: the script's own.
 	pgid := foregroundGroup(t, cmd.Process.Pid)
 	if err := syscall.Kill(-pgid, syscall.SIGINT); err != nil {
@@ -80,13 +100,27 @@ func TestMakeClusterScript(t *testing.T) {
 	case <-time.After(60 * time.Second):
 		t.Fatal("the script did not stop within 60s of Ctrl-C")
 	}
-	out := terminal()
+	out = terminal()
 	if n := strings.Count(out, "herd node stopped"); n != 3 {
 		t.Fatalf("%d nodes said they stopped, want 3", n)
 	}
 	if strings.Contains(out, "Error 141") || strings.Contains(out, "forcing stop") {
 		t.Fatalf("the stop was not clean:\n%s", tail(out, 20))
 	}
+}
+
+// exportedValue is the value of the `export NAME=value` line in out.
+func exportedValue(t *testing.T, out, name string) string {
+	t.Helper()
+	for _, line := range strings.Split(out, "\n") {
+		line = strings.TrimSpace(line)
+		if v, ok := strings.CutPrefix(line, "export "+name+"="); ok {
+			v, _, _ = strings.Cut(v, "#")
+			return strings.TrimSpace(v)
+		}
+	}
+	t.Fatalf("the script printed no `export %s=` line", name)
+	return ""
 }
 
 // foregroundGroup is the foreground process group of the terminal that

@@ -328,8 +328,9 @@ func rotateWhileDown(t *testing.T, nodes []*node, down *node) {
 	if _, err := runCLI(t, append([]string{"keyring", "remove", key}, ops...)...); err == nil || !strings.Contains(err.Error(), "is the primary key") {
 		t.Fatalf("removing the primary key: %v", err)
 	}
-	if _, err := runCLI(t, "keyring", "list", "--api", n1.api()); err == nil || !strings.Contains(err.Error(), "needs a certificate issued by the cluster CA") {
-		t.Fatalf("keyring list without a certificate: %v", err)
+	reader := createToken(t, n1, n1.c.managementToken(), "reader", "", "read")
+	if _, err := runCLI(t, "keyring", "list", "--api", n1.api(), "--token", reader); err == nil || !strings.Contains(err.Error(), "needs a token with policy operator") {
+		t.Fatalf("keyring list with a read token: %v", err)
 	}
 	waitUntil(t, 10*time.Second, "the running nodes on the new key", func() error {
 		for _, n := range nodes {
@@ -474,8 +475,8 @@ func TestTokenRotate(t *testing.T) {
 		t.Fatal(err)
 	}
 	old = strings.TrimSpace(old)
-	if _, err := runCLI(t, "token", "rotate", "--api", n1.api()); err == nil {
-		t.Fatal("token rotate without a node's certificate succeeded")
+	if _, err := runCLI(t, "token", "rotate", "--api", n1.api(), "--token", createToken(t, n1, c.managementToken(), "reader", "", "read")); err == nil || !strings.Contains(err.Error(), "403") {
+		t.Fatalf("token rotate with a read token: %v", err)
 	}
 	out, err := runCLI(t, "token", "rotate", "--api", n1.api(), "--data-dir", n1.DataDir)
 	if err != nil {

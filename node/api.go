@@ -112,6 +112,12 @@ func (n *Node) readiness() api.Readiness {
 	if ok, reason := n.catalog.Synced(); !ok {
 		return api.Readiness{Status: "degraded", Reason: reason}
 	}
+	if !n.cfg.Insecure && n.acls.set.Load() == nil {
+		return api.Readiness{Status: "degraded", Reason: "this node has not read the cluster's API tokens yet"}
+	}
+	if n.acls.publishing.Load() {
+		return api.Readiness{Status: "degraded", Reason: "this node is publishing the cluster's management token"}
+	}
 	if n.registrar.LeaseID() == 0 {
 		return api.Readiness{Status: "degraded", Reason: "this node holds no registry lease (no quorum?); its instances are being registered again"}
 	}
@@ -271,7 +277,13 @@ func (s *apiServer) read(w http.ResponseWriter, r *http.Request, service, id str
 	if !q.Has("consistent") {
 		ins, rev = s.n.catalog.Instances(service), s.n.catalog.Revision()
 		if id != "" {
-			ins = slices.DeleteFunc(ins, func(in api.Instance) bool { return in.ID != id })
+			// The catalog's slice is shared with the gateway: pick the
+			// instance out, never filter it in place.
+			i := slices.IndexFunc(ins, func(in api.Instance) bool { return in.ID == id })
+			if i < 0 {
+				return nil, rev, true
+			}
+			return ins[i : i+1 : i+1], rev, true
 		}
 		return ins, rev, true
 	}

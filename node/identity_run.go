@@ -62,6 +62,9 @@ func (n *Node) followSecrets() {
 	}
 	sec := registry.NewSecrets(n.client)
 	n.secrets.Store(sec)
+	if _, err := os.Stat(n.files().ACLTokenFile()); err == nil {
+		n.acls.publishing.Store(true)
+	}
 	n.goBackground(func(ctx context.Context) {
 		// Publish first: a restored node's own secrets replace the
 		// snapshot's before anything follows them.

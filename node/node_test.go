@@ -19,7 +19,7 @@ import (
 	"time"
 )
 
-func freePort(t *testing.T) int {
+func freePort(t testing.TB) int {
 	t.Helper()
 	for range 20 {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -38,7 +38,7 @@ func freePort(t *testing.T) int {
 	return 0
 }
 
-func testConfig(t *testing.T) Config {
+func testConfig(t testing.TB) Config {
 	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Name = "solo"
@@ -54,7 +54,13 @@ func testConfig(t *testing.T) Config {
 
 // caClient trusts the CA in dataDir and sends the management token kept
 // there (once the node has written it), as the CLI does with HERD_TOKEN.
-func caClient(t *testing.T, dataDir string) *http.Client {
+func caClient(t testing.TB, dataDir string) *http.Client {
+	t.Helper()
+	return tokenClient(t, dataDir, filepath.Join(dataDir, "acl-token"))
+}
+
+// tokenClient trusts the CA in dataDir and sends the token in tokenFile.
+func tokenClient(t testing.TB, dataDir, tokenFile string) *http.Client {
 	t.Helper()
 	pem, err := os.ReadFile(filepath.Join(dataDir, "tls", "ca.pem"))
 	if err != nil {
@@ -62,8 +68,8 @@ func caClient(t *testing.T, dataDir string) *http.Client {
 	}
 	pool := x509.NewCertPool()
 	pool.AppendCertsFromPEM(pem)
-	base := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
-	return &http.Client{Transport: tokenTransport{base: base, file: filepath.Join(dataDir, "acl-token")}}
+	base := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}, MaxIdleConnsPerHost: 32}
+	return &http.Client{Transport: tokenTransport{base: base, file: tokenFile}}
 }
 
 // tokenTransport adds the token in file to requests that carry none.
@@ -142,6 +148,9 @@ func TestStartServeCloseLeavesNoGoroutines(t *testing.T) {
 			`etcd_server_has_leader 1`,
 			`herd_tls_cert_expiry_timestamp_seconds`,
 			`herd_gossip_undecryptable_total 0`,
+			`herd_acl_tokens 1`,
+			`herd_acl_synced 1`,
+			`herd_acl_denied_total{reason="token_required"} 0`,
 		} {
 			if !strings.Contains(metrics, want) {
 				missing = append(missing, want)
@@ -201,7 +210,7 @@ func TestFailedStartCleansUp(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() error) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.NewTimer(timeout)
 	defer deadline.Stop()

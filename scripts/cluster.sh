@@ -84,6 +84,7 @@ start node3 127.0.0.3 --join 127.0.0.1
 unset HERD_JOIN_TOKEN
 
 ca=$(cd "$data/node1/tls" && pwd)/ca.pem
+acl_token=$(cd "$data/node1" && pwd)/acl-token
 # Tell the user what to do once every node is ready.
 (
 	for _ in $(seq 1 120); do
@@ -96,15 +97,18 @@ ca=$(cd "$data/node1/tls" && pwd)/ca.pem
 
   herd is up: three nodes on 127.0.0.1, 127.0.0.2 and 127.0.0.3, with mutual TLS
   between them and encrypted gossip. The gateways speak plain HTTP; the agent
-  API speaks HTTPS with the cluster's certificate. In another terminal:
+  API speaks HTTPS with the cluster's certificate and wants an API token. In
+  another terminal:
 
     export HERD_CA_FILE=$ca
+    export HERD_TOKEN=\$(cat $acl_token)   # the management token (operator)
     curl 127.0.0.1:8080/hello/        # through node1's gateway
     curl 127.0.0.2:8080/hello/        # node2 (answers come from every node in turn)
     curl 127.0.0.3:8080/echo/a?b=c    # node3
-    curl --cacert \$HERD_CA_FILE https://127.0.0.1:8500/v1/members
+    curl --cacert \$HERD_CA_FILE -H "Authorization: Bearer \$HERD_TOKEN" https://127.0.0.1:8500/v1/members
     bin/herd members                  # the nodes, their roles and the leader
     bin/herd services hello           # the instances of hello
+    bin/herd acl token create --name ci --policy service:web   # a narrower token
     bin/herd token show --data-dir $data/node1   # the join token for more nodes
 
   Ctrl-C stops the cluster gracefully.

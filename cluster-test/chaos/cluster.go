@@ -239,7 +239,7 @@ func (n *Node) API() string     { return "https://" + n.IP + ":8500" }
 func (n *Node) Gateway() string { return "http://" + n.IP + ":8080" }
 
 // client is for the harness's own control requests (not the workload's).
-var client = &http.Client{Timeout: 5 * time.Second, Transport: apiTransport()}
+var client = &http.Client{Timeout: 5 * time.Second, Transport: apiTransport(managementToken)}
 
 // getJSON GETs url into out; the status code and transport error come back.
 func getJSON(ctx context.Context, hc *http.Client, url string, out any) (int, error) {

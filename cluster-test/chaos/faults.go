@@ -320,7 +320,7 @@ func leaveJoin(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
 		return nil, nil, err
 	}
 	r.TL.Add("%s leaves gracefully (POST /v1/leave)", n.Name)
-	code, e, err := send(context.Background(), http.MethodPost, n.API()+"/v1/leave", nil)
+	code, e, err := send(context.Background(), opControl, http.MethodPost, n.API()+"/v1/leave", nil)
 	if err != nil || code != 200 {
 		return nil, nil, fmt.Errorf("leave %s: %d %+v %v", n.Name, code, e, err)
 	}

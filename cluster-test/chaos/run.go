@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -289,6 +290,9 @@ func (r *Run) execute() error {
 		return err
 	}
 	r.TL.Add("the cluster is whole: %d voters", r.voters())
+	if err := r.workloadToken(); err != nil {
+		return err
+	}
 	for _, n := range c.nodes {
 		if err := r.registerLive(n); err != nil {
 			return err
@@ -376,7 +380,7 @@ func (r *Run) selectFaults(rng *rand.Rand) ([]Fault, error) {
 func (r *Run) registerLive(n *Node) error {
 	body, _ := json.Marshal(api.RegisterRequest{Address: n.IP, Port: 9, Meta: map[string]string{"v": "live"}})
 	return waitFor(60*time.Second, "registering live-"+n.Name, func() error {
-		code, e, err := send(context.Background(), http.MethodPut, n.API()+"/v1/services/chaos-live/instances/live-"+n.Name, body)
+		code, e, err := send(context.Background(), opClient, http.MethodPut, n.API()+"/v1/services/chaos-live/instances/live-"+n.Name, body)
 		if err != nil || code != 200 {
 			return fmt.Errorf("%d %+v %v", code, e, err)
 		}
@@ -665,7 +669,7 @@ func diff(want, got map[string]string) string {
 func (r *Run) poll(ctx context.Context) {
 	tick := time.NewTicker(500 * time.Millisecond)
 	defer tick.Stop()
-	pc := &http.Client{Timeout: 400 * time.Millisecond, Transport: apiTransport()}
+	pc := &http.Client{Timeout: 400 * time.Millisecond, Transport: apiTransport(workload)}
 	for {
 		select {
 		case <-ctx.Done():
@@ -771,4 +775,34 @@ func (r *Run) checkLinearizable() {
 	r.mu.Lock()
 	r.linearizable = map[bool]string{true: "yes", false: "no"}[res == porcupine.Ok]
 	r.mu.Unlock()
+}
+
+// workloadToken makes the API token the workload registers with, scoped
+// to its services (service:chaos-), with the management token.
+func (r *Run) workloadToken() error {
+	body, _ := json.Marshal(api.ACLTokenRequest{Name: "chaos-workload", Policies: []string{"service:chaos-"}})
+	var last error
+	for _, n := range r.C.nodes {
+		req, err := http.NewRequest(http.MethodPost, n.API()+"/v1/acl/tokens", bytes.NewReader(body))
+		if err != nil {
+			return err
+		}
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			last = err
+			continue
+		}
+		var t api.ACLToken
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated || json.Unmarshal(b, &t) != nil || t.Secret == "" {
+			last = fmt.Errorf("POST /v1/acl/tokens on %s: %d %s", n.Name, resp.StatusCode, b)
+			continue
+		}
+		workloadToken.Store(&t.Secret)
+		r.TL.Add("the workload uses API token %s (policy service:chaos-); the harness, the management token", t.Name)
+		return nil
+	}
+	return fmt.Errorf("making the workload's API token: %w", last)
 }

@@ -1,6 +1,7 @@
 package chaos
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -43,9 +44,64 @@ func caPool() *x509.CertPool {
 	return pool
 }
 
+// The harness's API tokens: the management token (the first founder
+// writes it to its data dir; kept once read, since a fault may wipe that
+// dir) for its control requests, and the workload's own token, scoped to
+// the services it registers (service:chaos-), made once the cluster forms.
+var (
+	operatorToken atomic.Pointer[string]
+	workloadToken atomic.Pointer[string]
+)
+
+// managementToken is the cluster's management token, "" until a node has
+// written it.
+func managementToken() string {
+	if t := operatorToken.Load(); t != nil {
+		return *t
+	}
+	d := trustedDir.Load()
+	if d == nil {
+		return ""
+	}
+	files, _ := filepath.Glob(filepath.Join(*d, "*", "acl-token"))
+	for _, f := range files {
+		if b, err := os.ReadFile(f); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			t := string(bytes.TrimSpace(b))
+			operatorToken.Store(&t)
+			return t
+		}
+	}
+	return ""
+}
+
+func workload() string {
+	if t := workloadToken.Load(); t != nil {
+		return *t
+	}
+	return ""
+}
+
+// tokenTransport sends token() with every request that has none.
+type tokenTransport struct {
+	base  *http.Transport
+	token func() string
+}
+
+func (t tokenTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	if tok := t.token(); tok != "" && r.Header.Get("Authorization") == "" {
+		r = r.Clone(r.Context())
+		r.Header.Set("Authorization", "Bearer "+tok)
+	}
+	return t.base.RoundTrip(r)
+}
+
 // apiTransport dials the agent API over TLS, verifying the node against
-// the cluster CA.
-func apiTransport() *http.Transport {
+// the cluster CA, and sends token().
+func apiTransport(token func() string) http.RoundTripper {
+	return tokenTransport{base: tlsTransport(), token: token}
+}
+
+func tlsTransport() *http.Transport {
 	return &http.Transport{
 		MaxIdleConnsPerHost: 16,
 		IdleConnTimeout:     30 * time.Second,

@@ -85,7 +85,10 @@ func NewRegistry(c *Cluster, keys []Key, clients int, rate float64, seed uint64)
 }
 
 // opClient: a write may take the registry's 5s request timeout to fail.
-var opClient = &http.Client{Timeout: 8 * time.Second, Transport: apiTransport()}
+var opClient = &http.Client{Timeout: 8 * time.Second, Transport: apiTransport(workload)}
+
+// opControl is opClient with the management token (a graceful leave).
+var opControl = &http.Client{Timeout: 8 * time.Second, Transport: apiTransport(managementToken)}
 
 // Run runs the clients until ctx ends.
 func (r *Registry) Run(ctx context.Context) {
@@ -152,11 +155,11 @@ func (r *Registry) one(ctx context.Context, client int, rng *rand.Rand) {
 	switch op.Kind {
 	case OpRegister:
 		body, _ := json.Marshal(api.RegisterRequest{Address: owner.IP, Port: 9, Meta: map[string]string{"v": op.Value}})
-		code, e, err := send(ctx, http.MethodPut, via.API()+instancePath(op.Key), body)
+		code, e, err := send(ctx, opClient, http.MethodPut, via.API()+instancePath(op.Key), body)
 		op.Status, sent = outcome(code, e, err, false)
 		op.Err = describe(code, e, err)
 	case OpDeregister:
-		code, e, err := send(ctx, http.MethodDelete, via.API()+instancePath(op.Key), nil)
+		code, e, err := send(ctx, opClient, http.MethodDelete, via.API()+instancePath(op.Key), nil)
 		op.Status, sent = outcome(code, e, err, true)
 		op.Err = describe(code, e, err)
 	case OpGet, OpList:
@@ -206,14 +209,14 @@ func (r *Registry) one(ctx context.Context, client int, rng *rand.Rand) {
 }
 
 // send does a write and decodes an error body.
-func send(ctx context.Context, method, url string, body []byte) (int, api.Error, error) {
+func send(ctx context.Context, hc *http.Client, method, url string, body []byte) (int, api.Error, error) {
 	var e api.Error
 	req, err := http.NewRequestWithContext(ctx, method, url, bytes.NewReader(body))
 	if err != nil {
 		return 0, e, err
 	}
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := opClient.Do(req)
+	resp, err := hc.Do(req)
 	if err != nil {
 		return 0, e, err
 	}

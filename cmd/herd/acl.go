@@ -194,4 +194,3 @@ func newACLWhoAmICmd() *cobra.Command {
 	}
 	return cmd
 }
-
