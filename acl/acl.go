@@ -168,10 +168,9 @@ func CheckSecret(s string) (string, error) {
 		}
 		return "", ErrNotAToken
 	}
-	if len(rest) != 2*secretBytes {
-		return "", ErrNotAToken
-	}
-	if _, err := hex.DecodeString(rest); err != nil {
+	if len(rest) != 2*secretBytes || strings.IndexFunc(rest, func(r rune) bool {
+		return !(r >= '0' && r <= '9' || r >= 'a' && r <= 'f')
+	}) >= 0 {
 		return "", ErrNotAToken
 	}
 	return s, nil
@@ -199,15 +198,20 @@ func (t *Token) Expired(now time.Time) bool { return !t.ExpiresAt.IsZero() && !n
 
 // Set is an immutable set of tokens, looked up by secret.
 type Set struct {
-	byHash map[string]*Token
+	byHash map[[sha256.Size]byte]*Token
 	rev    int64
 }
 
-// NewSet indexes tokens, as of registry revision rev.
+// NewSet indexes tokens, as of registry revision rev. A token whose hash
+// is not hex SHA-256 is left out.
 func NewSet(tokens []*Token, rev int64) *Set {
-	s := &Set{byHash: make(map[string]*Token, len(tokens)), rev: rev}
+	s := &Set{byHash: make(map[[sha256.Size]byte]*Token, len(tokens)), rev: rev}
 	for _, t := range tokens {
-		s.byHash[t.Hash] = t
+		var h [sha256.Size]byte
+		if b, err := hex.DecodeString(t.Hash); err == nil && len(b) == len(h) {
+			copy(h[:], b)
+			s.byHash[h] = t
+		}
 	}
 	return s
 }
@@ -217,7 +221,7 @@ func (s *Set) Lookup(secret string) *Token {
 	if s == nil {
 		return nil
 	}
-	return s.byHash[Hash(secret)]
+	return s.byHash[sha256.Sum256([]byte(secret))]
 }
 
 // Len is the number of tokens.

@@ -2,7 +2,8 @@
 # The cost of the agent API's access control: registrations/s and reads/s
 # with ACLs on (a service token looked up and checked on every request) and
 # off (the check bypassed) on one real node (embedded etcd, HTTPS, 16
-# clients), in alternating rounds of the same run (node/acl_bench_test.go).
+# clients), in alternating rounds (on, off, off, on, ...) of the same run
+# (node/acl_bench_test.go).
 # Prints the median of each and the on/off ratio. BENCH_ROUNDS (5) and
 # BENCH_TIME (3s) set the rounds and their length.
 set -euo pipefail
@@ -11,11 +12,11 @@ rounds=${BENCH_ROUNDS:-5}
 benchtime=${BENCH_TIME:-3s}
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
-go test -run '^$' -bench '^BenchmarkAPI(Register|Read)$' -count "$rounds" -benchtime "$benchtime" ./node | tee "$out"
+HERD_BENCH_ROUNDS=$rounds go test -run '^$' -bench '^BenchmarkAPI(Register|Read)$' -benchtime "$benchtime" ./node | tee "$out"
 awk '
 /^BenchmarkAPI/ {
 	for (i = 1; i <= NF; i++) if ($(i+1) == "req/s") v = $i
-	split($1, p, "-"); name = p[1]
+	split($1, p, "-"); name = p[1]; sub(/#[0-9]+$/, "", name)
 	vals[name] = vals[name] " " v
 }
 function median(s,   a, n, i, j, t) {

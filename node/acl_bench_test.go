@@ -6,13 +6,16 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/herdcluster/herd/acl"
 	"github.com/herdcluster/herd/api"
 )
 
@@ -21,8 +24,8 @@ import (
 // token, looked up and checked on every request) and off (the check
 // bypassed), one after the other in the same run: registrations (PUT,
 // through the registry) and reads (GET of a service from the catalog),
-// from 16 concurrent clients. `make bench-acl` runs them in alternating
-// rounds and prints the ratios.
+// from 16 concurrent clients, in alternating rounds (benchRounds). `make
+// bench-acl` runs them and prints the medians and ratios.
 
 // benchAPI starts a node for b and returns its API URL and a client that
 // sends a service:bench token.
@@ -107,14 +110,67 @@ func expect200(resp *http.Response, err error) error {
 	return nil
 }
 
-func BenchmarkAPIRegister(b *testing.B) {
+// benchRounds runs HERD_BENCH_ROUNDS (1) rounds of on and off, in the
+// order on, off, off, on, on, off...: what drifts during the run (the
+// registry's size, the disk) weighs on both alike.
+func benchRounds(b *testing.B, do func(*http.Client, string, int64) error) {
 	n, base, hc := benchAPI(b)
-	b.Run("acl=on", func(b *testing.B) { benchACL(b, n, base, hc, true, register) })
-	b.Run("acl=off", func(b *testing.B) { benchACL(b, n, base, hc, false, register) })
+	rounds := 1
+	if v, err := strconv.Atoi(os.Getenv("HERD_BENCH_ROUNDS")); err == nil && v > 0 {
+		rounds = v
+	}
+	for r := range rounds {
+		order := []bool{true, false}
+		if r%2 == 1 {
+			order = []bool{false, true}
+		}
+		for _, on := range order {
+			name := "acl=off"
+			if on {
+				name = "acl=on"
+			}
+			b.Run(name, func(b *testing.B) { benchACL(b, n, base, hc, on, do) })
+		}
+	}
 }
 
-func BenchmarkAPIRead(b *testing.B) {
-	n, base, hc := benchAPI(b)
-	b.Run("acl=on", func(b *testing.B) { benchACL(b, n, base, hc, true, readService) })
-	b.Run("acl=off", func(b *testing.B) { benchACL(b, n, base, hc, false, readService) })
+func BenchmarkAPIRegister(b *testing.B) { benchRounds(b, register) }
+
+func BenchmarkAPIRead(b *testing.B) { benchRounds(b, readService) }
+
+// The check alone, per request, against none (the routing and the context
+// it carries the caller in are in both): a token looked up among 1,000
+// (hash, map, expiry, policy).
+func BenchmarkAuthenticate(b *testing.B) {
+	n := &Node{}
+	var list []*acl.Token
+	var secret string
+	for i := range 1000 {
+		s, err := acl.NewSecret()
+		if err != nil {
+			b.Fatal(err)
+		}
+		list = append(list, &acl.Token{Name: fmt.Sprintf("t%d", i), Policies: []string{"service:bench"}, Hash: acl.Hash(s)})
+		secret = s
+	}
+	n.acls.set.Store(acl.NewSet(list, 1))
+	s := &apiServer{n: n}
+	h := s.guard(needServiceOf, func(w http.ResponseWriter, r *http.Request) {})
+	mux := http.NewServeMux()
+	mux.HandleFunc("PUT /v1/services/{name}/instances/{id}", h)
+	req := httptest.NewRequest(http.MethodPut, "/v1/services/bench/instances/b1", nil)
+	req.Header.Set("Authorization", "Bearer "+secret)
+	for _, on := range []bool{true, false} {
+		b.Run(fmt.Sprintf("acl=%v", map[bool]string{true: "on", false: "off"}[on]), func(b *testing.B) {
+			n.acls.bypass.Store(!on)
+			w := httptest.NewRecorder()
+			b.ReportAllocs()
+			for b.Loop() {
+				mux.ServeHTTP(w, req)
+			}
+			if w.Code != 200 {
+				b.Fatalf("%d %s", w.Code, w.Body)
+			}
+		})
+	}
 }
