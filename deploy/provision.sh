@@ -55,4 +55,5 @@ systemctl daemon-reload
 systemctl enable herd.service
 systemctl restart herd.service
 echo "provision: herd is running on $name ($bind); try: curl $bind:8080/hello/"
-echo "provision: the agent API is HTTPS: export HERD_CA_FILE=/var/lib/herd/tls/ca.pem (on the node) for herd members"
+echo "provision: the agent API is HTTPS and wants an API token: on a node, herd members works as root (it presents the node's certificate from /var/lib/herd);"
+echo "provision: elsewhere export HERD_CA_FILE=/var/lib/herd/tls/ca.pem and HERD_TOKEN (the first node keeps the management token in /var/lib/herd/acl-token)"

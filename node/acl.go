@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"sort"
@@ -44,8 +45,10 @@ const bootstrapTokenName = "bootstrap"
 
 // aclState is the node's view of the API tokens, and its audit counters.
 type aclState struct {
-	// set is nil until the first list of the token prefix.
+	// set is nil until the first list of the token prefix; raw is the
+	// registry's values it was made from, for the reaper.
 	set    atomic.Pointer[acl.Set]
+	raw    atomic.Pointer[map[string][]byte]
 	synced atomic.Bool
 	// publishing is set from the start of a node whose data dir holds a
 	// management token until it has made it the cluster's (or found the
@@ -313,12 +316,53 @@ func (n *Node) followTokens(ctx context.Context) {
 			t.Name = name
 			list = append(list, &t)
 		}
+		n.acls.raw.Store(&tokens)
 		n.acls.set.Store(acl.NewSet(list, rev))
 	}, func(synced bool, reason string) {
 		if n.acls.synced.Swap(synced) && !synced {
 			n.logger.Warn("lost the watch on the API tokens; checking requests against the last set read", "reason", reason)
 		}
 	})
+}
+
+// Expired tokens stay listed (as expired) for reapAfter, then any node
+// removes them; each node looks every reapEvery (jittered).
+const (
+	defaultReapAfter = time.Hour
+	defaultReapEvery = 5 * time.Minute
+)
+
+// reapTokens removes tokens expired for longer than reapAfter, until ctx
+// is done. Every node runs it; DeleteIf makes the race between them
+// harmless.
+func (n *Node) reapTokens(ctx context.Context) {
+	after, every := durationOr(n.cfg.aclReapAfter, defaultReapAfter), durationOr(n.cfg.aclReapEvery, defaultReapEvery)
+	store := registry.NewACL(n.client)
+	for sleep(ctx, every/2+rand.N(every)) == nil {
+		raw := n.acls.raw.Load()
+		if raw == nil {
+			continue
+		}
+		now := time.Now()
+		for name, v := range *raw {
+			var t acl.Token
+			if json.Unmarshal(v, &t) != nil || t.ExpiresAt.IsZero() || now.Before(t.ExpiresAt.Add(after)) {
+				continue
+			}
+			if ok, err := store.DeleteIf(ctx, name, v); err == nil && ok {
+				n.logger.Info("removed an expired API token", "component", "acl", "token", name,
+					"expired_at", t.ExpiresAt.UTC().Format(time.RFC3339))
+			}
+		}
+	}
+}
+
+// durationOr is d, or def when d is not set.
+func durationOr(d, def time.Duration) time.Duration {
+	if d <= 0 {
+		return def
+	}
+	return d
 }
 
 // issueToken makes a token's record and secret.

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"context"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
@@ -61,4 +63,54 @@ func TestDenialLogRateLimit(t *testing.T) {
 	if s, ok := a.mayLog(now.Add(time.Second)); !ok || s != 5 {
 		t.Fatalf("next second: %d %v, want 5 suppressed", s, ok)
 	}
+}
+
+// An expired token is listed as expired for a while, then removed from the
+// registry by the nodes.
+func TestExpiredTokensAreReaped(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.aclReapAfter, cfg.aclReapEvery = 300*time.Millisecond, 50*time.Millisecond
+	n, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := n.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close(context.Background())
+	base := fmt.Sprintf("https://127.0.0.1:%d", cfg.APIPort)
+	hc := caClient(t, cfg.DataDir)
+	defer hc.CloseIdleConnections()
+	waitFor(t, 20*time.Second, "a 1s token", func() error {
+		resp, err := hc.Post(base+"/v1/acl/tokens", "application/json", strings.NewReader(`{"name":"brief","policies":["read"],"ttl":"1s"}`))
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			return fmt.Errorf("%d", resp.StatusCode)
+		}
+		return nil
+	})
+	list := func() string {
+		_, body, err := getWith(hc, base+"/v1/acl/tokens")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return body
+	}
+	waitFor(t, 5*time.Second, "the token listed as expired", func() error {
+		if b := list(); !strings.Contains(b, `"expired": true`) {
+			return fmt.Errorf("%s", b)
+		}
+		return nil
+	})
+	waitFor(t, 10*time.Second, "the expired token removed", func() error {
+		if b := list(); strings.Contains(b, `"brief"`) || !strings.Contains(b, `"bootstrap"`) {
+			return fmt.Errorf("%s", b)
+		}
+		return nil
+	})
 }

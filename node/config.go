@@ -65,6 +65,10 @@ type Config struct {
 	// MetricsAnonymous serves /metrics without a token (for a Prometheus
 	// that holds none); otherwise it needs the read policy.
 	MetricsAnonymous bool
+	// aclReapAfter and aclReapEvery (0: an hour, five minutes) are how long
+	// an expired API token stays listed and how often nodes look; tests
+	// shorten them.
+	aclReapAfter, aclReapEvery time.Duration
 	// Balancer is the gateway's balancing policy (see gateway.Config).
 	Balancer string
 	// PreferLocal makes the gateway send a service's traffic to this node's

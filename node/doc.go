@@ -12,5 +12,13 @@
 //
 // The agent API (api.go) sits behind apiGuard (apiguard.go), which keeps
 // browsers from being used against it: only the Hosts it serves, no
-// foreign Origin, JSON bodies for every change.
+// foreign Origin, JSON bodies for every change. Behind that, every /v1
+// route declares what it needs (acl.go): a request is taken for an API
+// token (looked up by hash in a token set mirrored from the registry by a
+// watch, so revocation reaches every node at once and no request reads the
+// registry), for an operator when it presents a cluster certificate (nodes
+// and the CLI with --data-dir never carry a user token), or for anonymous
+// (refused, but for reads with --anonymous-read); 401 or 403 otherwise,
+// logged and counted. The node that creates a cluster makes its management
+// token and publishes its hash once (publishManagementToken).
 package node

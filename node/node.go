@@ -214,6 +214,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.followSecrets()
 	if !cfg.Insecure {
 		n.goBackground(n.followTokens)
+		n.goBackground(n.reapTokens)
 	}
 	n.goBackground(n.renewCertificates)
 	if m := n.member.Load(); m != nil {

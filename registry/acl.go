@@ -72,6 +72,19 @@ func (a *ACL) Delete(ctx context.Context, name string) error {
 	return nil
 }
 
+// DeleteIf removes token name if it still holds v (another node may have
+// removed or replaced it meanwhile), and reports whether it did.
+func (a *ACL) DeleteIf(ctx context.Context, name string, v []byte) (bool, error) {
+	key := aclTokensPrefix + name
+	resp, err := withTimeout(ctx, aclTimeout, func(c context.Context) (*clientv3.TxnResponse, error) {
+		return a.cli.Txn(c).If(clientv3.Compare(clientv3.Value(key), "=", string(v))).Then(clientv3.OpDelete(key)).Commit()
+	})
+	if err != nil {
+		return false, fmt.Errorf("delete token %s: %w", name, unavailable(err))
+	}
+	return resp.Succeeded, nil
+}
+
 // List reads every token linearizably: name -> value.
 func (a *ACL) List(ctx context.Context) (map[string][]byte, error) {
 	resp, err := withTimeout(ctx, aclTimeout, func(c context.Context) (*clientv3.GetResponse, error) {

@@ -84,6 +84,15 @@ func TestACLTokens(t *testing.T) {
 	if err := a.Bootstrap(ctx, "bootstrap", []byte("b3"), true); err != nil {
 		t.Fatalf("reset: %v", err)
 	}
+	if ok, err := a.DeleteIf(ctx, "bootstrap", []byte("b2")); err != nil || ok {
+		t.Fatalf("DeleteIf with a stale value: %v %v", ok, err)
+	}
+	if err := a.Create(ctx, "old", []byte("o")); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := a.DeleteIf(ctx, "old", []byte("o")); err != nil || !ok {
+		t.Fatalf("DeleteIf: %v %v", ok, err)
+	}
 	all, err := a.List(ctx)
 	if err != nil || len(all) != 2 || string(all["bootstrap"]) != "b3" || string(all["ci"]) != "v1" {
 		t.Fatalf("list: %v %q", err, all)

@@ -14,6 +14,10 @@
 // and accept only certificates of the cluster CA, and NewClient dials with
 // the node's certificate. Secrets keeps the cluster's identity material
 // (CA key, join secret, gossip keyring) under /herd/secure/, opaque here.
+// ACL keeps the agent API's tokens (hashes, never secrets; opaque here)
+// under /herd/acl/tokens/<name>, and /herd/acl/bootstrapped once the first
+// management token was made; FollowTokens mirrors them. The catalog and
+// the token mirror share one list-then-watch loop (follower, follow.go).
 //
 // Keys: /herd/services/<service>/<instance-id> -> JSON api.Instance.
 package registry
