@@ -28,7 +28,12 @@ import (
 // (runs are one at a time); the API clients trust every CA found under it.
 var trustedDir atomic.Pointer[string]
 
-func trustCluster(dir string) { trustedDir.Store(&dir) }
+func trustCluster(dir string) {
+	trustedDir.Store(&dir)
+	// A new cluster: its own tokens.
+	operatorToken.Store(nil)
+	workloadToken.Store(nil)
+}
 
 // caPool holds the CAs of the current cluster's data dirs.
 func caPool() *x509.CertPool {
