@@ -169,7 +169,7 @@ type WhoAmI struct {
 	// Name is the token's name, "cert:<name>" for a cluster certificate,
 	// or "anonymous".
 	Name     string    `json:"name"`
-	Kind     string    `json:"kind"` // token, certificate, anonymous
+	Kind     string    `json:"kind"` // token, node-certificate, client-certificate, anonymous
 	Policies []string  `json:"policies"`
 	Expires  time.Time `json:"expires_at,omitzero"`
 }

@@ -53,10 +53,28 @@ func call(t *testing.T, method, url, token, body string) (int, api.Error, []byte
 func createToken(t *testing.T, n *node, mgmt, name, ttl string, policies ...string) string {
 	t.Helper()
 	body, _ := json.Marshal(api.ACLTokenRequest{Name: name, Policies: policies, TTL: ttl})
-	code, e, b := call(t, http.MethodPost, n.api()+"/v1/acl/tokens", mgmt, string(body))
+	req, err := http.NewRequest(http.MethodPost, n.api()+"/v1/acl/tokens", bytes.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+mgmt)
+	resp, err := anonClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
 	var tok api.ACLToken
-	if code != http.StatusCreated || json.Unmarshal(b, &tok) != nil || !strings.HasPrefix(tok.Secret, "herd-acl1.") {
-		t.Fatalf("create token %s: %d %+v", name, code, e)
+	if resp.StatusCode != http.StatusCreated || json.Unmarshal(b, &tok) != nil || !strings.HasPrefix(tok.Secret, "herd-acl1.") {
+		t.Fatalf("create token %s: %d %s", name, resp.StatusCode, b)
+	}
+	if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
+		t.Errorf("the answer carrying a new secret has Cache-Control %q, want no-store", cc)
+	}
+	// The node that made it takes it as soon as it answered.
+	if code, e, _ := call(t, http.MethodGet, n.api()+"/v1/acl/whoami", tok.Secret, ""); code != 200 {
+		t.Fatalf("token %s on %s right after it was made there: %d %+v", name, n.Name, code, e)
 	}
 	return tok.Secret
 }
@@ -137,11 +155,15 @@ func TestACL(t *testing.T) {
 		}
 	}
 
-	// Revoked on node1, refused by node3 within a second of the answer.
+	// Revoked on node1: refused there once the revoke answered, and by
+	// node3 within a second of it.
 	if code, e, _ := call(t, http.MethodDelete, n1.api()+"/v1/acl/tokens/gone", mgmt, ""); code != 200 {
 		t.Fatalf("revoke: %d %+v", code, e)
 	}
 	revokedAt := time.Now()
+	if code, e, _ := call(t, http.MethodGet, n1.api()+"/v1/members", revoked, ""); code != 401 {
+		t.Fatalf("the revoked token on node1, right after the revoke answered: %d %+v", code, e)
+	}
 	waitUntil(t, time.Second, "node3 refusing the revoked token", func() error {
 		if code, e, _ := call(t, http.MethodGet, n3.api()+"/v1/members", revoked, ""); code != 401 || e.Reason != "unknown_token" {
 			return fmt.Errorf("%d %+v", code, e)
@@ -325,6 +347,12 @@ func TestACL(t *testing.T) {
 	if out, err := runCLI(t, "services", "--api", n2.api(), "--token-file", tokFile); err != nil || !strings.Contains(out, "hello") {
 		t.Errorf("herd services --token-file (read): %v %s", err, out)
 	}
+	// A flag given wins over the environment's token.
+	cmd := execHerd("leave", "--api", n2.api(), "--ca-file", c.caFile(), "--token-file", tokFile)
+	cmd.Env = append(os.Environ(), "HERD_TOKEN="+op)
+	if b, err := cmd.CombinedOutput(); err == nil || !strings.Contains(string(b), "403") {
+		t.Fatalf("herd leave --token-file (read) with HERD_TOKEN (operator) set: %v %s", err, b)
+	}
 	if _, err := runCLI(t, "leave", "--api", n2.api(), "--token-file", tokFile); err == nil || !strings.Contains(err.Error(), "403") {
 		t.Errorf("herd leave with a read token: %v", err)
 	}
@@ -352,10 +380,21 @@ func TestACL(t *testing.T) {
 	if _, err := runCLI(t, "acl", "bootstrap", "--api", n2.api(), "--data-dir", n2.DataDir); err == nil || !strings.Contains(err.Error(), "bootstrapped already") {
 		t.Errorf("herd acl bootstrap on a bootstrapped cluster: %v", err)
 	}
-	out, err = runCLI(t, "acl", "bootstrap", "--reset", "--api", n2.api(), "--data-dir", n2.DataDir)
+	// As in the runbook, HERD_TOKEN may still hold a token that no longer
+	// works: the data dir's certificate is what counts.
+	cmd = execHerd("acl", "bootstrap", "--reset", "--api", n2.api(), "--data-dir", n2.DataDir)
+	cmd.Env = append(os.Environ(), "HERD_TOKEN="+revoked)
+	b, err = cmd.Output()
+	out = string(b)
 	newMgmt := strings.TrimPrefix(strings.TrimSpace(out), "export HERD_TOKEN=")
 	if err != nil || !strings.HasPrefix(newMgmt, "herd-acl1.") || newMgmt == mgmt {
 		t.Fatalf("herd acl bootstrap --reset: %v %s", err, out)
+	}
+	if st, err := os.Stat(filepath.Join(n2.DataDir, "acl-token")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("node2's acl-token after the reset: %v %v", st, err)
+	}
+	if !strings.Contains(n2.logs(), "action=acl_bootstrap target=bootstrap token=cert:node2 caller=node-certificate cert_serial=") {
+		t.Errorf("the reset's audit line does not name node2's certificate: %s", tail(n2.logs(), 5))
 	}
 	if got := strings.TrimSpace(mustRead(t, filepath.Join(n2.DataDir, "acl-token"))); got != newMgmt {
 		t.Errorf("node2's acl-token holds %q, want the new token", got)

@@ -2,12 +2,14 @@ package node
 
 import (
 	"context"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -107,11 +109,10 @@ const (
 var actionNames = [numActions]string{"register", "deregister", "leave", "force_leave", "snapshot", "join_token_rotate",
 	"keyring", "acl_token_create", "acl_token_revoke", "acl_bootstrap"}
 
-// Caller kinds.
+// Caller kinds (besides node-certificate and client-certificate).
 const (
-	callerToken       = "token"
-	callerCertificate = "certificate"
-	callerAnonymous   = "anonymous"
+	callerToken     = "token"
+	callerAnonymous = "anonymous"
 )
 
 // caller is who a request comes from.
@@ -120,6 +121,9 @@ type caller struct {
 	kind     string
 	policies []string
 	expires  time.Time
+	// serial is a certificate's serial number (hex): the audit log names
+	// the certificate by it, since its common name is the holder's choice.
+	serial string
 }
 
 type callerKey struct{}
@@ -203,7 +207,13 @@ func (n *Node) authenticate(r *http.Request, need acl.Need) (caller, *denial) {
 		}
 		c = caller{name: t.Name, kind: callerToken, policies: t.Policies, expires: t.ExpiresAt}
 	case r.TLS != nil && len(r.TLS.VerifiedChains) > 0:
-		c = caller{name: "cert:" + r.TLS.VerifiedChains[0][0].Subject.CommonName, kind: callerCertificate, policies: []string{acl.PolicyOperator}}
+		leaf := r.TLS.VerifiedChains[0][0]
+		kind := "client-certificate" // herd tls cert create --client
+		if slices.Contains(leaf.ExtKeyUsage, x509.ExtKeyUsageServerAuth) {
+			kind = "node-certificate"
+		}
+		c = caller{name: "cert:" + leaf.Subject.CommonName, kind: kind, serial: leaf.SerialNumber.Text(16),
+			policies: []string{acl.PolicyOperator}}
 	case n.cfg.AnonymousRead && need.IsRead():
 		return caller{name: callerAnonymous, kind: callerAnonymous, policies: []string{acl.PolicyRead}}, nil
 	default:
@@ -299,8 +309,11 @@ func truncate(s string, n int) string {
 func (s *apiServer) audit(r *http.Request, act auditAction, target string) {
 	s.n.acls.changes[act].Add(1)
 	c := callerOf(r)
-	s.n.logger.Info("agent API change", "component", "acl", "action", actionNames[act], "target", target,
-		"token", c.name, "caller", c.kind, "remote", r.RemoteAddr)
+	args := []any{"component", "acl", "action", actionNames[act], "target", target, "token", c.name, "caller", c.kind}
+	if c.serial != "" {
+		args = append(args, "cert_serial", c.serial)
+	}
+	s.n.logger.Info("agent API change", append(args, "remote", r.RemoteAddr)...)
 }
 
 // followTokens keeps the node's token set a mirror of the registry's.
@@ -386,6 +399,7 @@ func tokenView(t acl.Token, now time.Time) api.ACLToken {
 
 // bootstrapACL writes secret as the cluster's management token (see
 // registry.ACL.Bootstrap for reset).
+// It returns once this node's token set holds the new token.
 func (n *Node) bootstrapACL(ctx context.Context, secret string, reset bool, by string) (acl.Token, error) {
 	t := acl.Token{Name: bootstrapTokenName, Policies: []string{acl.PolicyOperator}, Hash: acl.Hash(secret),
 		CreatedAt: time.Now().UTC().Truncate(time.Second), CreatedBy: by}
@@ -393,7 +407,33 @@ func (n *Node) bootstrapACL(ctx context.Context, secret string, reset bool, by s
 	if err != nil {
 		return t, err
 	}
-	return t, registry.NewACL(n.client).Bootstrap(ctx, bootstrapTokenName, b, reset)
+	rev, err := registry.NewACL(n.client).Bootstrap(ctx, bootstrapTokenName, b, reset)
+	if err == nil {
+		n.awaitTokens(ctx, rev)
+	}
+	return t, err
+}
+
+// awaitTokens returns once this node's token set reflects registry
+// revision rev (the watch brings it within milliseconds), after 5s, or when
+// ctx is done: a token an API call made or revoked works, or is refused,
+// on this node by the time the call answers.
+func (n *Node) awaitTokens(ctx context.Context, rev int64) {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	giveUp := time.NewTimer(5 * time.Second)
+	defer giveUp.Stop()
+	for n.acls.set.Load().Revision() < rev {
+		select {
+		case <-ctx.Done():
+			return
+		case <-giveUp.C:
+			n.logger.Warn("this node's token set is behind the registry", "component", "acl", "want_revision", rev,
+				"have_revision", n.acls.set.Load().Revision())
+			return
+		case <-tick.C:
+		}
+	}
 }
 
 // publishManagementToken makes the management token in this node's data
@@ -419,7 +459,9 @@ func (n *Node) publishManagementToken(ctx context.Context, replace bool) {
 		switch {
 		case err == nil:
 			n.logger.Info("published the cluster's management token (its hash)", "token", bootstrapTokenName, "file", n.files().ACLTokenFile())
-			n.awaitToken(ctx, secret)
+			if replace {
+				n.warnRestoredTokens(ctx)
+			}
 			return
 		case errors.Is(err, registry.ErrBootstrapped):
 			return
@@ -430,22 +472,23 @@ func (n *Node) publishManagementToken(ctx context.Context, replace bool) {
 	}
 }
 
-// awaitToken returns once the node's token set knows secret (the watch
-// brings it within milliseconds), or after 10s, or when ctx is done.
-func (n *Node) awaitToken(ctx context.Context, secret string) {
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-	giveUp := time.NewTimer(10 * time.Second)
-	defer giveUp.Stop()
-	for n.acls.set.Load().Lookup(secret) == nil {
-		select {
-		case <-ctx.Done():
-			return
-		case <-giveUp.C:
-			n.logger.Warn("the management token is in the registry but not yet in this node's token set")
-			return
-		case <-tick.C:
+// warnRestoredTokens names the API tokens a snapshot brought back: one
+// revoked after the snapshot was taken is valid again until revoked anew.
+func (n *Node) warnRestoredTokens(ctx context.Context) {
+	all, err := registry.NewACL(n.client).List(ctx)
+	if err != nil {
+		return
+	}
+	var names []string
+	for name := range all {
+		if name != bootstrapTokenName {
+			names = append(names, name)
 		}
+	}
+	if len(names) > 0 {
+		sort.Strings(names)
+		n.logger.Warn("the restored snapshot brought back these API tokens; revoke any that was revoked after the snapshot was taken",
+			"component", "acl", "tokens", strings.Join(names, ","))
 	}
 }
 
@@ -516,7 +559,8 @@ func (s *apiServer) aclTokenCreate(w http.ResponseWriter, r *http.Request) {
 		writeRegistryError(w, err)
 		return
 	}
-	if err := registry.NewACL(s.n.client).Create(r.Context(), t.Name, b); err != nil {
+	rev, err := registry.NewACL(s.n.client).Create(r.Context(), t.Name, b)
+	if err != nil {
 		if errors.Is(err, registry.ErrTokenExists) {
 			writeJSON(w, http.StatusConflict, api.Error{Error: fmt.Sprintf("a token named %q exists: revoke it first, or choose another name", t.Name), Field: "name", Reason: "conflict"})
 			return
@@ -524,6 +568,7 @@ func (s *apiServer) aclTokenCreate(w http.ResponseWriter, r *http.Request) {
 		writeRegistryError(w, err)
 		return
 	}
+	s.n.awaitTokens(r.Context(), rev)
 	s.audit(r, actACLTokenCreate, t.Name+" ("+strings.Join(t.Policies, ",")+")")
 	v := tokenView(t, time.Now())
 	v.Secret = secret
@@ -539,7 +584,8 @@ func (s *apiServer) aclTokenRevoke(w http.ResponseWriter, r *http.Request) {
 		writeFieldError(w, err)
 		return
 	}
-	if err := registry.NewACL(s.n.client).Delete(r.Context(), name); err != nil {
+	rev, err := registry.NewACL(s.n.client).Delete(r.Context(), name)
+	if err != nil {
 		if errors.Is(err, registry.ErrNoToken) {
 			writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("no token named %q", name), Reason: "not_found"})
 			return
@@ -547,6 +593,7 @@ func (s *apiServer) aclTokenRevoke(w http.ResponseWriter, r *http.Request) {
 		writeRegistryError(w, err)
 		return
 	}
+	s.n.awaitTokens(r.Context(), rev)
 	s.audit(r, actACLTokenRevoke, name)
 	writeJSON(w, http.StatusOK, map[string]string{"revoked": name})
 }

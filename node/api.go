@@ -90,6 +90,9 @@ func (s *apiServer) shutdown(ctx context.Context) error { return s.srv.Shutdown(
 
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
+	// Answers may carry secrets (a new token, the join token): no cache
+	// keeps them.
+	w.Header().Set("Cache-Control", "no-store")
 	w.WriteHeader(code)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

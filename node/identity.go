@@ -150,8 +150,9 @@ func formationKey(s secure.Secret) ([]byte, error) {
 // createIdentity makes this node the origin of a new cluster's identity: a
 // CA, its own certificate, a join secret (the token's, when the node was
 // given one, as founders of a formation are) and a gossip key (derived from
-// that secret then), all in the data dir, and prints the join token once
-// when print is set.
+// that secret then) and the management token, all in the data dir. It
+// prints the management token once, and the join token too when print is
+// set.
 func (n *Node) createIdentity(formation *secure.Token, print bool) error {
 	files := n.files()
 	ca, err := secure.NewCA(n.cfg.Name)
@@ -200,13 +201,19 @@ func (n *Node) createIdentity(formation *secure.Token, print bool) error {
 	}
 	n.logger.Info("created the cluster's identity: a CA, this node's certificate, the join secret, the gossip key and the management token",
 		"ca", tok.CA.String(), "token_file", files.TokenFile(), "management_token_file", files.ACLTokenFile())
-	if print && n.cfg.Out != nil {
-		fmt.Fprintf(n.cfg.Out, "\nherd: this node created a new cluster. Its join token (kept in %s, mode 0600; `herd token show --data-dir %s` prints it again):\n\n    %s\n\n"+
-			"Start other nodes with: herd agent --join %s --join-token <token>   (or HERD_JOIN_TOKEN=<token>)\n\n"+
-			"The management token of the agent API (policy operator; kept in %s, mode 0600):\n\n    export HERD_TOKEN=%s\n\n"+
-			"Make narrower tokens with: herd acl token create --name NAME --policy read|service:PREFIX|operator\n\n",
-			files.TokenFile(), n.cfg.DataDir, tok.String(), n.gossipAddr(), files.ACLTokenFile(), mgmt)
+	if n.cfg.Out == nil {
+		return nil
 	}
+	if print {
+		fmt.Fprintf(n.cfg.Out, "\nherd: this node created a new cluster. Its join token (kept in %s, mode 0600; `herd token show --data-dir %s` prints it again):\n\n    %s\n\n"+
+			"Start other nodes with: herd agent --join %s --join-token <token>   (or HERD_JOIN_TOKEN=<token>)\n",
+			files.TokenFile(), n.cfg.DataDir, tok.String(), n.gossipAddr())
+	}
+	// A founder of a --bootstrap-expect formation prints this part alone:
+	// the operator holds the join token already.
+	fmt.Fprintf(n.cfg.Out, "\nherd: the management token of the agent API (policy operator; kept in %s, mode 0600):\n\n    export HERD_TOKEN=%s\n\n"+
+		"Make narrower tokens with: herd acl token create --name NAME --policy read|service:PREFIX|operator\n\n",
+		files.ACLTokenFile(), mgmt)
 	return nil
 }
 

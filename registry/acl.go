@@ -43,33 +43,34 @@ func NewACL(cli *clientv3.Client) *ACL { return &ACL{cli: cli} }
 
 const aclTimeout = 5 * time.Second
 
-// Create writes token name with value v, only if no token has that name.
-func (a *ACL) Create(ctx context.Context, name string, v []byte) error {
+// Create writes token name with value v, only if no token has that name,
+// and returns the registry revision of the write.
+func (a *ACL) Create(ctx context.Context, name string, v []byte) (int64, error) {
 	key := aclTokensPrefix + name
 	resp, err := withTimeout(ctx, aclTimeout, func(c context.Context) (*clientv3.TxnResponse, error) {
 		return a.cli.Txn(c).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).Then(clientv3.OpPut(key, string(v))).Commit()
 	})
 	if err != nil {
-		return fmt.Errorf("write token %s: %w", name, unavailable(err))
+		return 0, fmt.Errorf("write token %s: %w", name, unavailable(err))
 	}
 	if !resp.Succeeded {
-		return fmt.Errorf("token %q: %w", name, ErrTokenExists)
+		return 0, fmt.Errorf("token %q: %w", name, ErrTokenExists)
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
-// Delete removes token name.
-func (a *ACL) Delete(ctx context.Context, name string) error {
+// Delete removes token name and returns the revision of the delete.
+func (a *ACL) Delete(ctx context.Context, name string) (int64, error) {
 	resp, err := withTimeout(ctx, aclTimeout, func(c context.Context) (*clientv3.DeleteResponse, error) {
 		return a.cli.Delete(c, aclTokensPrefix+name)
 	})
 	if err != nil {
-		return fmt.Errorf("delete token %s: %w", name, unavailable(err))
+		return 0, fmt.Errorf("delete token %s: %w", name, unavailable(err))
 	}
 	if resp.Deleted == 0 {
-		return fmt.Errorf("token %q: %w", name, ErrNoToken)
+		return 0, fmt.Errorf("token %q: %w", name, ErrNoToken)
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
 // DeleteIf removes token name if it still holds v (another node may have
@@ -101,11 +102,11 @@ func (a *ACL) List(ctx context.Context) (map[string][]byte, error) {
 }
 
 // Bootstrap writes the management token name with value v and marks the
-// cluster bootstrapped, in one transaction. Without reset it only does so
+// cluster bootstrapped, in one transaction, and returns its revision. Without reset it only does so
 // when the cluster was never bootstrapped (ErrBootstrapped otherwise);
 // with reset it replaces whatever token had that name (the old one stops
 // working at once) and works whatever came before.
-func (a *ACL) Bootstrap(ctx context.Context, name string, v []byte, reset bool) error {
+func (a *ACL) Bootstrap(ctx context.Context, name string, v []byte, reset bool) (int64, error) {
 	key := aclTokensPrefix + name
 	mark := clientv3.OpPut(aclBootstrapKey, time.Now().UTC().Format(time.RFC3339))
 	resp, err := withTimeout(ctx, aclTimeout, func(c context.Context) (*clientv3.TxnResponse, error) {
@@ -116,12 +117,12 @@ func (a *ACL) Bootstrap(ctx context.Context, name string, v []byte, reset bool) 
 		return t.Then(clientv3.OpPut(key, string(v)), mark).Commit()
 	})
 	if err != nil {
-		return fmt.Errorf("write the management token: %w", unavailable(err))
+		return 0, fmt.Errorf("write the management token: %w", unavailable(err))
 	}
 	if !resp.Succeeded {
-		return ErrBootstrapped
+		return 0, ErrBootstrapped
 	}
-	return nil
+	return resp.Header.Revision, nil
 }
 
 // FollowTokens keeps f up to date with every token (name -> value) until
@@ -133,7 +134,7 @@ func (a *ACL) FollowTokens(ctx context.Context, logger *slog.Logger, f func(toke
 		logger = slog.New(slog.DiscardHandler)
 	}
 	m := &tokenMirror{f: f, st: state}
-	(&follower{cli: a.cli, prefix: aclTokensPrefix, staleAfter: DefaultStaleAfter, logger: logger.With("component", "acl"), m: m}).run(ctx)
+	(&follower{cli: a.cli, name: "token", prefix: aclTokensPrefix, staleAfter: DefaultStaleAfter, logger: logger.With("component", "acl"), m: m}).run(ctx)
 }
 
 // tokenMirror is the token prefix as a map, handed over whole on every

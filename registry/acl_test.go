@@ -59,35 +59,35 @@ func TestACLTokens(t *testing.T) {
 	m, cli := startSingle(t)
 	ctx := context.Background()
 	a := NewACL(cli)
-	if err := a.Create(ctx, "ci", []byte("v1")); err != nil {
+	if _, err := a.Create(ctx, "ci", []byte("v1")); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Create(ctx, "ci", []byte("v2")); !errors.Is(err, ErrTokenExists) {
+	if _, err := a.Create(ctx, "ci", []byte("v2")); !errors.Is(err, ErrTokenExists) {
 		t.Fatalf("second create: %v", err)
 	}
-	if err := a.Delete(ctx, "nope"); !errors.Is(err, ErrNoToken) {
+	if _, err := a.Delete(ctx, "nope"); !errors.Is(err, ErrNoToken) {
 		t.Fatalf("delete of a missing token: %v", err)
 	}
-	if err := a.Bootstrap(ctx, "bootstrap", []byte("b1"), false); err != nil {
+	if _, err := a.Bootstrap(ctx, "bootstrap", []byte("b1"), false); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Bootstrap(ctx, "bootstrap", []byte("b2"), false); !errors.Is(err, ErrBootstrapped) {
+	if _, err := a.Bootstrap(ctx, "bootstrap", []byte("b2"), false); !errors.Is(err, ErrBootstrapped) {
 		t.Fatalf("second bootstrap: %v", err)
 	}
 	// Even once the management token was revoked: no second bootstrap.
-	if err := a.Delete(ctx, "bootstrap"); err != nil {
+	if _, err := a.Delete(ctx, "bootstrap"); err != nil {
 		t.Fatal(err)
 	}
-	if err := a.Bootstrap(ctx, "bootstrap", []byte("b2"), false); !errors.Is(err, ErrBootstrapped) {
+	if _, err := a.Bootstrap(ctx, "bootstrap", []byte("b2"), false); !errors.Is(err, ErrBootstrapped) {
 		t.Fatalf("bootstrap after revoking the management token: %v", err)
 	}
-	if err := a.Bootstrap(ctx, "bootstrap", []byte("b3"), true); err != nil {
+	if _, err := a.Bootstrap(ctx, "bootstrap", []byte("b3"), true); err != nil {
 		t.Fatalf("reset: %v", err)
 	}
 	if ok, err := a.DeleteIf(ctx, "bootstrap", []byte("b2")); err != nil || ok {
 		t.Fatalf("DeleteIf with a stale value: %v %v", ok, err)
 	}
-	if err := a.Create(ctx, "old", []byte("o")); err != nil {
+	if _, err := a.Create(ctx, "old", []byte("o")); err != nil {
 		t.Fatal(err)
 	}
 	if ok, err := a.DeleteIf(ctx, "old", []byte("o")); err != nil || !ok {
@@ -101,26 +101,26 @@ func TestACLTokens(t *testing.T) {
 	proxy := newTCPProxy(t, m.ClientURL()[len("https://"):])
 	v := followTokens(t, newTestClient(t, "https://"+proxy.addr()))
 	waitFor(t, 5*time.Second, "the mirror listing both", func() bool { return v.has("ci", "v1") && v.has("bootstrap", "b3") })
-	if err := a.Delete(ctx, "ci"); err != nil {
+	if _, err := a.Delete(ctx, "ci"); err != nil {
 		t.Fatal(err)
 	}
 	waitFor(t, 2*time.Second, "the mirror dropping the revoked token", func() bool { return v.len() == 1 })
 
 	proxy.setCut(true)
 	waitFor(t, 10*time.Second, "the mirror noticing the cut", func() bool { v.mu.Lock(); defer v.mu.Unlock(); return !v.synced })
-	if err := a.Bootstrap(ctx, "bootstrap", []byte("b4"), true); err != nil {
+	if _, err := a.Bootstrap(ctx, "bootstrap", []byte("b4"), true); err != nil {
 		t.Fatal(err)
 	}
 	for i := range 10 {
 		name := fmt.Sprintf("churn-%d", i)
-		if err := a.Create(ctx, name, []byte("x")); err != nil {
+		if _, err := a.Create(ctx, name, []byte("x")); err != nil {
 			t.Fatal(err)
 		}
-		if err := a.Delete(ctx, name); err != nil {
+		if _, err := a.Delete(ctx, name); err != nil {
 			t.Fatal(err)
 		}
 	}
-	if err := a.Create(ctx, "new", []byte("n")); err != nil {
+	if _, err := a.Create(ctx, "new", []byte("n")); err != nil {
 		t.Fatal(err)
 	}
 	resp, err := cli.Get(ctx, "anything")

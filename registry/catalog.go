@@ -163,7 +163,7 @@ func (c *Catalog) setState(synced bool, reason string) {
 }
 
 func (c *Catalog) run(ctx context.Context) {
-	f := &follower{cli: c.cli, prefix: ServicesPrefix, staleAfter: c.staleAfter, logger: c.logger, m: catalogMirror{c},
+	f := &follower{cli: c.cli, name: "catalog", prefix: ServicesPrefix, staleAfter: c.staleAfter, logger: c.logger, m: catalogMirror{c},
 		relists: func() { c.relists.Add(1) }}
 	f.run(ctx)
 }

@@ -29,6 +29,7 @@ type mirror interface {
 // not kept. The catalog and the ACL token set are both mirrors of one.
 type follower struct {
 	cli        *clientv3.Client
+	name       string // for the log: "catalog", "token"
 	prefix     string
 	staleAfter time.Duration
 	logger     *slog.Logger
@@ -62,7 +63,7 @@ func (f *follower) run(ctx context.Context) {
 			return
 		}
 		f.m.state(false, reason)
-		f.logger.Info("watch ended; listing again", "prefix", f.prefix, "reason", reason)
+		f.logger.Info(f.name+" watch ended; listing again", "reason", reason)
 		_ = sleepCtx(ctx, b.next())
 	}
 }

@@ -160,6 +160,9 @@ data dir owns the node anyway), and the new token is written there.`,
 		if err != nil {
 			return err
 		}
+		// The data dir's certificate is the proof; a token in the
+		// environment (often the lost or a narrower one) would override it.
+		o.token, o.tokenFile = "", ""
 		var t api.ACLToken
 		if err := callAPI(http.MethodPost, o, "/v1/acl/bootstrap", api.ACLBootstrapRequest{Reset: reset}, &t); err != nil {
 			return err

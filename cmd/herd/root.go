@@ -30,6 +30,14 @@ func bindEnv(fs *pflag.FlagSet) error {
 		if err != nil || f.Changed {
 			return
 		}
+		// A flag given on the command line wins over its alternative's
+		// variable: --token-file over HERD_TOKEN, --token over
+		// HERD_TOKEN_FILE.
+		if alt, ok := envAlternatives[f.Name]; ok {
+			if a := fs.Lookup(alt); a != nil && a.Changed {
+				return
+			}
+		}
 		env := "HERD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
 		v, ok := os.LookupEnv(env)
 		if !ok {
@@ -48,6 +56,9 @@ func bindEnv(fs *pflag.FlagSet) error {
 	})
 	return err
 }
+
+// envAlternatives are flags that give the same thing two ways.
+var envAlternatives = map[string]string{"token": "token-file", "token-file": "token"}
 
 // splitList splits a comma-separated list, dropping empty items.
 func splitList(v string) []string {
