@@ -23,29 +23,7 @@ import (
 // returns the status, the error body and the raw body.
 func call(t *testing.T, method, url, token, body string) (int, api.Error, []byte) {
 	t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, url, rd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := (&http.Client{Timeout: 15 * time.Second, Transport: tlsTransport}).Do(req)
-	if err != nil {
-		t.Fatalf("%s %s: %v", method, url, err)
-	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var e api.Error
-	_ = json.Unmarshal(b, &e)
-	return resp.StatusCode, e, b
+	return send(t, tlsTransport, method, url, token, body)
 }
 
 // createToken makes a token with the management token and returns its

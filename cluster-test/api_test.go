@@ -14,15 +14,34 @@ import (
 	"github.com/herdcluster/herd/api"
 )
 
+// do sends a request with a JSON body as the cluster's operator and
+// returns the status and the error body.
 func do(t *testing.T, method, url, body string) (int, api.Error) {
 	t.Helper()
-	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	code, e, _ := send(t, httpClient.Transport, method, url, "", body)
+	return code, e
+}
+
+// send sends a request through tr, with token (none when "") and a JSON
+// body (none when ""), and returns the status, the error body and the raw
+// body. Writes may take the registry's full request timeout (5s) to fail.
+func send(t *testing.T, tr http.RoundTripper, method, url, token, body string) (int, api.Error, []byte) {
+	t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, url, rd)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	// Writes may take the registry's full request timeout (5s) to fail.
-	resp, err := (&http.Client{Timeout: 15 * time.Second, Transport: httpClient.Transport}).Do(req)
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := (&http.Client{Timeout: 15 * time.Second, Transport: tr}).Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", method, url, err)
 	}
@@ -30,7 +49,7 @@ func do(t *testing.T, method, url, body string) (int, api.Error) {
 	b, _ := io.ReadAll(resp.Body)
 	var e api.Error
 	_ = json.Unmarshal(b, &e)
-	return resp.StatusCode, e
+	return resp.StatusCode, e, b
 }
 
 // The agent API refuses bad registrations with a 4xx naming the field and

@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -32,16 +31,7 @@ import (
 func benchAPI(b *testing.B) (*Node, string, *http.Client) {
 	cfg := testConfig(b)
 	cfg.Logger = nil
-	n, err := New(cfg)
-	if err != nil {
-		b.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	if err := n.Start(ctx); err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { _ = n.Close(context.Background()) })
+	n := startNode(b, cfg)
 	base := fmt.Sprintf("https://127.0.0.1:%d", cfg.APIPort)
 	mgmt := caClient(b, cfg.DataDir)
 	var tok api.ACLToken

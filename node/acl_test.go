@@ -1,7 +1,6 @@
 package node
 
 import (
-	"context"
 	"fmt"
 	"net/http"
 	"strings"
@@ -70,16 +69,7 @@ func TestDenialLogRateLimit(t *testing.T) {
 func TestExpiredTokensAreReaped(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.aclReapAfter, cfg.aclReapEvery = 300*time.Millisecond, 50*time.Millisecond
-	n, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := n.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	defer n.Close(context.Background())
+	startNode(t, cfg)
 	base := fmt.Sprintf("https://127.0.0.1:%d", cfg.APIPort)
 	hc := caClient(t, cfg.DataDir)
 	defer hc.CloseIdleConnections()

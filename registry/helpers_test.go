@@ -200,3 +200,18 @@ func (p *tcpProxy) setCut(cut bool) {
 		p.conns = map[net.Conn]struct{}{}
 	}
 }
+
+// compactAll compacts the registry up to its current revision, physically,
+// and returns that revision.
+func compactAll(t *testing.T, cli *clientv3.Client) int64 {
+	t.Helper()
+	ctx := context.Background()
+	resp, err := cli.Get(ctx, "anything")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cli.Compact(ctx, resp.Header.Revision, clientv3.WithCompactPhysical()); err != nil {
+		t.Fatal(err)
+	}
+	return resp.Header.Revision
+}
