@@ -11,7 +11,6 @@ import (
 	"strings"
 	"syscall"
 
-	"github.com/herdcluster/herd/api"
 )
 
 // ErrDataDirInUse: another herd process holds the data dir.
@@ -154,62 +153,3 @@ func (d *dataDir) loadProposal() string {
 	return strings.TrimSpace(string(b))
 }
 
-// instancesFile keeps the instances registered through the agent API, so a
-// restarted node registers them again.
-const instancesFile = "instances.json"
-
-// instanceStore is the registrar's Store in the data dir.
-type instanceStore struct{ d *dataDir }
-
-func (s instanceStore) Load() ([]api.Instance, error) {
-	b, err := os.ReadFile(filepath.Join(s.d.path, instancesFile))
-	if errors.Is(err, os.ErrNotExist) {
-		return nil, nil
-	}
-	if err != nil {
-		return nil, err
-	}
-	var ins []api.Instance
-	if err := json.Unmarshal(b, &ins); err != nil {
-		return nil, fmt.Errorf("%s: %w", instancesFile, err)
-	}
-	return ins, nil
-}
-
-func (s instanceStore) Save(ins []api.Instance) error {
-	b, err := json.MarshalIndent(ins, "", "  ")
-	if err != nil {
-		return err
-	}
-	p := filepath.Join(s.d.path, instancesFile)
-	f, err := os.CreateTemp(s.d.path, instancesFile+".tmp-*")
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	// Synced before the rename: an acknowledged registration survives a
-	// crash of the machine too.
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(f.Name())
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(f.Name())
-		return err
-	}
-	if err := os.Rename(f.Name(), p); err != nil {
-		return err
-	}
-	// And the rename itself made durable.
-	dir, err := os.Open(s.d.path)
-	if err != nil {
-		return err
-	}
-	defer dir.Close()
-	return dir.Sync()
-}

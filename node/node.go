@@ -52,10 +52,12 @@ type Node struct {
 	// dials (registryMembers).
 	epMu      sync.RWMutex
 	registrar *registry.Registrar
-	catalog   *registry.Catalog
-	host      *services.Host
-	gateway   *gateway.Gateway
-	api       *apiServer
+	// kept holds the registrations made through the agent API on disk.
+	kept    *keptStore
+	catalog *registry.Catalog
+	host    *services.Host
+	gateway *gateway.Gateway
+	api     *apiServer
 
 	// phase is "starting", "running" or "stopping", for /readyz.
 	phase atomic.Pointer[string]
@@ -222,7 +224,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	rcfg := registry.DefaultRegistrarConfig(cfg.Name)
 	rcfg.Logger = n.logger
-	rcfg.Store = instanceStore{n.dir}
+	n.kept = openKeptStore(n.dir.path, n.logger)
+	rcfg.Store = n.kept
 	if n.registrar, err = registry.NewRegistrar(n.client, rcfg); err != nil {
 		return err
 	}
@@ -563,6 +566,11 @@ func (n *Node) close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("clear member data: %w", err))
 		}
 		n.logger.Info("left the cluster; member data cleared")
+	}
+	if n.kept != nil {
+		if err := n.kept.close(); err != nil {
+			errs = append(errs, fmt.Errorf("close %s: %w", instancesLog, err))
+		}
 	}
 	if n.dir != nil {
 		n.dir.close()

@@ -42,11 +42,14 @@ type RegistrarConfig struct {
 // to the Store, so it will not be registered again after a restart.
 var ErrNotKept = errors.New("registered, but could not be kept on disk for restarts")
 
-// Store keeps a node's registrations on disk. Save replaces what Load
-// returns; both are called with the registrar's write lock held.
+// Store keeps a node's registrations on disk. Put and Delete change one
+// instance and return once the change is durable (it survives a crash of
+// the machine); their cost must not grow with the number kept. They may be
+// called concurrently, but never for the same key at once.
 type Store interface {
 	Load() ([]api.Instance, error)
-	Save([]api.Instance) error
+	Put(api.Instance) error
+	Delete(service, id string) error
 }
 
 // DefaultRegistrarConfig returns the defaults for node.
@@ -83,11 +86,11 @@ type Registrar struct {
 	cfg    RegistrarConfig
 	logger *slog.Logger
 
-	// op serialises writes (Register, Deregister, re-registration, doubt
-	// cleanup) so no instance is written under a dead lease after the loop
-	// has re-registered the rest. It is a 1-slot semaphore so that waiting
-	// for it honours the caller's context.
-	op chan struct{}
+	// ops orders writes: Register and Deregister share it (one key at a
+	// time), re-registration under a new lease and the doubt clean-up take
+	// it alone, so no instance is written under a dead lease after the loop
+	// has re-registered the rest.
+	ops *opLock
 	// mu guards the fields below.
 	mu      sync.Mutex
 	desired map[string]api.Instance // by key
@@ -124,7 +127,7 @@ func NewRegistrar(cli *clientv3.Client, cfg RegistrarConfig) (*Registrar, error)
 		cli:      cli,
 		cfg:      cfg,
 		logger:   logger.With("component", "registrar"),
-		op:       make(chan struct{}, 1),
+		ops:      newOpLock(),
 		desired:  make(map[string]api.Instance),
 		kept:     make(map[string]bool),
 		doubtful: make(map[string]string),
@@ -154,23 +157,18 @@ func NewRegistrar(cli *clientv3.Client, cfg RegistrarConfig) (*Registrar, error)
 	return r, nil
 }
 
-// save writes the kept instances to the store. Called with the write lock.
-func (r *Registrar) save() error {
+// keep makes the store hold in (forget: not hold service/id any more).
+func (r *Registrar) keep(in api.Instance, forget bool) error {
 	if r.cfg.Store == nil {
 		return nil
 	}
-	r.mu.Lock()
-	out := make([]api.Instance, 0, len(r.kept))
-	for k := range r.kept {
-		if in, ok := r.desired[k]; ok {
-			out = append(out, in)
-		}
+	var err error
+	if forget {
+		err = r.cfg.Store.Delete(in.Service, in.ID)
+	} else {
+		err = r.cfg.Store.Put(in)
 	}
-	r.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool {
-		return InstanceKey(out[i].Service, out[i].ID) < InstanceKey(out[j].Service, out[j].ID)
-	})
-	if err := r.cfg.Store.Save(out); err != nil {
+	if err != nil {
 		return fmt.Errorf("%w: %w", ErrNotKept, err)
 	}
 	return nil
@@ -196,17 +194,25 @@ func (r *Registrar) Start() {
 	}()
 }
 
-// lock takes the write semaphore or gives up when ctx is done.
+// lock takes the write lock alone, or gives up when ctx is done.
 func (r *Registrar) lock(ctx context.Context) error {
-	select {
-	case r.op <- struct{}{}:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("%w: waiting for another registry write: %w", ErrUnavailable, ctx.Err())
+	if err := r.ops.lock(ctx); err != nil {
+		return fmt.Errorf("%w: waiting for another registry write: %w", ErrUnavailable, err)
 	}
+	return nil
 }
 
-func (r *Registrar) unlock() { <-r.op }
+func (r *Registrar) unlock() { r.ops.unlock() }
+
+// lockKey takes the write lock shared and key alone.
+func (r *Registrar) lockKey(ctx context.Context, key string) error {
+	if err := r.ops.lockShared(ctx, key); err != nil {
+		return fmt.Errorf("%w: waiting for another registry write: %w", ErrUnavailable, err)
+	}
+	return nil
+}
+
+func (r *Registrar) unlockKey(key string) { r.ops.unlockShared(key, true) }
 
 // LeaseID returns the lease currently held, 0 when none is.
 func (r *Registrar) LeaseID() clientv3.LeaseID {
@@ -346,27 +352,25 @@ func (r *Registrar) grantAndRegister(ctx context.Context) (clientv3.LeaseID, <-c
 		want = append(want, in)
 	}
 	r.mu.Unlock()
-	for _, in := range want {
-		err := r.put(ctx, grant.ID, in)
-		if errors.Is(err, ErrConflict) {
-			// Another node took the key meanwhile; it is theirs now.
-			r.logger.Warn("instance now belongs to another node; no longer registering it", "service", in.Service, "id", in.ID, "err", err)
-			r.mu.Lock()
-			delete(r.desired, InstanceKey(in.Service, in.ID))
-			wasKept := r.kept[InstanceKey(in.Service, in.ID)]
-			delete(r.kept, InstanceKey(in.Service, in.ID))
-			r.mu.Unlock()
-			if wasKept {
-				if err := r.save(); err != nil {
-					r.logger.Warn("could not update the kept registrations", "err", err)
-				}
+	conflicts, err := r.putMany(ctx, grant.ID, want)
+	if err != nil {
+		kacancel()
+		r.revoke(grant.ID)
+		return 0, nil, nil, err
+	}
+	for _, c := range conflicts {
+		// Another node took the key meanwhile; it is theirs now.
+		in := c.in
+		r.logger.Warn("instance now belongs to another node; no longer registering it", "service", in.Service, "id", in.ID, "err", c.err)
+		r.mu.Lock()
+		delete(r.desired, InstanceKey(in.Service, in.ID))
+		wasKept := r.kept[InstanceKey(in.Service, in.ID)]
+		delete(r.kept, InstanceKey(in.Service, in.ID))
+		r.mu.Unlock()
+		if wasKept {
+			if err := r.keep(in, true); err != nil {
+				r.logger.Warn("could not update the kept registrations", "err", err)
 			}
-			continue
-		}
-		if err != nil {
-			kacancel()
-			r.revoke(grant.ID)
-			return 0, nil, nil, fmt.Errorf("register %s/%s: %w", in.Service, in.ID, err)
 		}
 	}
 	r.mu.Lock()
@@ -403,15 +407,15 @@ func (r *Registrar) register(ctx context.Context, in api.Instance, keep bool) er
 	if err := in.Validate(); err != nil {
 		return err
 	}
-	if err := r.lock(ctx); err != nil {
+	key := InstanceKey(in.Service, in.ID)
+	if err := r.lockKey(ctx, key); err != nil {
 		return err
 	}
-	defer r.unlock()
+	defer r.unlockKey(key)
 	lease := r.LeaseID()
 	if lease == 0 {
 		return ErrNoLease
 	}
-	key := InstanceKey(in.Service, in.ID)
 	if err := r.put(ctx, lease, in); err != nil {
 		if !errors.Is(err, ErrConflict) {
 			if val, merr := json.Marshal(in); merr == nil {
@@ -429,7 +433,7 @@ func (r *Registrar) register(ctx context.Context, in api.Instance, keep bool) er
 	r.kept[key] = keep
 	r.mu.Unlock()
 	if keep || wasKept {
-		return r.save()
+		return r.keep(in, !keep)
 	}
 	return nil
 }
@@ -473,11 +477,11 @@ func (r *Registrar) cleanDoubtful(ctx context.Context) {
 // and from the set kept registered. ErrNotFound when the node holds no such
 // instance.
 func (r *Registrar) Deregister(ctx context.Context, service, id string) error {
-	if err := r.lock(ctx); err != nil {
+	key := InstanceKey(service, id)
+	if err := r.lockKey(ctx, key); err != nil {
 		return err
 	}
-	defer r.unlock()
-	key := InstanceKey(service, id)
+	defer r.unlockKey(key)
 	r.mu.Lock()
 	_, held := r.desired[key]
 	r.mu.Unlock()
@@ -513,9 +517,96 @@ func (r *Registrar) Deregister(ctx context.Context, service, id string) error {
 	delete(r.kept, key)
 	r.mu.Unlock()
 	if wasKept {
-		return r.save()
+		return r.keep(api.Instance{Service: service, ID: id}, true)
 	}
 	return nil
+}
+
+// maxTxnOps is how many operations one registry transaction carries: etcd's
+// default limit (--max-txn-ops).
+const maxTxnOps = 128
+
+type conflict struct {
+	in  api.Instance
+	err error
+}
+
+// putMany writes ins under lease, maxTxnOps at a time in two round trips
+// each (read the keys, then write those that are absent or this node's, on
+// the condition that none changed in between): a node that holds a
+// thousand instances registers them again in a few dozen round trips, not
+// two thousand. Keys another node holds are not written and come back as
+// conflicts. A batch whose keys changed in between is written one by one.
+func (r *Registrar) putMany(ctx context.Context, lease clientv3.LeaseID, ins []api.Instance) ([]conflict, error) {
+	var conflicts []conflict
+	for len(ins) > 0 {
+		n := min(len(ins), maxTxnOps)
+		batch := ins[:n]
+		ins = ins[n:]
+		c, err := r.putBatch(ctx, lease, batch)
+		if err != nil {
+			return nil, err
+		}
+		conflicts = append(conflicts, c...)
+	}
+	return conflicts, nil
+}
+
+func (r *Registrar) putBatch(ctx context.Context, lease clientv3.LeaseID, batch []api.Instance) ([]conflict, error) {
+	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), r.cfg.RequestTimeout)
+	defer cancel()
+	gets := make([]clientv3.Op, len(batch))
+	for i, in := range batch {
+		gets[i] = clientv3.OpGet(InstanceKey(in.Service, in.ID))
+	}
+	read, err := r.cli.Txn(cctx).Then(gets...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("read %d instances: %w", len(batch), unavailable(err))
+	}
+	var conflicts []conflict
+	var cmps []clientv3.Cmp
+	var puts []clientv3.Op
+	for i, in := range batch {
+		key := InstanceKey(in.Service, in.ID)
+		val, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("encode instance: %w", err)
+		}
+		kvs := read.Responses[i].GetResponseRange().Kvs
+		if len(kvs) == 0 {
+			cmps = append(cmps, clientv3.Compare(clientv3.CreateRevision(key), "=", 0))
+		} else {
+			var cur api.Instance
+			if err := json.Unmarshal(kvs[0].Value, &cur); err == nil && cur.Node != r.cfg.Node {
+				conflicts = append(conflicts, conflict{in, fmt.Errorf("%s/%s is registered by node %q: %w", in.Service, in.ID, cur.Node, ErrConflict)})
+				continue
+			}
+			cmps = append(cmps, clientv3.Compare(clientv3.ModRevision(key), "=", kvs[0].ModRevision))
+		}
+		puts = append(puts, clientv3.OpPut(key, string(val), clientv3.WithLease(lease)))
+	}
+	if len(puts) == 0 {
+		return conflicts, nil
+	}
+	txn, err := r.cli.Txn(cctx).If(cmps...).Then(puts...).Commit()
+	if err != nil {
+		return nil, fmt.Errorf("register %d instances: %w", len(puts), unavailable(err))
+	}
+	if txn.Succeeded {
+		return conflicts, nil
+	}
+	// Something changed in between: one by one.
+	conflicts = conflicts[:0]
+	for _, in := range batch {
+		err := r.put(ctx, lease, in)
+		switch {
+		case errors.Is(err, ErrConflict):
+			conflicts = append(conflicts, conflict{in, err})
+		case err != nil:
+			return nil, fmt.Errorf("register %s/%s: %w", in.Service, in.ID, err)
+		}
+	}
+	return conflicts, nil
 }
 
 // put writes in under lease unless the key belongs to another node.

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -315,5 +317,80 @@ func TestCatalogCatchesUpInBatches(t *testing.T) {
 	waitFor(t, 30*time.Second, "all instances after the catch-up", func() bool { return len(c.Instances("bulk")) == n })
 	if c.Relists() != 0 {
 		t.Fatalf("caught up by listing again (%d), not through the watch", c.Relists())
+	}
+}
+
+// memStore is a Store in memory.
+type memStore struct {
+	mu  sync.Mutex
+	ins map[string]api.Instance
+}
+
+func (s *memStore) Load() ([]api.Instance, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []api.Instance
+	for _, in := range s.ins {
+		out = append(out, in)
+	}
+	return out, nil
+}
+
+func (s *memStore) Put(in api.Instance) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.ins[InstanceKey(in.Service, in.ID)] = in
+	return nil
+}
+
+func (s *memStore) Delete(service, id string) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.ins, InstanceKey(service, id))
+	return nil
+}
+
+// A restarted node registers what it kept in batches: every instance
+// (more than two transactions' worth) is back under one lease, but the key
+// another node took meanwhile, which is dropped from what it keeps.
+func TestKeptInstancesRegisteredInBatches(t *testing.T) {
+	_, cli := startSingle(t)
+	other := newTestRegistrar(t, cli, "node-b")
+	if err := other.Register(context.Background(), instance("web", "taken", 1)); err != nil {
+		t.Fatal(err)
+	}
+	store := &memStore{ins: map[string]api.Instance{}}
+	for i := range 300 {
+		in := instance("web", fmt.Sprintf("w%03d", i), 2000+i)
+		store.ins[InstanceKey(in.Service, in.ID)] = in
+	}
+	taken := instance("web", "taken", 2)
+	store.ins[InstanceKey("web", "taken")] = taken
+	cfg := DefaultRegistrarConfig("node-a")
+	cfg.Store = store
+	r, err := NewRegistrar(cli, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Start()
+	t.Cleanup(func() { _ = r.Close(context.Background()) })
+	waitFor(t, 10*time.Second, "300 instances under node-a's lease", func() bool {
+		lease := r.LeaseID()
+		if lease == 0 {
+			return false
+		}
+		ttl, err := cli.TimeToLive(context.Background(), lease, clientv3.WithAttachedKeys())
+		return err == nil && len(ttl.Keys) == 300
+	})
+	store.mu.Lock()
+	_, still := store.ins[InstanceKey("web", "taken")]
+	n := len(store.ins)
+	store.mu.Unlock()
+	if still || n != 300 {
+		t.Fatalf("the store keeps %d (taken: %v), want 300 without the taken key", n, still)
+	}
+	resp, err := cli.Get(context.Background(), InstanceKey("web", "taken"))
+	if err != nil || len(resp.Kvs) != 1 || !strings.Contains(string(resp.Kvs[0].Value), `"node-b"`) {
+		t.Fatalf("the taken key: %v %v", resp, err)
 	}
 }

@@ -3,6 +3,7 @@ package registry
 import (
 	"context"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 
 	"go.uber.org/zap"
@@ -58,13 +59,47 @@ func (c *slogCore) Check(e zapcore.Entry, ce *zapcore.CheckedEntry) *zapcore.Che
 	return ce
 }
 
-// benign lists etcd warnings that every herd member logs at start and that
-// ask nothing of an operator: herd serves gRPC and HTTP on one client port
-// on purpose, and does not use etcd's auth tokens. They are passed on at
-// debug level.
+// benign lists etcd messages that herd's normal paths produce and that ask
+// nothing of an operator; they are passed on at debug level:
+//   - every member at start: herd serves gRPC and HTTP on one client port
+//     on purpose, and does not use etcd's auth tokens;
+//   - a joiner: the leader refuses to add a learner until it has heard
+//     from a majority since it started (herd's join asks again until it
+//     is added, and says so itself if it gives up);
+//   - the autopilot: the leader refuses to promote a learner that has not
+//     caught up yet (herd asks again; a promotion that never happens is
+//     its own warning).
 var benign = map[string]bool{
-	"Running http and grpc server on single port. This is not recommended for production.": true,
-	"simple token is not cryptographically signed":                                         true,
+	"Running http and grpc server on single port. This is not recommended for production.":                                  true,
+	"simple token is not cryptographically signed":                                                                          true,
+	"rejecting member add request; local member has not been connected to majority peers, reconfigure breaks active quorum": true,
+	"rejecting promote learner: learner is not ready":                                                                       true,
+}
+
+// benignWith lists etcd messages that are benign only with this error: a
+// learner that has not applied a snapshot yet cannot tell its storage
+// version, and etcd tries again (it is an error for a voter).
+var benignWith = map[string]string{
+	"failed to update storage version": "missing term information",
+}
+
+// quiet reports whether an entry is a benign one.
+func quietEntry(msg string, fields []zapcore.Field) bool {
+	if benign[msg] {
+		return true
+	}
+	want, ok := benignWith[msg]
+	if !ok {
+		return false
+	}
+	for _, f := range fields {
+		if f.Key == "error" {
+			if err, isErr := f.Interface.(error); isErr && strings.Contains(err.Error(), want) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
@@ -73,7 +108,7 @@ func (c *slogCore) Write(e zapcore.Entry, fields []zapcore.Field) error {
 		args = append(args, "logger", e.LoggerName)
 	}
 	level := c.level(e.Level)
-	if benign[e.Message] {
+	if quietEntry(e.Message, fields) {
 		level = slog.LevelDebug
 	}
 	c.logger.Log(context.Background(), level, e.Message, args...)
