@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
-
 )
 
 // ErrDataDirInUse: another herd process holds the data dir.
@@ -152,4 +151,3 @@ func (d *dataDir) loadProposal() string {
 	}
 	return strings.TrimSpace(string(b))
 }
-
