@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build build-linux test check check-deploy cluster bench bench-proxy bench-failover bench-acl chaos chaos-smoke chaos-cleanup chaos-deps vagrant-up clean
+.PHONY: all build build-linux test check check-deploy cluster bench bench-proxy bench-failover bench-acl bench-registry chaos chaos-smoke chaos-cleanup chaos-deps vagrant-up clean
 
 all: build
 
@@ -42,6 +42,13 @@ bench-proxy: build
 # and off, alternating rounds on one real node; medians and ratios.
 bench-acl:
 	./bench/acl.sh
+
+# The registry at scale: API registrations/s vs raw etcd puts (1 and 16
+# clients), 10,000 registrations, a far node's catalog, heap, gateway
+# latency at 10 vs 10,000 instances, a new node's sync, a restart's
+# re-registration. Real processes on 127.0.11.1-4.
+bench-registry: build
+	./bench/registry.sh
 
 # The chaos suite: real nodes in network namespaces, crashes, pauses,
 # partitions, churn; linearizability and no-loss checks. Needs root.

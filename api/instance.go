@@ -171,3 +171,31 @@ type RegisterRequest struct {
 	Meta    map[string]string `json:"meta,omitempty"`
 	Weight  int               `json:"weight,omitempty"`
 }
+
+// BatchRequest is the body of POST /v1/instances: registrations and
+// deregistrations of one node's instances made together, all or nothing,
+// at most 128 in all.
+type BatchRequest struct {
+	Register   []BatchRegistration `json:"register,omitempty"`
+	Deregister []InstanceRef       `json:"deregister,omitempty"`
+}
+
+// BatchRegistration is one instance of a BatchRequest: its name and what a
+// PUT of it would carry.
+type BatchRegistration struct {
+	Service string `json:"service"`
+	ID      string `json:"id"`
+	RegisterRequest
+}
+
+// InstanceRef names an instance.
+type InstanceRef struct {
+	Service string `json:"service"`
+	ID      string `json:"id"`
+}
+
+// BatchResponse is the answer to a BatchRequest that was applied.
+type BatchResponse struct {
+	Registered   int `json:"registered"`
+	Deregistered int `json:"deregistered"`
+}

@@ -42,6 +42,8 @@ func newAPIServer(n *Node) (*apiServer, error) {
 	mux.HandleFunc("GET /v1/services/{name}/instances/{id}", s.guard(read, s.instance))
 	mux.HandleFunc("PUT /v1/services/{name}/instances/{id}", s.guard(needServiceOf, s.register))
 	mux.HandleFunc("DELETE /v1/services/{name}/instances/{id}", s.guard(needServiceOf, s.deregister))
+	// The batch's services are checked one by one in the handler.
+	mux.HandleFunc("POST /v1/instances", s.guard(needs(acl.NeedAuthenticated), s.batch))
 	mux.HandleFunc("POST /v1/leave", s.guard(operator, s.leave))
 	mux.HandleFunc("GET /v1/snapshot", s.guard(operator, s.snapshot))
 	if n.cfg.MetricsAnonymous {
@@ -397,6 +399,57 @@ func (s *apiServer) register(w http.ResponseWriter, r *http.Request) {
 	in.Node = s.n.cfg.Name
 	in.Normalize()
 	writeJSON(w, http.StatusOK, in)
+}
+
+// batch applies a BatchRequest: every registration and deregistration in
+// one registry transaction, or none.
+func (s *apiServer) batch(w http.ResponseWriter, r *http.Request) {
+	if !s.running(w) {
+		return
+	}
+	var req api.BatchRequest
+	if !decodeBody(w, r, maxBodyBytes, `a batch {"register": [...], "deregister": [...]}`, &req) {
+		return
+	}
+	if n := len(req.Register) + len(req.Deregister); n > registry.MaxBatch {
+		writeJSON(w, http.StatusRequestEntityTooLarge, api.Error{Error: fmt.Sprintf("the batch makes %d changes; at most %d go in one (send several)", n, registry.MaxBatch), Reason: "batch_too_large"})
+		return
+	}
+	c := callerOf(r)
+	reg := make([]api.Instance, 0, len(req.Register))
+	var refs []registry.Ref
+	for _, b := range req.Register {
+		if b.Path == "/" {
+			b.Path = "" // the instance's root: no prefix
+		}
+		reg = append(reg, api.Instance{ID: b.ID, Service: b.Service, Address: b.Address, Port: b.Port, Path: b.Path, Tags: b.Tags, Meta: b.Meta, Weight: b.Weight})
+		refs = append(refs, registry.Ref{Service: b.Service, ID: b.ID})
+	}
+	for _, d := range req.Deregister {
+		refs = append(refs, registry.Ref{Service: d.Service, ID: d.ID})
+	}
+	for _, ref := range refs {
+		need := acl.NeedService(ref.Service)
+		if !acl.Allows(c.policies, need) {
+			s.n.deny(w, r, &denial{code: http.StatusForbidden, kind: denyForbidden, needs: need.String(), holder: c.name,
+				msg: fmt.Sprintf("the batch changes %s/%s, which needs a token with %s; %q has %s", truncate(ref.Service, 63), truncate(ref.ID, 63), need.Explain(), c.name, strings.Join(c.policies, ", "))})
+			return
+		}
+		if s.builtin(w, ref.Service, ref.ID) {
+			return
+		}
+	}
+	if err := s.n.registrar.Batch(r.Context(), reg, refs[len(reg):]); err != nil {
+		writeRegistryError(w, err)
+		return
+	}
+	if len(reg) > 0 {
+		s.audit(r, actRegister, fmt.Sprintf("a batch of %d", len(reg)))
+	}
+	if d := len(refs) - len(reg); d > 0 {
+		s.audit(r, actDeregister, fmt.Sprintf("a batch of %d", d))
+	}
+	writeJSON(w, http.StatusOK, api.BatchResponse{Registered: len(reg), Deregistered: len(refs) - len(reg)})
 }
 
 func (s *apiServer) deregister(w http.ResponseWriter, r *http.Request) {

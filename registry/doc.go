@@ -19,5 +19,11 @@
 // management token was made; FollowTokens mirrors them. The catalog and
 // the token mirror share one list-then-watch loop (follower, follow.go).
 //
+// The Registrar's writes run concurrently, one key at a time (opLock); a
+// lease change (a new lease, every instance written under it, 128 to a
+// transaction) takes the lock alone. Batch makes many changes in one
+// transaction. What a node keeps across restarts is its Store's: the
+// registrar hands it one change at a time, never the whole set.
+//
 // Keys: /herd/services/<service>/<instance-id> -> JSON api.Instance.
 package registry

@@ -2,6 +2,7 @@ package registry
 
 import (
 	"context"
+	"slices"
 	"sync"
 )
 
@@ -61,6 +62,37 @@ func (l *opLock) lockShared(ctx context.Context, key string) error {
 			return err
 		}
 	}
+	return l.takeKey(ctx, key)
+}
+
+// lockSharedKeys takes the lock shared and every key of keys alone, in
+// sorted order (so two batches never wait for each other's keys). Each key
+// counts as a shared holder: unlockShared releases them one by one.
+func (l *opLock) lockSharedKeys(ctx context.Context, keys []string) error {
+	keys = slices.Clone(keys)
+	slices.Sort(keys)
+	keys = slices.Compact(keys)
+	for i, k := range keys {
+		var err error
+		if i == 0 {
+			err = l.lockShared(ctx, k)
+		} else {
+			l.mu.Lock()
+			err = l.takeKey(ctx, k) // shared already: no wait for an exclusive one
+		}
+		if err != nil {
+			for _, held := range keys[:i] {
+				l.unlockShared(held, true)
+			}
+			return err
+		}
+	}
+	return nil
+}
+
+// takeKey counts one more shared holder and takes key's slot. Called with
+// mu held; it unlocks it.
+func (l *opLock) takeKey(ctx context.Context, key string) error {
 	l.shared++
 	k := l.keys[key]
 	if k == nil {

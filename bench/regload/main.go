@@ -1,0 +1,249 @@
+// Command regload measures herd's registry from the outside, for `make
+// bench-registry`: registrations per second through the agent API against
+// raw etcd puts with a lease on the same cluster (1 and 16 clients, in
+// alternating rounds), then the time to register many instances, until a
+// far node's catalog holds them all, and the gateway's latency. It prints
+// one JSON object per measurement on stdout.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/herdcluster/herd/api"
+	clientv3 "go.etcd.io/etcd/client/v3"
+)
+
+var (
+	flagAPI      = flag.String("api", "", "agent API URL of the node that takes the writes")
+	flagFar      = flag.String("far", "", "agent API URL of the node whose catalog is watched")
+	flagGateway  = flag.String("gateway", "", "gateway URL for the latency probe")
+	flagEtcd     = flag.String("etcd", "", "etcd client URL of the same node (raw baseline)")
+	flagCA       = flag.String("ca", "", "cluster CA file")
+	flagCert     = flag.String("cert", "", "client certificate (herd tls cert create --client)")
+	flagKey      = flag.String("key", "", "its key")
+	flagToken    = flag.String("token", "", "API token file")
+	flagMode     = flag.String("mode", "rate", "rate: API vs raw etcd; bulk: register -count instances; latency: gateway p50/p99; count: instances in -far's catalog")
+	flagRounds   = flag.Int("rounds", 3, "rate: alternating rounds")
+	flagDuration = flag.Duration("duration", 5*time.Second, "rate: length of one measurement")
+	flagCount    = flag.Int("count", 10000, "bulk: instances to register")
+	flagServices = flag.Int("services", 200, "bulk: across this many services")
+	flagPrefix   = flag.String("prefix", "bulk", "bulk and count: service name prefix")
+)
+
+func main() {
+	flag.Parse()
+	log.SetFlags(0)
+	hc := apiClient()
+	switch *flagMode {
+	case "rate":
+		rate(hc)
+	case "bulk":
+		bulk(hc)
+	case "latency":
+		latency()
+	case "count":
+		fmt.Println(count(hc, *flagFar))
+	default:
+		log.Fatalf("-mode %q: want rate, bulk, latency or count", *flagMode)
+	}
+}
+
+func tlsConfig(withCert bool) *tls.Config {
+	pem, err := os.ReadFile(*flagCA)
+	if err != nil {
+		log.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
+	if withCert {
+		c, err := tls.LoadX509KeyPair(*flagCert, *flagKey)
+		if err != nil {
+			log.Fatal(err)
+		}
+		tc.Certificates = []tls.Certificate{c}
+	}
+	return tc
+}
+
+type tokenRT struct {
+	base  http.RoundTripper
+	token string
+}
+
+func (t tokenRT) RoundTrip(r *http.Request) (*http.Response, error) {
+	r = r.Clone(r.Context())
+	r.Header.Set("Authorization", "Bearer "+t.token)
+	return t.base.RoundTrip(r)
+}
+
+func apiClient() *http.Client {
+	b, err := os.ReadFile(*flagToken)
+	if err != nil {
+		log.Fatal(err)
+	}
+	tr := &http.Transport{TLSClientConfig: tlsConfig(false), MaxIdleConnsPerHost: 64}
+	return &http.Client{Timeout: 30 * time.Second, Transport: tokenRT{tr, strings.TrimSpace(string(b))}}
+}
+
+// run calls op from clients goroutines for d and returns the rate.
+func run(clients int, d time.Duration, op func(client, i int) error) float64 {
+	var done atomic.Int64
+	stop := time.Now().Add(d)
+	var wg sync.WaitGroup
+	start := time.Now()
+	for c := range clients {
+		wg.Go(func() {
+			for i := 0; time.Now().Before(stop); i++ {
+				if err := op(c, i); err != nil {
+					log.Fatal(err)
+				}
+				done.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	return float64(done.Load()) / time.Since(start).Seconds()
+}
+
+func register(hc *http.Client, service, id string) error {
+	body := `{"address":"127.0.0.1","port":9}`
+	req, _ := http.NewRequest(http.MethodPut, *flagAPI+"/v1/services/"+service+"/instances/"+id, strings.NewReader(body))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("PUT %s/%s: %d %s", service, id, resp.StatusCode, b)
+	}
+	return nil
+}
+
+func emit(v map[string]any) {
+	b, _ := json.Marshal(v)
+	fmt.Println(string(b))
+}
+
+// rate: API registrations against raw etcd puts with a lease, 1 and 16
+// clients, alternating; each writes over the same 64 keys per client, so
+// the registry's size stays put.
+func rate(hc *http.Client) {
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{*flagEtcd}, TLS: tlsConfig(true), DialTimeout: 5 * time.Second})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer cli.Close()
+	ctx := context.Background()
+	lease, err := cli.Grant(ctx, 60)
+	if err != nil {
+		log.Fatal(err)
+	}
+	val, _ := json.Marshal(api.Instance{ID: "x", Service: "raw", Node: "bench", Address: "127.0.0.1", Port: 9})
+	raw := func(c, i int) error {
+		_, err := cli.Put(ctx, fmt.Sprintf("/bench/raw/c%d-%d", c, i%64), string(val), clientv3.WithLease(lease.ID))
+		return err
+	}
+	viaAPI := func(c, i int) error { return register(hc, "rate", fmt.Sprintf("c%d-%d", c, i%64)) }
+	for r := range *flagRounds {
+		for _, clients := range []int{1, 16} {
+			order := []string{"raw", "api"}
+			if r%2 == 1 {
+				order = []string{"api", "raw"}
+			}
+			for _, what := range order {
+				op := raw
+				if what == "api" {
+					op = viaAPI
+				}
+				emit(map[string]any{"measure": "rate", "what": what, "clients": clients, "round": r, "per_s": run(clients, *flagDuration, op)})
+			}
+		}
+	}
+}
+
+// bulk registers -count instances across -services services with 16
+// clients, and reports the time it took.
+func bulk(hc *http.Client) {
+	var next atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for range 16 {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= *flagCount {
+					return
+				}
+				if err := register(hc, fmt.Sprintf("%s-%03d", *flagPrefix, i%*flagServices), fmt.Sprintf("i%05d", i)); err != nil {
+					log.Fatal(err)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	emit(map[string]any{"measure": "bulk", "count": *flagCount, "services": *flagServices, "seconds": time.Since(start).Seconds()})
+}
+
+// count is how many instances of the -prefix services the catalog of the
+// node at u holds.
+func count(hc *http.Client, u string) int {
+	resp, err := hc.Get(u + "/v1/services")
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	var sr api.ServicesResponse
+	if json.NewDecoder(resp.Body).Decode(&sr) != nil {
+		return -1
+	}
+	n := 0
+	for _, s := range sr.Services {
+		if strings.HasPrefix(s.Name, *flagPrefix+"-") {
+			n += s.Instances
+		}
+	}
+	return n
+}
+
+// latency: 3000 GETs of hello through the gateway, one at a time; p50 and
+// p99.
+func latency() {
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 4}}
+	var ds []time.Duration
+	for i := range 3200 {
+		t := time.Now()
+		resp, err := hc.Get(*flagGateway + "/hello/")
+		if err != nil {
+			log.Fatal(err)
+		}
+		_, _ = io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			log.Fatalf("GET /hello/: %d", resp.StatusCode)
+		}
+		if i >= 200 { // warm-up
+			ds = append(ds, time.Since(t))
+		}
+	}
+	slices.Sort(ds)
+	emit(map[string]any{"measure": "latency", "p50_ms": ms(ds[len(ds)/2]), "p99_ms": ms(ds[len(ds)*99/100])})
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
