@@ -58,10 +58,9 @@ echo "bench-registry: starting three nodes on $(ip 1)-3..." >&2
 go build -o "$tmp/regload" ./bench/regload
 start 1
 for _ in $(seq 1 100); do [ -s "$tmp/node1/join-token" ] && break; sleep 0.1; done
-HERD_JOIN_TOKEN=$(cat "$tmp/node1/join-token")
-export HERD_JOIN_TOKEN
-start 2 --join "$(ip 1)"
-start 3 --join "$(ip 1)"
+join=(--join "$(ip 1)" --join-token-file "$tmp/node1/join-token")
+start 2 "${join[@]}"
+start 3 "${join[@]}"
 for n in 1 2 3; do wait_ready "$n" 90; done
 # Three voters before measuring.
 for _ in $(seq 1 600); do
@@ -93,7 +92,7 @@ load -mode latency | sed 's/"latency"/"latency_large"/' | tee -a "$out" >&2
 
 echo "bench-registry: a fourth node joins..." >&2
 t0=$(now)
-start 4 --join "$(ip 1)"
+start 4 "${join[@]}"
 wait_ready 4 90
 until [ "$("$tmp/regload" -ca "$tmp/node1/tls/ca.pem" -token "$tmp/node1/acl-token" -far "https://$(ip 4):8500" -mode count)" = "$count" ]; do sleep 0.05; done
 joined=$(since "$t0")

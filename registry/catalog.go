@@ -109,6 +109,13 @@ func (c *Catalog) Instances(service string) []api.Instance {
 	return c.snap.Load().services[service]
 }
 
+// Has reports whether the catalog holds service/id (a binary search).
+func (c *Catalog) Has(service, id string) bool {
+	ins := c.snap.Load().services[service]
+	i := sort.Search(len(ins), func(i int) bool { return ins[i].ID >= id })
+	return i < len(ins) && ins[i].ID == id
+}
+
 // Services returns each service name with its instance count, sorted.
 func (c *Catalog) Services() []api.ServiceSummary {
 	s := c.snap.Load()
@@ -247,23 +254,11 @@ func (c *Catalog) apply(events []*clientv3.Event) {
 		services[name] = ins
 	}
 	for name, changes := range touched {
-		var next []api.Instance
-		for _, in := range cur.services[name] {
-			if _, changed := changes[in.ID]; !changed {
-				next = append(next, in)
-			}
-		}
-		for _, in := range changes {
-			if in != nil {
-				next = append(next, *in)
-			}
-		}
-		if len(next) == 0 {
+		if next := merged(cur.services[name], changes); len(next) > 0 {
+			services[name] = next
+		} else {
 			delete(services, name)
-			continue
 		}
-		sortByID(next)
-		services[name] = next
 	}
 	c.publish(&catalogSnapshot{rev: rev, services: services})
 }
@@ -294,6 +289,31 @@ func splitKey(key string) (service, id string, ok bool) {
 		return "", "", false
 	}
 	return service, id, true
+}
+
+// merged is old (sorted by ID) with changes applied (nil: deleted), sorted:
+// a merge of two sorted lists, linear in the service's size.
+func merged(old []api.Instance, changes map[string]*api.Instance) []api.Instance {
+	add := make([]api.Instance, 0, len(changes))
+	for _, in := range changes {
+		if in != nil {
+			add = append(add, *in)
+		}
+	}
+	sortByID(add)
+	next := make([]api.Instance, 0, len(old)+len(add))
+	i := 0
+	for _, in := range old {
+		if _, changed := changes[in.ID]; changed {
+			continue
+		}
+		for i < len(add) && add[i].ID < in.ID {
+			next = append(next, add[i])
+			i++
+		}
+		next = append(next, in)
+	}
+	return append(next, add[i:]...)
 }
 
 func sortByID(ins []api.Instance) {

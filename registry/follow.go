@@ -93,13 +93,18 @@ func (f *follower) watch(ctx context.Context, rev int64) string {
 		clientv3.WithPrevKV(), clientv3.WithProgressNotify())
 	stale := time.NewTimer(f.staleAfter)
 	defer stale.Stop()
+	var held *heldResponse // one drain read past the events it handed over
 	for {
 		var wr clientv3.WatchResponse
 		var ok bool
-		select {
-		case wr, ok = <-wch:
-		case <-stale.C:
-			return fmt.Sprintf("watch silent for %s (registry unreachable?)", f.staleAfter)
+		if held != nil {
+			wr, ok, held = held.wr, held.ok, nil
+		} else {
+			select {
+			case wr, ok = <-wch:
+			case <-stale.C:
+				return fmt.Sprintf("watch silent for %s (registry unreachable?)", f.staleAfter)
+			}
 		}
 		if !ok {
 			return "watch closed"
@@ -121,6 +126,36 @@ func (f *follower) watch(ctx context.Context, rev int64) string {
 			f.m.progress(wr.Header.Revision)
 			continue
 		}
-		f.m.events(wr.Events)
+		var evs []*clientv3.Event
+		evs, held = drain(wch, wr.Events)
+		f.m.events(evs)
 	}
+}
+
+// heldResponse is a watch response read from the channel and not handled
+// yet.
+type heldResponse struct {
+	wr clientv3.WatchResponse
+	ok bool
+}
+
+// drain appends to evs the events of the watch responses already waiting
+// in wch, so that a burst of registrations becomes one new snapshot rather
+// than one per event: how much a mirror does per second stays bounded
+// however fast the registry changes. It stops when nothing waits, or at a
+// response that is not plain events (or the channel's close), which it
+// returns for the caller to handle next.
+func drain(wch clientv3.WatchChan, evs []*clientv3.Event) ([]*clientv3.Event, *heldResponse) {
+	for len(evs) < 10000 {
+		select {
+		case wr, ok := <-wch:
+			if !ok || wr.Err() != nil || wr.Canceled || wr.CompactRevision != 0 || wr.IsProgressNotify() {
+				return evs, &heldResponse{wr, ok}
+			}
+			evs = append(evs, wr.Events...)
+		default:
+			return evs, nil
+		}
+	}
+	return evs, nil
 }

@@ -228,6 +228,19 @@ func (r *Registrar) Leases() int {
 	return r.leaseGen
 }
 
+// AnyMissing reports whether has is false for any instance this registrar
+// holds, without copying them.
+func (r *Registrar) AnyMissing(has func(service, id string) bool) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, in := range r.desired {
+		if !has(in.Service, in.ID) {
+			return true
+		}
+	}
+	return false
+}
+
 // Instances returns the instances this registrar holds, sorted by key.
 func (r *Registrar) Instances() []api.Instance {
 	r.mu.Lock()
@@ -619,18 +632,27 @@ func (r *Registrar) put(ctx context.Context, lease clientv3.LeaseID, in api.Inst
 	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), r.cfg.RequestTimeout)
 	defer cancel()
 	for {
-		// Create if absent; otherwise read who owns it.
+		// One round trip for the usual cases: create if absent, replace if
+		// it is under this node's lease already; otherwise read who owns it.
+		put := clientv3.OpPut(key, string(val), clientv3.WithLease(lease))
 		txn, err := r.cli.Txn(cctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease))).
-			Else(clientv3.OpGet(key)).Commit()
+			Then(put).
+			Else(clientv3.OpTxn(
+				[]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(key), "=", int64(lease))},
+				[]clientv3.Op{put},
+				[]clientv3.Op{clientv3.OpGet(key)})).Commit()
 		if err != nil {
 			return unavailable(err)
 		}
 		if txn.Succeeded {
 			return nil
 		}
-		kvs := txn.Responses[0].GetResponseRange().Kvs
+		inner := txn.Responses[0].GetResponseTxn()
+		if inner.Succeeded {
+			return nil
+		}
+		kvs := inner.Responses[0].GetResponseRange().Kvs
 		if len(kvs) == 0 {
 			continue // deleted in between
 		}

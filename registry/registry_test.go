@@ -394,3 +394,23 @@ func TestKeptInstancesRegisteredInBatches(t *testing.T) {
 		t.Fatalf("the taken key: %v %v", resp, err)
 	}
 }
+
+// merged applies changes to a sorted service in one pass and keeps it
+// sorted: additions before, between and after, replacements, deletes.
+func TestMergedKeepsOrder(t *testing.T) {
+	old := []api.Instance{{ID: "b", Port: 1}, {ID: "d", Port: 1}, {ID: "f", Port: 1}}
+	changes := map[string]*api.Instance{
+		"a": {ID: "a", Port: 2}, "c": {ID: "c", Port: 2}, "d": {ID: "d", Port: 2},
+		"f": nil, "g": {ID: "g", Port: 2}, "x": nil,
+	}
+	var got []string
+	for _, in := range merged(old, changes) {
+		got = append(got, fmt.Sprintf("%s%d", in.ID, in.Port))
+	}
+	if strings.Join(got, ",") != "a2,b1,c2,d2,g2" {
+		t.Fatalf("merged: %v", got)
+	}
+	if len(merged(old, map[string]*api.Instance{"b": nil, "d": nil, "f": nil})) != 0 {
+		t.Fatal("deleting every instance left some")
+	}
+}
