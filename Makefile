@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build build-linux test check check-deploy cluster bench bench-proxy bench-failover bench-acl bench-registry chaos chaos-smoke chaos-cleanup chaos-deps vagrant-up clean
+.PHONY: all build build-linux test check check-deploy cluster bench bench-proxy bench-failover bench-acl bench-registry bench-scale chaos chaos-smoke chaos-cleanup chaos-deps vagrant-up clean
 
 all: build
 
@@ -49,6 +49,12 @@ bench-acl:
 # re-registration. Real processes on 127.0.11.1-4.
 bench-registry: build
 	./bench/registry.sh
+
+# Many nodes: BENCH_NODES (25) real processes on 127.0.12.x (5 voters, the
+# rest spares): formation, gossip convergence, every gateway to every node,
+# a killed voter replaced.
+bench-scale: build
+	./bench/scale.sh
 
 # The chaos suite: real nodes in network namespaces, crashes, pauses,
 # partitions, churn; linearizability and no-loss checks. Needs root.

@@ -47,8 +47,8 @@ func createToken(t *testing.T, n *node, mgmt, name, ttl string, policies ...stri
 	if resp.StatusCode != http.StatusCreated || json.Unmarshal(b, &tok) != nil || !strings.HasPrefix(tok.Secret, "herd-acl1.") {
 		t.Fatalf("create token %s: %d %s", name, resp.StatusCode, b)
 	}
-	if cc := resp.Header.Get("Cache-Control"); cc != "no-store" {
-		t.Errorf("the answer carrying a new secret has Cache-Control %q, want no-store", cc)
+	if cc, ns := resp.Header.Get("Cache-Control"), resp.Header.Get("X-Content-Type-Options"); cc != "no-store" || ns != "nosniff" {
+		t.Errorf("the answer carrying a new secret has Cache-Control %q and X-Content-Type-Options %q, want no-store and nosniff", cc, ns)
 	}
 	// The node that made it takes it as soon as it answered.
 	if code, e, _ := call(t, http.MethodGet, n.api()+"/v1/acl/whoami", tok.Secret, ""); code != 200 {

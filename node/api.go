@@ -95,6 +95,8 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 	// Answers may carry secrets (a new token, the join token): no cache
 	// keeps them.
 	w.Header().Set("Cache-Control", "no-store")
+	// Messages quote paths and names as sent: never sniffed as HTML.
+	w.Header().Set("X-Content-Type-Options", "nosniff")
 	w.WriteHeader(code)
 	enc := json.NewEncoder(w)
 	enc.SetIndent("", "  ")

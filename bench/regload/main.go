@@ -42,6 +42,8 @@ var (
 	flagCount    = flag.Int("count", 10000, "bulk: instances to register")
 	flagServices = flag.Int("services", 200, "bulk: across this many services")
 	flagPrefix   = flag.String("prefix", "bulk", "bulk and count: service name prefix")
+	flagGateways = flag.String("gateways", "", "reach: comma-separated gateway URLs")
+	flagNodes    = flag.Int("nodes", 0, "reach: how many nodes' hello each gateway must reach")
 )
 
 func main() {
@@ -57,6 +59,8 @@ func main() {
 		latency()
 	case "count":
 		fmt.Println(count(hc, *flagFar))
+	case "reach":
+		reach()
 	default:
 		log.Fatalf("-mode %q: want rate, bulk, latency or count", *flagMode)
 	}
@@ -244,6 +248,43 @@ func latency() {
 	}
 	slices.Sort(ds)
 	emit(map[string]any{"measure": "latency", "p50_ms": ms(ds[len(ds)/2]), "p99_ms": ms(ds[len(ds)*99/100])})
+}
+
+// reach: how long until every gateway has routed GET /hello/ to the hello
+// instance of every one of -nodes nodes (the slowest gateway's time).
+func reach() {
+	gws := strings.Split(*flagGateways, ",")
+	start := time.Now()
+	var wg sync.WaitGroup
+	var failed atomic.Bool
+	for _, gw := range gws {
+		wg.Go(func() {
+			hc := &http.Client{Timeout: 2 * time.Second}
+			seen := map[string]bool{}
+			for len(seen) < *flagNodes {
+				if time.Since(start) > 120*time.Second {
+					log.Printf("%s reached %d of %d nodes in 120s", gw, len(seen), *flagNodes)
+					failed.Store(true)
+					return
+				}
+				resp, err := hc.Get(gw + "/hello/")
+				if err != nil {
+					continue
+				}
+				var body struct{ Node string }
+				_ = json.NewDecoder(resp.Body).Decode(&body)
+				resp.Body.Close()
+				if resp.StatusCode == 200 && body.Node != "" {
+					seen[body.Node] = true
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if failed.Load() {
+		os.Exit(1)
+	}
+	emit(map[string]any{"measure": "reach", "gateways": len(gws), "nodes": *flagNodes, "seconds": time.Since(start).Seconds()})
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }

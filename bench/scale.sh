@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Many nodes on one machine: BENCH_NODES (25) herd nodes on 127.0.12.1-N
+# (at most 5 voters, the rest spares), started as an operator would (node1
+# creates the cluster, the others join it with its token, all at once),
+# measuring: formation (to every node ready and 5 voters), gossip
+# convergence (every node sees every other alive), every gateway routing to
+# every node's hello, and a voter killed with SIGKILL until 5 voters again
+# (--dead-voter-timeout BENCH_DEAD (10s), reported without it). JSON lines
+# go to BENCH_OUT (/tmp/herd-bench-scale.json).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+nodes=${BENCH_NODES:-25}
+dead=${BENCH_DEAD:-10s}
+out=${BENCH_OUT:-/tmp/herd-bench-scale.json}
+bin=./bin/herd
+[ -x "$bin" ] || { echo "bench-scale: $bin is missing; run make build" >&2; exit 1; }
+tmp=$(mktemp -d /tmp/herd-bench-scale.XXXXXX)
+pids=()
+cleanup() {
+	kill -TERM "${pids[@]}" 2>/dev/null || true
+	wait 2>/dev/null || true
+	rm -rf "$tmp"
+}
+trap cleanup EXIT
+ip() { echo "127.0.12.$1"; }
+now() { date +%s.%N; }
+since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+start() { # N ARGS...
+	local n=$1
+	shift
+	(
+		while read -r v; do unset "$v"; done < <(compgen -e | grep '^HERD_' || true)
+		exec "$bin" agent --name "node$n" --bind "$(ip "$n")" --data-dir "$tmp/node$n" --log-level warn \
+			--dead-voter-timeout "$dead" "$@"
+	) >>"$tmp/node$n.log" 2>&1 &
+	pids[n]=$!
+}
+api() { # N PATH
+	curl -fsS --max-time 2 --cacert "$tmp/node1/tls/ca.pem" -H "Authorization: Bearer $(cat "$tmp/node1/acl-token")" \
+		"https://$(ip "$1"):8500$2" 2>/dev/null
+}
+until_true() { # SECONDS WHAT CMD...: poll CMD every 100ms
+	local secs=$1 what=$2 i
+	shift 2
+	for ((i = 0; i < secs * 10; i++)); do
+		"$@" && return 0
+		sleep 0.1
+	done
+	echo "bench-scale: $what not within ${secs}s" >&2
+	exit 1
+}
+all_ready() {
+	local n
+	for ((n = 1; n <= nodes; n++)); do
+		[ -n "${pids[n]:-}" ] || continue
+		curl -fsS -o /dev/null --max-time 1 --cacert "$tmp/node1/tls/ca.pem" "https://$(ip "$n"):8500/readyz" 2>/dev/null || return 1
+	done
+}
+test_live_voters() { [ "$(live_voters)" = 5 ]; }
+voters() { # N: the voters node N's registry lists
+	api "$1" /v1/members | grep -c '"role": "voter"' || true
+}
+converged() { # every node sees N alive
+	local n want=$1
+	for ((n = 1; n <= nodes; n++)); do
+		[ -n "${pids[n]:-}" ] || continue
+		[ "$(api "$n" /v1/members | grep -c '"status": "alive"' || true)" = "$want" ] || return 1
+	done
+}
+
+: >"$out"
+echo "bench-scale: $nodes nodes on $(ip 1)-$nodes..." >&2
+t0=$(now)
+start 1
+until_true 30 "node1's join token" test -s "$tmp/node1/join-token"
+for ((n = 2; n <= nodes; n++)); do
+	start "$n" --join "$(ip 1)" --join-token-file "$tmp/node1/join-token"
+done
+until_true 300 "every node ready" all_ready
+ready_s=$(since "$t0")
+until_true 300 "5 voters" test "$(voters 1)" = 5
+voters_s=$(since "$t0")
+until_true 300 "gossip convergence" converged "$nodes"
+gossip_s=$(since "$t0")
+gws=$(for ((n = 1; n <= nodes; n++)); do printf 'http://%s:8080,' "$(ip "$n")"; done)
+go build -o "$tmp/regload" ./bench/regload
+"$tmp/regload" -mode reach -gateways "${gws%,}" -nodes "$nodes" -ca "$tmp/node1/tls/ca.pem" -token "$tmp/node1/acl-token" | tee -a "$out" >&2
+routed_s=$(since "$t0")
+printf '{"measure":"formation","nodes":%s,"all_ready_s":%s,"five_voters_s":%s,"gossip_converged_s":%s,"every_gateway_every_node_s":%s}\n' \
+	"$nodes" "$ready_s" "$voters_s" "$gossip_s" "$routed_s" | tee -a "$out" >&2
+
+# A voter other than node1 dies; a spare replaces it.
+victim=$(api 1 /v1/members | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+print(next(x["name"] for x in m["members"] if x["role"] == "voter" and not x["leader"] and x["name"] != "node1")[4:])')
+echo "bench-scale: kill -9 node$victim (a voter)..." >&2
+t0=$(now)
+kill -KILL "${pids[victim]}"
+unset "pids[victim]"
+live_voters() { # the voters node1 lists that gossip sees alive
+	api 1 /v1/members | python3 -c '
+import json, sys
+m = json.load(sys.stdin)
+print(sum(1 for x in m["members"] if x["role"] == "voter" and x["status"] == "alive"))' 2>/dev/null || echo 0
+}
+until_true 300 "5 live voters again without node$victim" test_live_voters
+
+replace_s=$(since "$t0")
+printf '{"measure":"replacement","victim":"node%s","seconds":%s,"dead_voter_timeout":"%s"}\n' "$victim" "$replace_s" "$dead" | tee -a "$out" >&2
+
+python3 - "$out" "$dead" <<'PY'
+import json, sys
+rows = {r["measure"]: r for r in (json.loads(l) for l in open(sys.argv[1]) if l.strip())}
+f, r = rows["formation"], rows["replacement"]
+dead = float(sys.argv[2].rstrip("s"))
+print(f"\n{f['nodes']} nodes, started at once (node1 first):")
+print(f"  every node ready              {f['all_ready_s']:7.1f} s")
+print(f"  5 voters                      {f['five_voters_s']:7.1f} s")
+print(f"  gossip converged everywhere   {f['gossip_converged_s']:7.1f} s")
+print(f"  every gateway -> every node   {f['every_gateway_every_node_s']:7.1f} s")
+print(f"kill -9 of voter {r['victim']}: 5 live voters again after {r['seconds']:.1f} s ({r['seconds'] - dead:.1f} s after --dead-voter-timeout {r['dead_voter_timeout']})")
+print("(2 cores, every node on one machine)")
+PY
