@@ -19,7 +19,11 @@ pids=()
 cleanup() {
 	kill -TERM "${pids[@]}" 2>/dev/null || true
 	wait 2>/dev/null || true
-	rm -rf "$tmp"
+	if [ -n "${BENCH_KEEP:-}" ]; then
+		echo "bench-scale: kept $tmp" >&2
+	else
+		rm -rf "$tmp"
+	fi
 }
 trap cleanup EXIT
 ip() { echo "127.0.12.$1"; }
@@ -30,7 +34,7 @@ start() { # N ARGS...
 	shift
 	(
 		while read -r v; do unset "$v"; done < <(compgen -e | grep '^HERD_' || true)
-		exec "$bin" agent --name "node$n" --bind "$(ip "$n")" --data-dir "$tmp/node$n" --log-level warn \
+		exec "$bin" agent --name "node$n" --bind "$(ip "$n")" --data-dir "$tmp/node$n" --log-level "${BENCH_LOG_LEVEL:-warn}" \
 			--dead-voter-timeout "$dead" "$@"
 	) >>"$tmp/node$n.log" 2>&1 &
 	pids[n]=$!
@@ -78,7 +82,8 @@ for ((n = 2; n <= nodes; n++)); do
 done
 until_true 300 "every node ready" all_ready
 ready_s=$(since "$t0")
-until_true 300 "5 voters" test "$(voters 1)" = 5
+five_voters() { [ "$(voters 1)" = 5 ]; }
+until_true 300 "5 voters" five_voters
 voters_s=$(since "$t0")
 until_true 300 "gossip convergence" converged "$nodes"
 gossip_s=$(since "$t0")
@@ -104,10 +109,13 @@ import json, sys
 m = json.load(sys.stdin)
 print(sum(1 for x in m["members"] if x["role"] == "voter" and x["status"] == "alive"))' 2>/dev/null || echo 0
 }
+fewer_live_voters() { [ "$(live_voters)" -lt 5 ]; }
+until_true 60 "node$victim seen dead" fewer_live_voters
+dead_s=$(since "$t0")
 until_true 300 "5 live voters again without node$victim" test_live_voters
 
 replace_s=$(since "$t0")
-printf '{"measure":"replacement","victim":"node%s","seconds":%s,"dead_voter_timeout":"%s"}\n' "$victim" "$replace_s" "$dead" | tee -a "$out" >&2
+printf '{"measure":"replacement","victim":"node%s","seen_dead_s":%s,"seconds":%s,"dead_voter_timeout":"%s"}\n' "$victim" "$dead_s" "$replace_s" "$dead" | tee -a "$out" >&2
 
 python3 - "$out" "$dead" <<'PY'
 import json, sys
@@ -119,6 +127,6 @@ print(f"  every node ready              {f['all_ready_s']:7.1f} s")
 print(f"  5 voters                      {f['five_voters_s']:7.1f} s")
 print(f"  gossip converged everywhere   {f['gossip_converged_s']:7.1f} s")
 print(f"  every gateway -> every node   {f['every_gateway_every_node_s']:7.1f} s")
-print(f"kill -9 of voter {r['victim']}: 5 live voters again after {r['seconds']:.1f} s ({r['seconds'] - dead:.1f} s after --dead-voter-timeout {r['dead_voter_timeout']})")
+print(f"kill -9 of voter {r['victim']}: seen dead after {r['seen_dead_s']:.1f} s; 5 live voters again after {r['seconds']:.1f} s ({r['seconds'] - dead:.1f} s besides --dead-voter-timeout {r['dead_voter_timeout']})")
 print("(2 cores, every node on one machine)")
 PY
