@@ -16,29 +16,12 @@ count=${BENCH_COUNT:-10000}
 rounds=${BENCH_ROUNDS:-3}
 duration=${BENCH_DURATION:-5s}
 out=${BENCH_OUT:-/tmp/herd-bench-registry.json}
-bin=./bin/herd
-[ -x "$bin" ] || { echo "bench-registry: $bin is missing; run make build" >&2; exit 1; }
-tmp=$(mktemp -d /tmp/herd-bench-registry.XXXXXX)
-pids=()
-cleanup() {
-	kill -TERM "${pids[@]}" 2>/dev/null || true
-	wait 2>/dev/null || true
-	rm -rf "$tmp"
-}
-trap cleanup EXIT
-ip() { echo "127.0.11.$1"; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
+name=bench-registry
+prefix=127.0.11.
+node_args=()
+# shellcheck source=bench/cluster.sh
+. bench/cluster.sh
 
-start() { # N ARGS...
-	local n=$1
-	shift
-	(
-		while read -r v; do unset "$v"; done < <(compgen -e | grep '^HERD_' || true)
-		exec "$bin" agent --name "node$n" --bind "$(ip "$n")" --data-dir "$tmp/node$n" --log-level warn "$@"
-	) >>"$tmp/node$n.log" 2>&1 &
-	pids[n]=$!
-}
 ready() { # N: /readyz answers 200
 	curl -fsS -o /dev/null --max-time 1 --cacert "$tmp/node1/tls/ca.pem" "https://$(ip "$1"):8500/readyz" 2>/dev/null
 }
@@ -73,8 +56,7 @@ load() { "$tmp/regload" -ca "$tmp/node1/tls/ca.pem" -cert "$tmp/cert/bench.pem" 
 	-token "$tmp/node1/acl-token" -api "https://$(ip 1):8500" -far "https://$(ip 3):8500" -etcd "https://$(ip 1):2379" \
 	-gateway "http://$(ip 2):8080" "$@"; }
 heap() { # N: Go heap in use, MB
-	curl -fsS --cacert "$tmp/node1/tls/ca.pem" -H "Authorization: Bearer $(cat "$tmp/node1/acl-token")" "https://$(ip "$1"):8500/metrics" |
-		awk '/^go_memstats_heap_inuse_bytes/ { printf "%.1f", $2 / 1048576 }'
+	api "$1" /metrics | awk '/^go_memstats_heap_inuse_bytes/ { printf "%.1f", $2 / 1048576 }'
 }
 : >"$out"
 echo "bench-registry: registrations/s, API vs raw etcd ($rounds rounds of $duration)..." >&2

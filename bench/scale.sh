@@ -12,37 +12,11 @@ cd "$(dirname "$0")/.."
 nodes=${BENCH_NODES:-25}
 dead=${BENCH_DEAD:-10s}
 out=${BENCH_OUT:-/tmp/herd-bench-scale.json}
-bin=./bin/herd
-[ -x "$bin" ] || { echo "bench-scale: $bin is missing; run make build" >&2; exit 1; }
-tmp=$(mktemp -d /tmp/herd-bench-scale.XXXXXX)
-pids=()
-cleanup() {
-	kill -TERM "${pids[@]}" 2>/dev/null || true
-	wait 2>/dev/null || true
-	if [ -n "${BENCH_KEEP:-}" ]; then
-		echo "bench-scale: kept $tmp" >&2
-	else
-		rm -rf "$tmp"
-	fi
-}
-trap cleanup EXIT
-ip() { echo "127.0.12.$1"; }
-now() { date +%s.%N; }
-since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.2f", b - a }'; }
-start() { # N ARGS...
-	local n=$1
-	shift
-	(
-		while read -r v; do unset "$v"; done < <(compgen -e | grep '^HERD_' || true)
-		exec "$bin" agent --name "node$n" --bind "$(ip "$n")" --data-dir "$tmp/node$n" --log-level "${BENCH_LOG_LEVEL:-warn}" \
-			--dead-voter-timeout "$dead" "$@"
-	) >>"$tmp/node$n.log" 2>&1 &
-	pids[n]=$!
-}
-api() { # N PATH
-	curl -fsS --max-time 2 --cacert "$tmp/node1/tls/ca.pem" -H "Authorization: Bearer $(cat "$tmp/node1/acl-token")" \
-		"https://$(ip "$1"):8500$2" 2>/dev/null
-}
+name=bench-scale
+prefix=127.0.12.
+node_args=(--dead-voter-timeout "$dead")
+# shellcheck source=bench/cluster.sh
+. bench/cluster.sh
 until_true() { # SECONDS WHAT CMD...: poll CMD every 100ms
 	local secs=$1 what=$2 i
 	shift 2
@@ -94,28 +68,35 @@ routed_s=$(since "$t0")
 printf '{"measure":"formation","nodes":%s,"all_ready_s":%s,"five_voters_s":%s,"gossip_converged_s":%s,"every_gateway_every_node_s":%s}\n' \
 	"$nodes" "$ready_s" "$voters_s" "$gossip_s" "$routed_s" | tee -a "$out" >&2
 
-# A voter other than node1 dies; a spare replaces it.
-victim=$(api 1 /v1/members | python3 -c '
-import json, sys
-m = json.load(sys.stdin)
-print(next(x["name"] for x in m["members"] if x["role"] == "voter" and not x["leader"] and x["name"] != "node1")[4:])')
-echo "bench-scale: kill -9 node$victim (a voter)..." >&2
-t0=$(now)
-kill -KILL "${pids[victim]}"
-unset "pids[victim]"
-live_voters() { # the voters node1 lists that gossip sees alive
-	api 1 /v1/members | python3 -c '
-import json, sys
-m = json.load(sys.stdin)
-print(sum(1 for x in m["members"] if x["role"] == "voter" and x["status"] == "alive"))' 2>/dev/null || echo 0
-}
-fewer_live_voters() { [ "$(live_voters)" -lt 5 ]; }
-until_true 60 "node$victim seen dead" fewer_live_voters
-dead_s=$(since "$t0")
-until_true 300 "5 live voters again without node$victim" test_live_voters
+# A voter other than node1 dies; a spare replaces it (with spares only).
+if ((nodes > 5)); then
+	# A voter other than node1 dies; a spare replaces it.
+	victim=$(api 1 /v1/members | python3 -c '
+	import json, sys
+	m = json.load(sys.stdin)
+	print(next(x["name"] for x in m["members"] if x["role"] == "voter" and not x["leader"] and x["name"] != "node1")[4:])')
+	echo "bench-scale: kill -9 node$victim (a voter)..." >&2
+	t0=$(now)
+	kill -KILL "${pids[victim]}"
+	unset "pids[victim]"
+	live_voters() { # the voters node1 lists that gossip sees alive
+		api 1 /v1/members | python3 -c '
+	import json, sys
+	m = json.load(sys.stdin)
+	print(sum(1 for x in m["members"] if x["role"] == "voter" and x["status"] == "alive"))' 2>/dev/null || echo 0
+	}
+	fewer_live_voters() { [ "$(live_voters)" -lt 5 ]; }
+	until_true 60 "node$victim seen dead" fewer_live_voters
+	dead_s=$(since "$t0")
+	until_true 300 "5 live voters again without node$victim" test_live_voters
 
-replace_s=$(since "$t0")
-printf '{"measure":"replacement","victim":"node%s","seen_dead_s":%s,"seconds":%s,"dead_voter_timeout":"%s"}\n' "$victim" "$dead_s" "$replace_s" "$dead" | tee -a "$out" >&2
+	replace_s=$(since "$t0")
+	printf '{"measure":"replacement","victim":"node%s","seen_dead_s":%s,"seconds":%s,"dead_voter_timeout":"%s"}\n' "$victim" "$dead_s" "$replace_s" "$dead" | tee -a "$out" >&2
+
+else
+	echo "bench-scale: $nodes nodes have no spare to replace a voter with; no replacement measured" >&2
+	printf '{"measure":"replacement","victim":"","seen_dead_s":0,"seconds":0,"dead_voter_timeout":"%s"}\n' "$dead" >>"$out"
+fi
 
 python3 - "$out" "$dead" <<'PY'
 import json, sys
@@ -127,6 +108,6 @@ print(f"  every node ready              {f['all_ready_s']:7.1f} s")
 print(f"  5 voters                      {f['five_voters_s']:7.1f} s")
 print(f"  gossip converged everywhere   {f['gossip_converged_s']:7.1f} s")
 print(f"  every gateway -> every node   {f['every_gateway_every_node_s']:7.1f} s")
-print(f"kill -9 of voter {r['victim']}: seen dead after {r['seen_dead_s']:.1f} s; 5 live voters again after {r['seconds']:.1f} s ({r['seconds'] - dead:.1f} s besides --dead-voter-timeout {r['dead_voter_timeout']})")
+if r["victim"]: print(f"kill -9 of voter {r['victim']}: seen dead after {r['seen_dead_s']:.1f} s; 5 live voters again after {r['seconds']:.1f} s ({r['seconds'] - dead:.1f} s besides --dead-voter-timeout {r['dead_voter_timeout']})")
 print("(2 cores, every node on one machine)")
 PY

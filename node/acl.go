@@ -318,7 +318,7 @@ func (s *apiServer) audit(r *http.Request, act auditAction, target string) {
 
 // followTokens keeps the node's token set a mirror of the registry's.
 func (n *Node) followTokens(ctx context.Context) {
-	registry.NewACL(n.client).FollowTokens(ctx, n.logger, func(tokens map[string][]byte, rev int64) {
+	n.tokens.FollowTokens(ctx, n.logger, func(tokens map[string][]byte, rev int64) {
 		list := make([]*acl.Token, 0, len(tokens))
 		for name, v := range tokens {
 			var t acl.Token
@@ -350,7 +350,6 @@ const (
 // harmless.
 func (n *Node) reapTokens(ctx context.Context) {
 	after, every := durationOr(n.cfg.aclReapAfter, defaultReapAfter), durationOr(n.cfg.aclReapEvery, defaultReapEvery)
-	store := registry.NewACL(n.client)
 	for sleep(ctx, every/2+rand.N(every)) == nil {
 		raw := n.acls.raw.Load()
 		if raw == nil {
@@ -362,7 +361,7 @@ func (n *Node) reapTokens(ctx context.Context) {
 			if json.Unmarshal(v, &t) != nil || t.ExpiresAt.IsZero() || now.Before(t.ExpiresAt.Add(after)) {
 				continue
 			}
-			if ok, err := store.DeleteIf(ctx, name, v); err == nil && ok {
+			if ok, err := n.tokens.DeleteIf(ctx, name, v); err == nil && ok {
 				n.logger.Info("removed an expired API token", "component", "acl", "token", name,
 					"expired_at", t.ExpiresAt.UTC().Format(time.RFC3339))
 			}
@@ -407,7 +406,7 @@ func (n *Node) bootstrapACL(ctx context.Context, secret string, reset bool, by s
 	if err != nil {
 		return t, err
 	}
-	rev, err := registry.NewACL(n.client).Bootstrap(ctx, bootstrapTokenName, b, reset)
+	rev, err := n.tokens.Bootstrap(ctx, bootstrapTokenName, b, reset)
 	if err == nil {
 		n.awaitTokens(ctx, rev)
 	}
@@ -475,7 +474,7 @@ func (n *Node) publishManagementToken(ctx context.Context, replace bool) {
 // warnRestoredTokens names the API tokens a snapshot brought back: one
 // revoked after the snapshot was taken is valid again until revoked anew.
 func (n *Node) warnRestoredTokens(ctx context.Context) {
-	all, err := registry.NewACL(n.client).List(ctx)
+	all, err := n.tokens.List(ctx)
 	if err != nil {
 		return
 	}
@@ -498,7 +497,7 @@ func (s *apiServer) aclTokens(w http.ResponseWriter, r *http.Request) {
 	if !s.running(w) || !s.secured(w) {
 		return
 	}
-	all, err := registry.NewACL(s.n.client).List(r.Context())
+	all, err := s.n.tokens.List(r.Context())
 	if err != nil {
 		writeRegistryError(w, err)
 		return
@@ -559,7 +558,7 @@ func (s *apiServer) aclTokenCreate(w http.ResponseWriter, r *http.Request) {
 		writeRegistryError(w, err)
 		return
 	}
-	rev, err := registry.NewACL(s.n.client).Create(r.Context(), t.Name, b)
+	rev, err := s.n.tokens.Create(r.Context(), t.Name, b)
 	if err != nil {
 		if errors.Is(err, registry.ErrTokenExists) {
 			writeJSON(w, http.StatusConflict, api.Error{Error: fmt.Sprintf("a token named %q exists: revoke it first, or choose another name", t.Name), Field: "name", Reason: "conflict"})
@@ -584,7 +583,7 @@ func (s *apiServer) aclTokenRevoke(w http.ResponseWriter, r *http.Request) {
 		writeFieldError(w, err)
 		return
 	}
-	rev, err := registry.NewACL(s.n.client).Delete(r.Context(), name)
+	rev, err := s.n.tokens.Delete(r.Context(), name)
 	if err != nil {
 		if errors.Is(err, registry.ErrNoToken) {
 			writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("no token named %q", name), Reason: "not_found"})

@@ -81,8 +81,10 @@ type Node struct {
 	// own certificate renewals, for /metrics and the tests.
 	admitted atomic.Uint64
 	renewals atomic.Uint64
-	// acls is the node's mirror of the API tokens and its audit counters.
-	acls aclState
+	// acls is the node's mirror of the API tokens and its audit counters;
+	// tokens is where they live in the registry (set with the client).
+	acls   aclState
+	tokens *registry.ACL
 	// savedVoters is the voters' URL list last recorded in the data dir.
 	savedVoters atomic.Pointer[string]
 
@@ -212,6 +214,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if n.client, err = registry.NewClient(n.registryEndpoints(), n.clientTLS(), n.logger); err != nil {
 		return err
 	}
+	n.tokens = registry.NewACL(n.client)
 	n.followSecrets()
 	if !cfg.Insecure {
 		n.goBackground(n.followTokens)
