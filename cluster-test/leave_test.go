@@ -1,8 +1,10 @@
 package clustertest
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -21,6 +23,17 @@ func TestLeaveAndForceLeave(t *testing.T) {
 	n4.start()
 	waitUntil(t, 30*time.Second, "node4 ready", n4.ready)
 	waitRoles(t, n1, 3, 1)
+	// Registrations kept for restarts, in the registry: a node that leaves
+	// or is force-left takes its own along, and nobody else's.
+	for _, n := range []*node{n1, n3, n4} {
+		register(t, n, "kept", n.Name)
+	}
+	kept := keptCounter(t, c, n1)
+	for _, name := range []string{"node1", "node3", "node4"} {
+		if k := kept(name); k != 1 {
+			t.Fatalf("%s keeps %d registrations in the registry, want 1", name, k)
+		}
+	}
 
 	// A spare leaves.
 	if out, err := runCLI(t, "leave", "--api", n4.api()); err != nil || !strings.Contains(out, "node4 left") {
@@ -39,6 +52,9 @@ func TestLeaveAndForceLeave(t *testing.T) {
 		}
 		return nil
 	})
+	if k := kept("node4"); k != 0 {
+		t.Fatalf("node4 left, and still keeps %d registrations in the registry", k)
+	}
 
 	// node3 dies; leaving node2 now would leave two voters of which one
 	// answers: refused, with the reason.
@@ -81,6 +97,9 @@ func TestLeaveAndForceLeave(t *testing.T) {
 		}
 		return nil
 	})
+	if k1, k3 := kept("node1"), kept("node3"); k1 != 1 || k3 != 0 {
+		t.Fatalf("after force-leave of node3: node1 keeps %d registrations (want 1), node3 %d (want 0)", k1, k3)
+	}
 
 	// Now node2 may leave: node1 answers, and is then the only voter.
 	if out, err := runCLI(t, "leave", "--api", n2.api()); err != nil {
@@ -105,5 +124,31 @@ func TestLeaveAndForceLeave(t *testing.T) {
 	})
 	if from, err := helloFrom(n1.gateway()); err != nil || from != "node1" {
 		t.Fatalf("node1 serving alone: %q %v", from, err)
+	}
+}
+
+// keptCounter returns a function that counts, with etcdctl and a client
+// certificate from herd tls cert create, the registrations a node keeps in
+// the registry for its restarts (/herd/kept/<node>/).
+func keptCounter(t *testing.T, c *cluster, n *node) func(name string) int {
+	t.Helper()
+	etcdctl := buildEtcdctl(t)
+	dir := t.TempDir()
+	if out, err := runCLI(t, "tls", "cert", "create", "--client", "--name", "count", "--data-dir", n.DataDir, "--out", dir); err != nil {
+		t.Fatalf("herd tls cert create: %v %s", err, out)
+	}
+	return func(name string) int {
+		t.Helper()
+		out, err := exec.Command(etcdctl, "--endpoints", "https://"+n.IP+":2379", "--cacert", filepath.Join(dir, "ca.pem"),
+			"--cert", filepath.Join(dir, "count.pem"), "--key", filepath.Join(dir, "count-key.pem"), "--dial-timeout", "3s",
+			"--command-timeout", "5s", "get", "/herd/kept/"+name+"/", "--prefix", "--keys-only", "-w", "json").CombinedOutput()
+		if err != nil {
+			t.Fatalf("etcdctl get /herd/kept/%s/: %v %s", name, err, out)
+		}
+		var resp struct{ Count int }
+		if err := json.Unmarshal(out, &resp); err != nil {
+			t.Fatalf("etcdctl get: %v %s", err, out)
+		}
+		return resp.Count
 	}
 }

@@ -331,8 +331,6 @@ func writeRegistryError(w http.ResponseWriter, err error) {
 		writeJSON(w, http.StatusConflict, api.Error{Error: err.Error(), Reason: "conflict"})
 	case errors.Is(err, registry.ErrNotFound):
 		writeJSON(w, http.StatusNotFound, api.Error{Error: err.Error(), Reason: "not_found"})
-	case errors.Is(err, registry.ErrNotKept):
-		writeJSON(w, http.StatusInternalServerError, api.Error{Error: err.Error(), Reason: "not_kept"})
 	default:
 		writeJSON(w, http.StatusInternalServerError, api.Error{Error: err.Error(), Reason: "internal"})
 	}

@@ -18,7 +18,8 @@ var ErrUnsafe = errors.New("refused: it would cost the registry its quorum")
 
 // Leave takes the node out of the cluster for good:
 //  1. checks that the voters left behind keep a quorum (refuses otherwise);
-//  2. revokes the lease: this node's services leave the registry;
+//  2. revokes the lease: this node's services leave the registry; then
+//     forgets the registrations it kept for its restarts;
 //  3. hands the leadership over if this member holds it;
 //  4. removes its own member;
 //
@@ -70,6 +71,10 @@ func (n *Node) Leave(ctx context.Context) error {
 		n.leaving.Store(false)
 		n.fail(fmt.Errorf("leave failed after deregistering this node's services; stopping: %w", err))
 		return err
+	}
+	// Gone for good: nothing of this node's is to come back at a restart.
+	if err := registry.ForgetKept(ctx, n.client, n.cfg.Name); err != nil {
+		return fail(err)
 	}
 	if m != nil && len(others) > 0 {
 		if m.LeaderID() == m.ID() {

@@ -51,12 +51,10 @@ type Node struct {
 	// dials (registryMembers).
 	epMu      sync.RWMutex
 	registrar *registry.Registrar
-	// kept holds the registrations made through the agent API on disk.
-	kept    *keptStore
-	catalog *registry.Catalog
-	host    *services.Host
-	gateway *gateway.Gateway
-	api     *apiServer
+	catalog   *registry.Catalog
+	host      *services.Host
+	gateway   *gateway.Gateway
+	api       *apiServer
 
 	// phase is "starting", "running" or "stopping", for /readyz.
 	phase atomic.Pointer[string]
@@ -226,12 +224,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	rcfg := registry.DefaultRegistrarConfig(cfg.Name)
 	rcfg.Logger = n.logger
-	n.kept = openKeptStore(n.dir.path, n.logger)
-	rcfg.Store = n.kept
-	if n.registrar, err = registry.NewRegistrar(n.client, rcfg); err != nil {
+	if n.registrar, err = registry.NewRegistrar(registry.LocalClient(n.client, n.member.Load), rcfg); err != nil {
 		return err
 	}
 	n.registrar.Start()
+	n.goBackground(n.migrateLegacyKept)
 	n.catalog = registry.NewCatalog(n.client, 0, n.logger)
 	n.catalog.Start()
 	n.goBackground(n.watchOwnInstances)
@@ -573,11 +570,6 @@ func (n *Node) close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("clear member data: %w", err))
 		}
 		n.logger.Info("left the cluster; member data cleared")
-	}
-	if n.kept != nil {
-		if err := n.kept.close(); err != nil {
-			errs = append(errs, fmt.Errorf("close %s: %w", instancesLog, err))
-		}
 	}
 	if n.dir != nil {
 		n.dir.close()

@@ -14,6 +14,12 @@ import (
 // worth (etcd's --max-txn-ops).
 const MaxBatch = maxTxnOps
 
+// txnOpsLimit is the most operations a transaction may carry on herd's
+// members (etcd's --max-txn-ops; etcd's default is 128): a full batch
+// writes two keys per change, and its compares and nested transactions
+// count too.
+const txnOpsLimit = 4 * MaxBatch
+
 // ErrBatchTooLarge: a batch of more than MaxBatch changes.
 var ErrBatchTooLarge = fmt.Errorf("a batch makes at most %d changes", MaxBatch)
 
@@ -79,7 +85,6 @@ func (r *Registrar) Batch(ctx context.Context, reg []api.Instance, dereg []Ref) 
 		return err
 	}
 	r.mu.Lock()
-	wasKept := map[string]bool{}
 	for _, in := range reg {
 		k := InstanceKey(in.Service, in.ID)
 		r.desired[k] = in
@@ -88,29 +93,19 @@ func (r *Registrar) Batch(ctx context.Context, reg []api.Instance, dereg []Ref) 
 	}
 	for _, d := range dereg {
 		k := InstanceKey(d.Service, d.ID)
-		wasKept[k] = r.kept[k]
 		delete(r.desired, k)
 		delete(r.doubtful, k)
 		delete(r.kept, k)
 	}
 	r.mu.Unlock()
-	for _, in := range reg {
-		if err := r.keep(in, false); err != nil {
-			return err
-		}
-	}
-	for _, d := range dereg {
-		if wasKept[InstanceKey(d.Service, d.ID)] {
-			if err := r.keep(api.Instance{Service: d.Service, ID: d.ID}, true); err != nil {
-				return err
-			}
-		}
-	}
 	return nil
 }
 
 // batchTxn writes the batch in one transaction, on the condition that no
-// key changed since it was read; it reads again when one did.
+// key changed since it was read; it reads again when one did. Each
+// registration is kept for restarts and each deregistration forgets its
+// kept copy in the same transaction (kept.go), so a batch is up to twice
+// MaxBatch operations (the members allow txnOpsLimit).
 func (r *Registrar) batchTxn(ctx context.Context, lease clientv3.LeaseID, reg []api.Instance, dereg []Ref, keys []string) error {
 	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), r.cfg.RequestTimeout)
 	defer cancel()
@@ -129,6 +124,7 @@ func (r *Registrar) batchTxn(ctx context.Context, lease clientv3.LeaseID, reg []
 			kvs := read.Responses[i].GetResponseRange().Kvs
 			if i >= len(reg) { // a deregistration
 				d := dereg[i-len(reg)]
+				ops = append(ops, clientv3.OpDelete(keptKey(r.cfg.Node, d.Service, d.ID)))
 				if len(kvs) == 0 {
 					r.mu.Lock()
 					_, held := r.desired[k]
@@ -161,7 +157,8 @@ func (r *Registrar) batchTxn(ctx context.Context, lease clientv3.LeaseID, reg []
 			if err != nil {
 				return err
 			}
-			ops = append(ops, clientv3.OpPut(k, string(val), clientv3.WithLease(lease)))
+			ops = append(ops, clientv3.OpPut(k, string(val), clientv3.WithLease(lease)),
+				clientv3.OpPut(keptKey(r.cfg.Node, in.Service, in.ID), string(val)))
 		}
 		txn, err := r.cli.Txn(cctx).If(cmps...).Then(ops...).Commit()
 		if err != nil {

@@ -22,8 +22,13 @@
 // The Registrar's writes run concurrently, one key at a time (opLock); a
 // lease change (a new lease, every instance written under it, 128 to a
 // transaction) takes the lock alone. Batch makes many changes in one
-// transaction. What a node keeps across restarts is its Store's: the
-// registrar hands it one change at a time, never the whole set.
+// transaction. A registration kept across restarts (RegisterKept, Batch)
+// is also written, in the same transaction, under the node's own kept
+// prefix with no lease (kept.go); a starting node reads its prefix once.
+// On a voter, the registrar's key-value calls go to the member in-process
+// (LocalClient, localkv.go) rather than over TLS on loopback.
 //
-// Keys: /herd/services/<service>/<instance-id> -> JSON api.Instance.
+// Keys: /herd/services/<service>/<instance-id> -> JSON api.Instance (under
+// the owning node's lease); /herd/kept/<node>/<service>/<instance-id> ->
+// the same, no lease.
 package registry

@@ -29,7 +29,9 @@ func MoveLeader(ctx context.Context, cli *clientv3.Client, to uint64) error {
 	return nil
 }
 
-// MarkForceLeft records that name was removed by force-leave.
+// MarkForceLeft records that name was removed by force-leave, and forgets
+// the registrations it kept for its restarts (kept.go), in one
+// transaction.
 func MarkForceLeft(ctx context.Context, cli *clientv3.Client, name string) error {
 	c, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), 5*time.Second)
 	defer cancel()
@@ -37,7 +39,10 @@ func MarkForceLeft(ctx context.Context, cli *clientv3.Client, name string) error
 	if err != nil {
 		return unavailable(err)
 	}
-	_, err = cli.Put(c, forceLeftPrefix+name, name, clientv3.WithLease(lease.ID))
+	_, err = cli.Txn(c).Then(
+		clientv3.OpPut(forceLeftPrefix+name, name, clientv3.WithLease(lease.ID)),
+		clientv3.OpDelete(keptPrefixOf(name), clientv3.WithPrefix()),
+	).Commit()
 	return unavailable(err)
 }
 

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	clientv3 "go.etcd.io/etcd/client/v3"
 	"log/slog"
 	"net"
 	"net/url"
@@ -205,6 +206,10 @@ type Member struct {
 	closeOnce sync.Once
 	errc      chan error
 	done      chan struct{}
+
+	// kv calls the member in-process (localkv.go), made once.
+	kvOnce sync.Once
+	kv     clientv3.KV
 }
 
 // Mode says how a member starts.
@@ -287,6 +292,7 @@ func startMember(ctx context.Context, cfg MemberConfig, mode startMode, initialC
 	ec.AutoCompactionMode = "periodic"
 	ec.AutoCompactionRetention = cfg.CompactionRetention.String()
 	ec.QuotaBackendBytes = cfg.QuotaBackendBytes
+	ec.MaxTxnOps = txnOpsLimit
 	ec.WatchProgressNotifyInterval = cfg.WatchProgressInterval
 	if cfg.SnapshotCount > 0 {
 		ec.SnapshotCount = cfg.SnapshotCount

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sort"
+	"strings"
 	"sync"
 	"time"
 
@@ -33,23 +34,6 @@ type RegistrarConfig struct {
 	RequestTimeout time.Duration
 	// Logger receives the registrar's log lines.
 	Logger *slog.Logger
-	// Store, when set, keeps the instances registered with RegisterKept
-	// across restarts of the node; nil keeps them in memory only.
-	Store Store
-}
-
-// ErrNotKept: the registration is in the registry, but could not be written
-// to the Store, so it will not be registered again after a restart.
-var ErrNotKept = errors.New("registered, but could not be kept on disk for restarts")
-
-// Store keeps a node's registrations on disk. Put and Delete change one
-// instance and return once the change is durable (it survives a crash of
-// the machine); their cost must not grow with the number kept. They may be
-// called concurrently, but never for the same key at once.
-type Store interface {
-	Load() ([]api.Instance, error)
-	Put(api.Instance) error
-	Delete(service, id string) error
 }
 
 // DefaultRegistrarConfig returns the defaults for node.
@@ -94,8 +78,10 @@ type Registrar struct {
 	// mu guards the fields below.
 	mu      sync.Mutex
 	desired map[string]api.Instance // by key
-	// kept marks the desired instances that Store keeps.
-	kept map[string]bool
+	// kept marks the desired instances kept in the registry for restarts
+	// (kept.go); loaded says whether those of an earlier run were read.
+	kept   map[string]bool
+	loaded bool
 	// doubtful holds the values of writes whose outcome is unknown, by key.
 	doubtful map[string]string
 	lease    clientv3.LeaseID // 0 while no lease is held
@@ -135,48 +121,13 @@ func NewRegistrar(cli *clientv3.Client, cfg RegistrarConfig) (*Registrar, error)
 		done:     make(chan struct{}),
 		check:    make(chan struct{}, 1),
 	}
-	if cfg.Store != nil {
-		ins, err := cfg.Store.Load()
-		if err != nil {
-			return nil, fmt.Errorf("load kept registrations: %w", err)
-		}
-		for _, in := range ins {
-			in.Node = cfg.Node
-			if err := in.Validate(); err != nil {
-				r.logger.Warn("dropping an invalid kept registration", "service", in.Service, "id", in.ID, "err", err)
-				continue
-			}
-			key := InstanceKey(in.Service, in.ID)
-			r.desired[key] = in
-			r.kept[key] = true
-		}
-		if len(ins) > 0 {
-			r.logger.Info("registering the instances kept from before the restart", "count", len(r.kept))
-		}
-	}
 	return r, nil
 }
 
-// keep makes the store hold in (forget: not hold service/id any more).
-func (r *Registrar) keep(in api.Instance, forget bool) error {
-	if r.cfg.Store == nil {
-		return nil
-	}
-	var err error
-	if forget {
-		err = r.cfg.Store.Delete(in.Service, in.ID)
-	} else {
-		err = r.cfg.Store.Put(in)
-	}
-	if err != nil {
-		return fmt.Errorf("%w: %w", ErrNotKept, err)
-	}
-	return nil
-}
-
 // RegisterKept is Register for instances that must survive a restart of the
-// node (those registered through the agent API): they are also written to
-// the Store and registered again when the node starts.
+// node (those registered through the agent API): they are also kept in the
+// registry, in the same transaction (kept.go), and registered again when
+// the node starts.
 func (r *Registrar) RegisterKept(ctx context.Context, in api.Instance) error {
 	return r.register(ctx, in, true)
 }
@@ -359,6 +310,11 @@ func (r *Registrar) grantAndRegister(ctx context.Context) (clientv3.LeaseID, <-c
 		r.revoke(grant.ID)
 		return 0, nil, nil, fmt.Errorf("keep lease alive: %w", err)
 	}
+	if err := r.loadKept(ctx); err != nil {
+		kacancel()
+		r.revoke(grant.ID)
+		return 0, nil, nil, err
+	}
 	r.mu.Lock()
 	want := make([]api.Instance, 0, len(r.desired))
 	for _, in := range r.desired {
@@ -371,21 +327,20 @@ func (r *Registrar) grantAndRegister(ctx context.Context) (clientv3.LeaseID, <-c
 		r.revoke(grant.ID)
 		return 0, nil, nil, err
 	}
+	var lost []api.Instance
 	for _, c := range conflicts {
 		// Another node took the key meanwhile; it is theirs now.
 		in := c.in
 		r.logger.Warn("instance now belongs to another node; no longer registering it", "service", in.Service, "id", in.ID, "err", c.err)
 		r.mu.Lock()
 		delete(r.desired, InstanceKey(in.Service, in.ID))
-		wasKept := r.kept[InstanceKey(in.Service, in.ID)]
+		if r.kept[InstanceKey(in.Service, in.ID)] {
+			lost = append(lost, in)
+		}
 		delete(r.kept, InstanceKey(in.Service, in.ID))
 		r.mu.Unlock()
-		if wasKept {
-			if err := r.keep(in, true); err != nil {
-				r.logger.Warn("could not update the kept registrations", "err", err)
-			}
-		}
 	}
+	r.forgetKept(ctx, lost)
 	r.mu.Lock()
 	r.lease = grant.ID
 	r.leaseGen++
@@ -425,29 +380,33 @@ func (r *Registrar) register(ctx context.Context, in api.Instance, keep bool) er
 		return err
 	}
 	defer r.unlockKey(key)
-	lease := r.LeaseID()
+	r.mu.Lock()
+	lease, wasKept := r.lease, r.kept[key]
+	r.mu.Unlock()
 	if lease == 0 {
 		return ErrNoLease
 	}
-	if err := r.put(ctx, lease, in); err != nil {
+	val, err := json.Marshal(in)
+	if err != nil {
+		return fmt.Errorf("encode instance: %w", err)
+	}
+	if err := r.put(ctx, lease, in, string(val), r.keptOps(in, string(val), keep, wasKept)); err != nil {
 		if !errors.Is(err, ErrConflict) {
-			if val, merr := json.Marshal(in); merr == nil {
-				r.mu.Lock()
-				r.doubtful[key] = string(val)
-				r.mu.Unlock()
-			}
+			r.mu.Lock()
+			r.doubtful[key] = string(val)
+			r.mu.Unlock()
 		}
 		return err
 	}
 	r.mu.Lock()
 	r.desired[key] = in
 	delete(r.doubtful, key)
-	wasKept := r.kept[key]
-	r.kept[key] = keep
-	r.mu.Unlock()
-	if keep || wasKept {
-		return r.keep(in, !keep)
+	if keep {
+		r.kept[key] = true
+	} else {
+		delete(r.kept, key)
 	}
+	r.mu.Unlock()
 	return nil
 }
 
@@ -472,10 +431,14 @@ func (r *Registrar) cleanDoubtful(ctx context.Context) {
 	}
 	r.mu.Unlock()
 	for key, val := range todo {
+		// The instance and its kept copy (the write may have kept it), each
+		// only if it holds what the doubtful write wrote.
+		kkey := keptPrefixOf(r.cfg.Node) + strings.TrimPrefix(key, ServicesPrefix)
 		cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), r.cfg.RequestTimeout)
-		_, err := r.cli.Txn(cctx).
-			If(clientv3.Compare(clientv3.Value(key), "=", val)).
-			Then(clientv3.OpDelete(key)).Commit()
+		_, err := r.cli.Txn(cctx).Then(
+			clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "=", val)}, []clientv3.Op{clientv3.OpDelete(key)}, nil),
+			clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(kkey), "=", val)}, []clientv3.Op{clientv3.OpDelete(kkey)}, nil),
+		).Commit()
 		cancel()
 		if err != nil {
 			return // try again at the next tick
@@ -498,6 +461,9 @@ func (r *Registrar) Deregister(ctx context.Context, service, id string) error {
 	r.mu.Lock()
 	_, held := r.desired[key]
 	r.mu.Unlock()
+	// The kept copy goes with the instance, whether or not this run kept it
+	// (a copy left from before is dropped too).
+	forget := clientv3.OpDelete(keptKey(r.cfg.Node, service, id))
 	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), r.cfg.RequestTimeout)
 	defer cancel()
 	resp, err := r.cli.Get(cctx, key)
@@ -508,6 +474,10 @@ func (r *Registrar) Deregister(ctx context.Context, service, id string) error {
 		if !held {
 			return fmt.Errorf("%s/%s: %w", service, id, ErrNotFound)
 		}
+		// Held, but not in the registry now (the lease was lost).
+		if _, err := r.cli.Txn(cctx).Then(forget).Commit(); err != nil {
+			return unavailable(err)
+		}
 	} else {
 		var cur api.Instance
 		if err := json.Unmarshal(resp.Kvs[0].Value, &cur); err == nil && cur.Node != r.cfg.Node {
@@ -515,7 +485,7 @@ func (r *Registrar) Deregister(ctx context.Context, service, id string) error {
 		}
 		txn, err := r.cli.Txn(cctx).
 			If(clientv3.Compare(clientv3.ModRevision(key), "=", resp.Kvs[0].ModRevision)).
-			Then(clientv3.OpDelete(key)).Commit()
+			Then(clientv3.OpDelete(key), forget).Commit()
 		if err != nil {
 			return unavailable(err)
 		}
@@ -526,12 +496,8 @@ func (r *Registrar) Deregister(ctx context.Context, service, id string) error {
 	r.mu.Lock()
 	delete(r.desired, key)
 	delete(r.doubtful, key)
-	wasKept := r.kept[key]
 	delete(r.kept, key)
 	r.mu.Unlock()
-	if wasKept {
-		return r.keep(api.Instance{Service: service, ID: id}, true)
-	}
 	return nil
 }
 
@@ -611,7 +577,11 @@ func (r *Registrar) putBatch(ctx context.Context, lease clientv3.LeaseID, batch 
 	// Something changed in between: one by one.
 	conflicts = conflicts[:0]
 	for _, in := range batch {
-		err := r.put(ctx, lease, in)
+		val, err := json.Marshal(in)
+		if err != nil {
+			return nil, fmt.Errorf("encode instance: %w", err)
+		}
+		err = r.put(ctx, lease, in, string(val), nil)
 		switch {
 		case errors.Is(err, ErrConflict):
 			conflicts = append(conflicts, conflict{in, err})
@@ -622,25 +592,22 @@ func (r *Registrar) putBatch(ctx context.Context, lease clientv3.LeaseID, batch 
 	return conflicts, nil
 }
 
-// put writes in under lease unless the key belongs to another node.
-func (r *Registrar) put(ctx context.Context, lease clientv3.LeaseID, in api.Instance) error {
+// put writes in (encoded: val) under lease, and the operations with in the
+// same transaction, unless the key belongs to another node.
+func (r *Registrar) put(ctx context.Context, lease clientv3.LeaseID, in api.Instance, val string, with []clientv3.Op) error {
 	key := InstanceKey(in.Service, in.ID)
-	val, err := json.Marshal(in)
-	if err != nil {
-		return fmt.Errorf("encode instance: %w", err)
-	}
 	cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), r.cfg.RequestTimeout)
 	defer cancel()
 	for {
 		// One round trip for the usual cases: create if absent, replace if
 		// it is under this node's lease already; otherwise read who owns it.
-		put := clientv3.OpPut(key, string(val), clientv3.WithLease(lease))
+		puts := append([]clientv3.Op{clientv3.OpPut(key, val, clientv3.WithLease(lease))}, with...)
 		txn, err := r.cli.Txn(cctx).
 			If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
-			Then(put).
+			Then(puts...).
 			Else(clientv3.OpTxn(
 				[]clientv3.Cmp{clientv3.Compare(clientv3.LeaseValue(key), "=", int64(lease))},
-				[]clientv3.Op{put},
+				puts,
 				[]clientv3.Op{clientv3.OpGet(key)})).Commit()
 		if err != nil {
 			return unavailable(err)
@@ -662,7 +629,7 @@ func (r *Registrar) put(ctx context.Context, lease clientv3.LeaseID, in api.Inst
 		}
 		txn, err = r.cli.Txn(cctx).
 			If(clientv3.Compare(clientv3.ModRevision(key), "=", kvs[0].ModRevision)).
-			Then(clientv3.OpPut(key, string(val), clientv3.WithLease(lease))).Commit()
+			Then(puts...).Commit()
 		if err != nil {
 			return unavailable(err)
 		}

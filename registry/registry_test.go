@@ -2,10 +2,11 @@ package registry
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -320,34 +321,83 @@ func TestCatalogCatchesUpInBatches(t *testing.T) {
 	}
 }
 
-// memStore is a Store in memory.
-type memStore struct {
-	mu  sync.Mutex
-	ins map[string]api.Instance
-}
-
-func (s *memStore) Load() ([]api.Instance, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []api.Instance
-	for _, in := range s.ins {
-		out = append(out, in)
+// keptValues returns node's kept registrations: service/id -> port.
+func keptValues(t *testing.T, cli *clientv3.Client, node string) map[string]int {
+	t.Helper()
+	resp, err := cli.Get(context.Background(), keptPrefixOf(node), clientv3.WithPrefix())
+	if err != nil {
+		t.Fatal(err)
 	}
-	return out, nil
+	out := map[string]int{}
+	for _, kv := range resp.Kvs {
+		var in api.Instance
+		if err := json.Unmarshal(kv.Value, &in); err != nil {
+			t.Fatalf("%s: %v", kv.Key, err)
+		}
+		out[strings.TrimPrefix(string(kv.Key), keptPrefixOf(node))] = in.Port
+	}
+	return out
 }
 
-func (s *memStore) Put(in api.Instance) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.ins[InstanceKey(in.Service, in.ID)] = in
-	return nil
-}
-
-func (s *memStore) Delete(service, id string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.ins, InstanceKey(service, id))
-	return nil
+// A kept registration is kept in the registry with its instance, in the
+// same transaction; registering it again unkept, deregistering it, or a
+// batch change its kept copy alike; a new registrar of the node (the node
+// restarted) registers what is kept and nothing else.
+func TestKeptInRegistry(t *testing.T) {
+	_, cli := startSingle(t)
+	ctx := context.Background()
+	r := newTestRegistrar(t, cli, "node-a")
+	for i, id := range []string{"a", "b", "c", "d"} {
+		if err := r.RegisterKept(ctx, instance("web", id, 80+i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := r.Register(ctx, instance("web", "plain", 90)); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.RegisterKept(ctx, instance("web", "a", 88)); err != nil { // changed
+		t.Fatal(err)
+	}
+	if err := r.Register(ctx, instance("web", "b", 81)); err != nil { // no longer kept
+		t.Fatal(err)
+	}
+	if err := r.Deregister(ctx, "web", "c"); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Batch(ctx, []api.Instance{instance("api", "x", 70)}, []Ref{{Service: "web", ID: "d"}}); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]int{"web/a": 88, "api/x": 70}
+	if got := keptValues(t, cli, "node-a"); !maps.Equal(got, want) {
+		t.Fatalf("kept %v, want %v", got, want)
+	}
+	// A crash: the lease expires (revoked here), the kept copies stay.
+	if _, err := cli.Revoke(ctx, r.LeaseID()); err != nil {
+		t.Fatal(err)
+	}
+	r.Close(ctx)
+	r2 := newTestRegistrar(t, cli, "node-a")
+	waitFor(t, 10*time.Second, "the kept instances under the new lease", func() bool {
+		ttl, err := cli.TimeToLive(ctx, r2.LeaseID(), clientv3.WithAttachedKeys())
+		return err == nil && len(ttl.Keys) == 2
+	})
+	var got []string
+	for _, in := range r2.Instances() {
+		got = append(got, fmt.Sprintf("%s/%s:%d", in.Service, in.ID, in.Port))
+	}
+	if strings.Join(got, ",") != "api/x:70,web/a:88" {
+		t.Fatalf("registered after the restart: %v", got)
+	}
+	// Another node's kept registrations are its own.
+	if got := keptValues(t, cli, "node-b"); len(got) != 0 {
+		t.Fatalf("node-b keeps %v", got)
+	}
+	if err := ForgetKept(ctx, cli, "node-a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := keptValues(t, cli, "node-a"); len(got) != 0 {
+		t.Fatalf("kept after ForgetKept: %v", got)
+	}
 }
 
 // A restarted node registers what it kept in batches: every instance
@@ -355,41 +405,33 @@ func (s *memStore) Delete(service, id string) error {
 // another node took meanwhile, which is dropped from what it keeps.
 func TestKeptInstancesRegisteredInBatches(t *testing.T) {
 	_, cli := startSingle(t)
+	ctx := context.Background()
 	other := newTestRegistrar(t, cli, "node-b")
-	if err := other.Register(context.Background(), instance("web", "taken", 1)); err != nil {
+	if err := other.Register(ctx, instance("web", "taken", 1)); err != nil {
 		t.Fatal(err)
 	}
-	store := &memStore{ins: map[string]api.Instance{}}
-	for i := range 300 {
-		in := instance("web", fmt.Sprintf("w%03d", i), 2000+i)
-		store.ins[InstanceKey(in.Service, in.ID)] = in
-	}
-	taken := instance("web", "taken", 2)
-	store.ins[InstanceKey("web", "taken")] = taken
-	cfg := DefaultRegistrarConfig("node-a")
-	cfg.Store = store
-	r, err := NewRegistrar(cli, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	r.Start()
-	t.Cleanup(func() { _ = r.Close(context.Background()) })
-	waitFor(t, 10*time.Second, "300 instances under node-a's lease", func() bool {
-		lease := r.LeaseID()
-		if lease == 0 {
-			return false
+	keep := func(in api.Instance) {
+		in.Node = "node-a"
+		in.Normalize()
+		if _, err := cli.Put(ctx, keptKey("node-a", in.Service, in.ID), mustJSON(t, in)); err != nil {
+			t.Fatal(err)
 		}
-		ttl, err := cli.TimeToLive(context.Background(), lease, clientv3.WithAttachedKeys())
+	}
+	for i := range 300 {
+		keep(instance("web", fmt.Sprintf("w%03d", i), 2000+i))
+	}
+	keep(instance("web", "taken", 2))
+	r := newTestRegistrar(t, cli, "node-a")
+	waitFor(t, 10*time.Second, "300 instances under node-a's lease", func() bool {
+		ttl, err := cli.TimeToLive(ctx, r.LeaseID(), clientv3.WithAttachedKeys())
 		return err == nil && len(ttl.Keys) == 300
 	})
-	store.mu.Lock()
-	_, still := store.ins[InstanceKey("web", "taken")]
-	n := len(store.ins)
-	store.mu.Unlock()
-	if still || n != 300 {
-		t.Fatalf("the store keeps %d (taken: %v), want 300 without the taken key", n, still)
-	}
-	resp, err := cli.Get(context.Background(), InstanceKey("web", "taken"))
+	waitFor(t, 10*time.Second, "the taken key no longer kept", func() bool {
+		got := keptValues(t, cli, "node-a")
+		_, still := got["web/taken"]
+		return !still && len(got) == 300
+	})
+	resp, err := cli.Get(ctx, InstanceKey("web", "taken"))
 	if err != nil || len(resp.Kvs) != 1 || !strings.Contains(string(resp.Kvs[0].Value), `"node-b"`) {
 		t.Fatalf("the taken key: %v %v", resp, err)
 	}
