@@ -37,6 +37,9 @@ type Node struct {
 	Status string
 	// Since is when Status last changed.
 	Since time.Time
+	// LastHeard is when this node last received a packet from it (zero for
+	// itself): how long a dead node has really been gone.
+	LastHeard time.Time
 }
 
 // entry is the view's record of a node.
@@ -240,8 +243,15 @@ func (g *Gossip) Nodes() []Node {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	out := make([]Node, 0, len(g.nodes))
-	for _, e := range g.nodes {
-		out = append(out, e.node)
+	for name, e := range g.nodes {
+		n := e.node
+		if name != g.cfg.Name {
+			n.LastHeard = e.lastHeard
+			if h, ok := g.heard[n.Addr]; ok && h.After(n.LastHeard) {
+				n.LastHeard = h
+			}
+		}
+		out = append(out, n)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

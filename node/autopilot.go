@@ -17,7 +17,8 @@ import (
 //  1. clears a finished or stale designation (one spare is promoted at a
 //     time);
 //  2. removes a voter that has been dead (gossip says dead AND its member
-//     does not answer) for longer than --dead-voter-timeout, if that leaves
+//     does not answer) for longer than --dead-voter-timeout, counted from
+//     when this node last heard from it, if that leaves
 //     at least 3 voters, or if a spare is there to take its place at once
 //     (etcd refuses to add a member to 3 voters while one is down);
 //  3. designates a spare when voters (dead ones within their timeout
@@ -148,9 +149,15 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, st *aut
 		}
 		since, seen := deadSince[v.ID]
 		if !seen {
-			deadSince[v.ID] = time.Now()
-			n.logger.Warn("autopilot: a voter is dead; it is replaced if it stays dead", "node", v.Name, "timeout", n.cfg.DeadVoterTimeout)
-			continue
+			// Dead since this node last heard from it (gossip takes a few
+			// seconds to call a silent node dead; the outage began then).
+			since = time.Now()
+			if known && !g.LastHeard.IsZero() && g.LastHeard.Before(since) {
+				since = g.LastHeard
+			}
+			deadSince[v.ID] = since
+			n.logger.Warn("autopilot: a voter is dead; it is replaced if it stays dead", "node", v.Name,
+				"silent_for", time.Since(since).Round(time.Millisecond), "timeout", n.cfg.DeadVoterTimeout)
 		}
 		if time.Since(since) > n.cfg.DeadVoterTimeout {
 			expired = append(expired, v)
@@ -194,14 +201,19 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, st *aut
 		switch {
 		case slices.ContainsFunc(voters, func(v registry.MemberInfo) bool { return v.Name == d.Name }):
 			n.logger.Info("autopilot: spare promoted to voter", "node", d.Name)
-			return registry.ClearDesignation(ctx, n.client, rev)
+			if err := registry.ClearDesignation(ctx, n.client, rev); err != nil {
+				return err
+			}
+			d = nil // and on to the next change, in this same step
 		case !ok || g.Status != gossip.StatusAlive || g.Meta.ID != d.ID || time.Since(d.At) > 2*time.Minute:
 			n.logger.Warn("autopilot: the designated spare did not join; choosing again", "node", d.Name)
 			st.failed[d.ID] = time.Now()
 			return registry.ClearDesignation(ctx, n.client, rev)
 		}
-		clear(st.learnerSince)
-		return nil
+		if d != nil {
+			clear(st.learnerSince)
+			return nil
+		}
 	}
 	if len(learners) > 0 {
 		// No designation is pending, so no join should be under way: a
@@ -222,7 +234,15 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, st *aut
 	}
 	clear(st.learnerSince)
 
-	// 2. Replace dead voters.
+	// 2. Replace dead voters: remove one, and designate a spare in the
+	// same step (3).
+	removed := func(v registry.MemberInfo) {
+		delete(deadSince, v.ID)
+		gone := func(x registry.MemberInfo) bool { return x.ID == v.ID }
+		voters = slices.DeleteFunc(voters, gone)
+		expired = slices.DeleteFunc(expired, gone)
+	}
+replace:
 	for _, v := range expired {
 		if len(voters)-1 >= 3 {
 			n.logger.Warn("autopilot: removing a voter dead for longer than --dead-voter-timeout", "node", v.Name,
@@ -230,8 +250,8 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, st *aut
 			if err := registry.RemoveMember(ctx, n.client, v.ID); err != nil {
 				return err
 			}
-			delete(deadSince, v.ID)
-			return nil
+			removed(v)
+			break replace
 		}
 		// Fewer than 4 voters. etcd (3.7) refuses to add any member, even
 		// a learner, while a voter of a 3-voter cluster is down (the add
@@ -253,8 +273,8 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, st *aut
 				if err := registry.RemoveMember(ctx, n.client, v.ID); err != nil {
 					return err
 				}
-				delete(deadSince, v.ID)
-				return nil
+				removed(v)
+				break replace
 			}
 		}
 	}

@@ -312,7 +312,8 @@ func sorted(s []string) []string {
 }
 
 // followRole keeps the node's use of the registry in step with its role,
-// once a second and on every gossip change:
+// once a second, on every gossip change, and when the autopilot's
+// designation changes (a watch):
 //   - a spare follows the voters' client URLs and, when the autopilot has
 //     designated it, joins the registry (learner, catch up, promote);
 //   - a learner (a node that stopped between joining and promotion) keeps
@@ -321,12 +322,19 @@ func sorted(s []string) []string {
 func (n *Node) followRole(ctx context.Context) {
 	t := time.NewTicker(time.Second)
 	defer t.Stop()
+	designated := registry.WatchDesignation(ctx, n.client)
+	// The registry is read (the designation, the force-left names) on the
+	// ticker and when the designation changes, not on every change of the
+	// gossip view: with 25 nodes forming, that was hundreds of reads a
+	// second from the spares.
+	read := true
 	for {
 		changed := n.gossip.Changed()
 		m := n.member.Load()
 		switch {
-		case m == nil:
+		case m == nil && read:
 			n.joinIfDesignated(ctx)
+		case m == nil:
 		case m.IsLearner():
 			if voters := n.memberClientURLs(); len(voters) > 0 {
 				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
@@ -338,16 +346,22 @@ func (n *Node) followRole(ctx context.Context) {
 			}
 		}
 		n.useVoters()
-		n.forgetForceLeft(ctx)
+		if read {
+			n.forgetForceLeft(ctx)
+		}
 		if role := n.role(); n.gossip.LocalMeta().Role != role {
 			if err := n.gossip.SetMeta(n.meta(role)); err != nil {
 				n.logger.Warn("could not gossip the registry role", "err", err)
 			}
 		}
+		read = false
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
+			read = true
+		case <-designated:
+			read = true
 		case <-changed:
 		}
 	}

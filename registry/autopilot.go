@@ -49,6 +49,38 @@ func Designate(ctx context.Context, cli *clientv3.Client, d Designation) error {
 	return nil
 }
 
+// WatchDesignation signals on the returned channel (without blocking: one
+// pending signal at most) whenever the designation changes, until ctx
+// ends: a spare learns it was designated at once instead of at its next
+// poll. A broken watch is opened again after a second; the caller still
+// polls now and then, for what a broken watch missed.
+func WatchDesignation(ctx context.Context, cli *clientv3.Client) <-chan struct{} {
+	ch := make(chan struct{}, 1)
+	signal := func() {
+		select {
+		case ch <- struct{}{}:
+		default:
+		}
+	}
+	go func() {
+		for ctx.Err() == nil {
+			wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
+			for resp := range cli.Watch(wctx, designationKey) {
+				if resp.Err() != nil {
+					break
+				}
+				signal()
+			}
+			cancel()
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}()
+	return ch
+}
+
 // CurrentDesignation returns the pending designation and its revision, nil
 // when there is none.
 func CurrentDesignation(ctx context.Context, cli *clientv3.Client) (*Designation, int64, error) {

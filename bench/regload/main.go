@@ -43,7 +43,10 @@ var (
 	flagServices = flag.Int("services", 200, "bulk: across this many services")
 	flagPrefix   = flag.String("prefix", "bulk", "bulk and count: service name prefix")
 	flagGateways = flag.String("gateways", "", "reach: comma-separated gateway URLs")
-	flagNodes    = flag.Int("nodes", 0, "reach: how many nodes' hello each gateway must reach")
+	flagNodes    = flag.Int("nodes", 0, "reach, formation: how many nodes' hello each gateway must reach")
+	flagAPIs     = flag.String("apis", "", "formation: comma-separated agent API URLs, node1's first")
+	flagVoters   = flag.Int("voters", 5, "formation: the voters to wait for")
+	flagStart    = flag.Int64("start", 0, "formation: when the nodes were started (Unix ns)")
 )
 
 func main() {
@@ -61,6 +64,8 @@ func main() {
 		fmt.Println(count(hc, *flagFar))
 	case "reach":
 		reach()
+	case "formation":
+		formation(hc)
 	default:
 		log.Fatalf("-mode %q: want rate, bulk, latency or count", *flagMode)
 	}
@@ -269,6 +274,7 @@ func reach() {
 				}
 				resp, err := hc.Get(gw + "/hello/")
 				if err != nil {
+					<-time.After(50 * time.Millisecond) // not up yet
 					continue
 				}
 				var body struct{ Node string }
@@ -287,4 +293,118 @@ func reach() {
 	emit(map[string]any{"measure": "reach", "gateways": len(gws), "nodes": *flagNodes, "seconds": time.Since(start).Seconds()})
 }
 
+// formation: from -start (when the nodes were started), the first time
+// each of these holds, polled concurrently (each at most every 100 ms):
+// every node ready, -voters voters, every node's gossip sees every node
+// alive, and every gateway has routed to the hello of every node.
+func formation(hc *http.Client) {
+	apis := strings.Split(*flagAPIs, ",")
+	gws := strings.Split(*flagGateways, ",")
+	start := time.Unix(0, *flagStart)
+	poll := func(what string, cond func() bool) float64 {
+		for !cond() {
+			if time.Since(start) > 300*time.Second {
+				log.Fatalf("formation: %s not within 300s", what)
+			}
+			<-time.After(100 * time.Millisecond)
+		}
+		return time.Since(start).Seconds()
+	}
+	members := func(u string) *api.MembersResponse {
+		resp, err := hc.Get(u + "/v1/members")
+		if err != nil {
+			return nil
+		}
+		defer resp.Body.Close()
+		var m api.MembersResponse
+		if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&m) != nil {
+			return nil
+		}
+		return &m
+	}
+	// every polls cond for each of urls at once and returns when all hold.
+	every := func(what string, urls []string, cond func(u string) bool) float64 {
+		var wg sync.WaitGroup
+		for _, u := range urls {
+			wg.Go(func() { poll(what+" "+u, func() bool { return cond(u) }) })
+		}
+		wg.Wait()
+		return time.Since(start).Seconds()
+	}
+	var ready, voters, gossip, routed float64
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		ready = every("ready", apis, func(u string) bool {
+			resp, err := hc.Get(u + "/readyz")
+			if err != nil {
+				return false
+			}
+			resp.Body.Close()
+			return resp.StatusCode == 200
+		})
+	})
+	wg.Go(func() {
+		voters = poll("voters", func() bool {
+			m := members(apis[0])
+			k := 0
+			for _, x := range membersOf(m) {
+				if x.Role == api.RoleVoter && x.Status == "alive" {
+					k++
+				}
+			}
+			return k == *flagVoters
+		})
+	})
+	wg.Go(func() {
+		gossip = every("gossip", apis, func(u string) bool {
+			k := 0
+			for _, x := range membersOf(members(u)) {
+				if x.Status == "alive" {
+					k++
+				}
+			}
+			return k == len(apis)
+		})
+	})
+	wg.Go(func() {
+		seen := map[string]map[string]bool{}
+		for _, gw := range gws {
+			seen[gw] = map[string]bool{}
+		}
+		routed = every("routing", gws, func(gw string) bool { return reaches(gw, *flagNodes, seen[gw]) })
+	})
+	wg.Wait()
+	emit(map[string]any{"measure": "formation", "nodes": len(apis), "all_ready_s": ready, "voters_s": voters, "voters": *flagVoters,
+		"gossip_converged_s": gossip, "every_gateway_every_node_s": routed})
+}
+
+// reaches asks gw for hello 2n times, adding the nodes that answered to
+// seen, and reports whether seen holds n nodes.
+func reaches(gw string, n int, seen map[string]bool) bool {
+	hc := &http.Client{Timeout: 2 * time.Second}
+	for range 2 * n {
+		if len(seen) == n {
+			return true
+		}
+		resp, err := hc.Get(gw + "/hello/")
+		if err != nil {
+			return false
+		}
+		var body struct{ Node string }
+		_ = json.NewDecoder(resp.Body).Decode(&body)
+		resp.Body.Close()
+		if resp.StatusCode == 200 && body.Node != "" {
+			seen[body.Node] = true
+		}
+	}
+	return len(seen) == n
+}
+
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+func membersOf(m *api.MembersResponse) []api.Member {
+	if m == nil {
+		return nil
+	}
+	return m.Members
+}
