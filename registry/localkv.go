@@ -86,4 +86,3 @@ func (m *Member) localKV() clientv3.KV {
 	})
 	return m.kv
 }
-
