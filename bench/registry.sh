@@ -61,6 +61,8 @@ heap() { # N: Go heap in use, MB
 : >"$out"
 echo "bench-registry: registrations/s, API vs raw etcd ($rounds rounds of $duration)..." >&2
 load -mode rate -rounds "$rounds" -duration "$duration" | tee -a "$out" >&2
+echo "bench-registry: a registration through node1 until node2's and node3's catalogs list it, while 16 clients register..." >&2
+load -mode visibility -fars "https://$(ip 2):8500,https://$(ip 3):8500" | tee -a "$out" >&2
 load -mode latency | sed 's/"latency"/"latency_small"/' | tee -a "$out" >&2
 heap_before=$(heap 3)
 
@@ -100,6 +102,9 @@ for c in (1, 16):
     raw, a = med("raw", c), med("api", c)
     print(f"  {c:2d} client(s)             {raw:12.0f}   {a:9.0f}   {a/raw:7.2f}")
 get = {r["measure"]: r for r in rows}
+v = get["visibility"]
+print(f"\na registration through node1 while {v['load_clients']} clients register: acknowledged after p50 {v['put_p50_ms']} ms, p99 {v['put_p99_ms']} ms;")
+print(f"  then in node2's and node3's catalogs after p50 {v['p50_ms']} ms, p99 {v['p99_ms']} ms")
 b = get["bulk"]
 print(f"\n{b['count']} registrations (16 clients, {b['services']} services): {b['seconds']:.1f} s through node1; node3's catalog holds them all after {get['far_catalog']['seconds']} s")
 h = get["heap_mb"]

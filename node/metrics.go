@@ -66,13 +66,15 @@ var (
 		"API tokens in this node's token set.", nil, nil)
 	descACLSynced = prometheus.NewDesc("herd_acl_synced",
 		"1 when this node's token set follows the registry live, 0 when it checks requests against the last set it read.", nil, nil)
+	descRelists = prometheus.NewDesc("herd_catalog_relists_total",
+		"Times the catalog listed the registry again (its watch revision compacted, the watch broken or silent, the leader lost).", nil, nil)
 	descSynced = prometheus.NewDesc("herd_catalog_synced",
 		"1 when the catalog follows the registry live, 0 when it serves its last snapshot.", nil, nil)
 )
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAnswers, descRetries, descEjections, descUpstreamErrors,
-		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRateLimited, descRejected, descLatency, descDuration, descHedges,
+		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRelists, descRateLimited, descRejected, descLatency, descDuration, descHedges,
 		descUndecryptable, descAdmitted, descRenewals, descCertExpiry, descACLDenied, descACLChanges, descACLTokens, descACLSynced} {
 		ch <- d
 	}
@@ -124,6 +126,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		synced, _ := n.catalog.Synced()
 		ch <- prometheus.MustNewConstMetric(descSynced, prometheus.GaugeValue, b2f(synced))
+		ch <- prometheus.MustNewConstMetric(descRelists, prometheus.CounterValue, float64(n.catalog.Relists()))
 	}
 	ch <- prometheus.MustNewConstMetric(descRole, prometheus.GaugeValue, 1, n.role())
 	ch <- prometheus.MustNewConstMetric(descUndecryptable, prometheus.CounterValue, float64(n.gossip.Undecryptable()))

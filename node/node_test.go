@@ -144,6 +144,7 @@ func TestStartServeCloseLeavesNoGoroutines(t *testing.T) {
 			`herd_catalog_instances{service="echo"} 1`,
 			`herd_registry_role{role="voter"} 1`,
 			`herd_catalog_synced 1`,
+			`herd_catalog_relists_total 0`,
 			`herd_gateway_rejected_total{reason="overloaded"} 0`,
 			`etcd_server_has_leader 1`,
 			`herd_tls_cert_expiry_timestamp_seconds`,

@@ -90,10 +90,11 @@ func (f *follower) watch(ctx context.Context, rev int64) string {
 	// registry a watch from rev+1 would stay silent. Events at rev are
 	// already listed; mirrors drop them.
 	wch := f.cli.Watch(wctx, f.prefix, clientv3.WithPrefix(), clientv3.WithRev(rev),
-		clientv3.WithPrevKV(), clientv3.WithProgressNotify())
+		clientv3.WithProgressNotify())
 	stale := time.NewTimer(f.staleAfter)
 	defer stale.Stop()
 	var held *heldResponse // one drain read past the events it handed over
+	var last time.Time     // when events were last handed over
 	for {
 		var wr clientv3.WatchResponse
 		var ok bool
@@ -127,10 +128,20 @@ func (f *follower) watch(ctx context.Context, rev int64) string {
 			continue
 		}
 		var evs []*clientv3.Event
-		evs, held = drain(wch, wr.Events)
+		evs, held = drain(wch, wr.Events, time.Until(last.Add(coalesce)))
 		f.m.events(evs)
+		last = time.Now()
 	}
 }
+
+// coalesce is the shortest time between two hand-overs of events to a
+// mirror. A change to a quiet registry is handed over at once; under a
+// stream of registrations the mirror (the catalog: a new sorted copy of
+// each service changed) does its work at most 1/coalesce times a second,
+// on everything that came in meanwhile, instead of once per response:
+// with a service of 1,000 instances registered into at 1,000/s, that was
+// a copy of the whole service per registration on every node.
+const coalesce = 10 * time.Millisecond
 
 // heldResponse is a watch response read from the channel and not handled
 // yet.
@@ -139,23 +150,41 @@ type heldResponse struct {
 	ok bool
 }
 
-// drain appends to evs the events of the watch responses already waiting
-// in wch, so that a burst of registrations becomes one new snapshot rather
+// drain appends to evs the events of the watch responses that come in wch
+// for linger (none when it is not positive) and those already waiting
+// then, so that a burst of registrations becomes one new snapshot rather
 // than one per event: how much a mirror does per second stays bounded
 // however fast the registry changes. It stops when nothing waits, or at a
 // response that is not plain events (or the channel's close), which it
 // returns for the caller to handle next.
-func drain(wch clientv3.WatchChan, evs []*clientv3.Event) ([]*clientv3.Event, *heldResponse) {
+func drain(wch clientv3.WatchChan, evs []*clientv3.Event, linger time.Duration) ([]*clientv3.Event, *heldResponse) {
+	var lingering <-chan time.Time
+	if linger > 0 {
+		t := time.NewTimer(linger)
+		defer t.Stop()
+		lingering = t.C
+	}
 	for len(evs) < 10000 {
-		select {
-		case wr, ok := <-wch:
-			if !ok || wr.Err() != nil || wr.Canceled || wr.CompactRevision != 0 || wr.IsProgressNotify() {
-				return evs, &heldResponse{wr, ok}
+		var wr clientv3.WatchResponse
+		var ok bool
+		if lingering != nil {
+			select {
+			case wr, ok = <-wch:
+			case <-lingering:
+				lingering = nil
+				continue
 			}
-			evs = append(evs, wr.Events...)
-		default:
-			return evs, nil
+		} else {
+			select {
+			case wr, ok = <-wch:
+			default:
+				return evs, nil
+			}
 		}
+		if !ok || wr.Err() != nil || wr.Canceled || wr.CompactRevision != 0 || wr.IsProgressNotify() {
+			return evs, &heldResponse{wr, ok}
+		}
+		evs = append(evs, wr.Events...)
 	}
 	return evs, nil
 }

@@ -16,7 +16,7 @@ import (
 )
 
 // testLogger writes to the test log when -v is given, else nowhere.
-func testLogger(t *testing.T) *slog.Logger {
+func testLogger(t testing.TB) *slog.Logger {
 	t.Helper()
 	if testing.Verbose() {
 		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelInfo})).With("test", t.Name())
@@ -25,7 +25,7 @@ func testLogger(t *testing.T) *slog.Logger {
 }
 
 // freePort asks the OS for a free TCP port on ip.
-func freePort(t *testing.T, ip string) int {
+func freePort(t testing.TB, ip string) int {
 	t.Helper()
 	ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
@@ -37,7 +37,7 @@ func freePort(t *testing.T, ip string) int {
 
 // testMemberConfig returns a member config with OS-chosen ports and a
 // temporary data dir.
-func testMemberConfig(t *testing.T, name string) MemberConfig {
+func testMemberConfig(t testing.TB, name string) MemberConfig {
 	t.Helper()
 	cfg := DefaultMemberConfig(name, t.TempDir())
 	cfg.WatchProgressInterval = 500 * time.Millisecond
@@ -54,7 +54,7 @@ var testCA = sync.OnceValues(func() (*secure.CA, error) { return secure.NewCA("r
 
 // testTLS issues a certificate for name on 127.0.0.1 and returns the
 // member TLS settings that use it.
-func testTLS(t *testing.T, name string) *TLS {
+func testTLS(t testing.TB, name string) *TLS {
 	t.Helper()
 	ca, err := testCA()
 	if err != nil {
@@ -84,7 +84,7 @@ func testTLS(t *testing.T, name string) *TLS {
 }
 
 // startSingle bootstraps a one-member registry and returns it with a client.
-func startSingle(t *testing.T) (*Member, *clientv3.Client) {
+func startSingle(t testing.TB) (*Member, *clientv3.Client) {
 	t.Helper()
 	cfg := testMemberConfig(t, "solo")
 	m, err := Bootstrap(context.Background(), cfg)
@@ -96,7 +96,7 @@ func startSingle(t *testing.T) (*Member, *clientv3.Client) {
 	return m, cli
 }
 
-func newTestClient(t *testing.T, endpoints ...string) *clientv3.Client {
+func newTestClient(t testing.TB, endpoints ...string) *clientv3.Client {
 	t.Helper()
 	cli, err := NewClient(endpoints, testTLS(t, "client").Client, testLogger(t))
 	if err != nil {

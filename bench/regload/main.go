@@ -47,6 +47,9 @@ var (
 	flagAPIs     = flag.String("apis", "", "formation: comma-separated agent API URLs, node1's first")
 	flagVoters   = flag.Int("voters", 5, "formation: the voters to wait for")
 	flagStart    = flag.Int64("start", 0, "formation: when the nodes were started (Unix ns)")
+	flagFars     = flag.String("fars", "", "visibility: comma-separated agent API URLs of the other nodes")
+	flagLoad     = flag.Int("load", 16, "visibility: clients registering meanwhile")
+	flagProbes   = flag.Int("probes", 200, "visibility: registrations timed")
 )
 
 func main() {
@@ -66,6 +69,8 @@ func main() {
 		reach()
 	case "formation":
 		formation(hc)
+	case "visibility":
+		visibility(hc)
 	default:
 		log.Fatalf("-mode %q: want rate, bulk, latency or count", *flagMode)
 	}
@@ -133,16 +138,7 @@ func register(hc *http.Client, service, id string) error {
 	body := `{"address":"127.0.0.1","port":9}`
 	req, _ := http.NewRequest(http.MethodPut, *flagAPI+"/v1/services/"+service+"/instances/"+id, strings.NewReader(body))
 	req.Header.Set("Content-Type", "application/json")
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 {
-		return fmt.Errorf("PUT %s/%s: %d %s", service, id, resp.StatusCode, b)
-	}
-	return nil
+	return expectOK(hc.Do(req))
 }
 
 func emit(v map[string]any) {
@@ -398,6 +394,83 @@ func reaches(gw string, n int, seen map[string]bool) bool {
 		}
 	}
 	return len(seen) == n
+}
+
+// visibility: while -load clients register through -api (the rate
+// phase's keys), -probes registrations of one probe instance, each with a
+// new port, one at a time: how long each PUT took, and the time from its
+// answer until every node of -fars lists it with that port in its catalog
+// (polled every millisecond).
+func visibility(hc *http.Client) {
+	fars := strings.Split(*flagFars, ",")
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for c := range *flagLoad {
+		wg.Go(func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				if err := register(hc, "rate", fmt.Sprintf("c%d-%d", c, i%64)); err != nil {
+					log.Fatal(err)
+				}
+			}
+		})
+	}
+	seen := func(u string, port int) bool {
+		resp, err := hc.Get(u + "/v1/services/probe")
+		if err != nil {
+			return false
+		}
+		defer resp.Body.Close()
+		var sr api.ServiceResponse
+		if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&sr) != nil {
+			return false
+		}
+		return len(sr.Instances) == 1 && sr.Instances[0].Port == port
+	}
+	var ds, puts []time.Duration
+	for i := range *flagProbes {
+		port := 10000 + i
+		sent := time.Now()
+		req, _ := http.NewRequest(http.MethodPut, *flagAPI+"/v1/services/probe/instances/p1", strings.NewReader(fmt.Sprintf(`{"address":"127.0.0.1","port":%d}`, port)))
+		req.Header.Set("Content-Type", "application/json")
+		if err := expectOK(hc.Do(req)); err != nil {
+			log.Fatal(err)
+		}
+		t := time.Now()
+		puts = append(puts, t.Sub(sent))
+		for _, u := range fars {
+			for !seen(u, port) {
+				if time.Since(t) > 10*time.Second {
+					log.Fatalf("probe %d not in %s's catalog after 10s", i, u)
+				}
+				<-time.After(time.Millisecond)
+			}
+		}
+		ds = append(ds, time.Since(t))
+	}
+	close(stop)
+	wg.Wait()
+	slices.Sort(ds)
+	slices.Sort(puts)
+	emit(map[string]any{"measure": "visibility", "load_clients": *flagLoad, "nodes": len(fars), "probes": len(ds),
+		"p50_ms": ms(ds[len(ds)/2]), "p99_ms": ms(ds[len(ds)*99/100]),
+		"put_p50_ms": ms(puts[len(puts)/2]), "put_p99_ms": ms(puts[len(puts)*99/100])})
+}
+
+func expectOK(resp *http.Response, err error) error {
+	if err != nil {
+		return err
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		return fmt.Errorf("%s %s: %d %s", resp.Request.Method, resp.Request.URL.Path, resp.StatusCode, b)
+	}
+	return nil
 }
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
