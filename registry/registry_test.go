@@ -456,3 +456,29 @@ func TestMergedKeepsOrder(t *testing.T) {
 		t.Fatal("deleting every instance left some")
 	}
 }
+
+// A batch of MaxBatch changes, the most there may be, fits in one
+// transaction although each writes two keys (the instance and its kept
+// copy): the members allow txnOpsLimit operations.
+func TestBatchAtMaxSize(t *testing.T) {
+	_, cli := startSingle(t)
+	ctx := context.Background()
+	r := newTestRegistrar(t, cli, "node-a")
+	var reg []api.Instance
+	for i := range MaxBatch {
+		reg = append(reg, instance("big", fmt.Sprintf("b%03d", i), 1000+i))
+	}
+	if err := r.Batch(ctx, reg, nil); err != nil {
+		t.Fatalf("a batch of %d registrations: %v", MaxBatch, err)
+	}
+	var dereg []Ref
+	for i := range MaxBatch {
+		dereg = append(dereg, Ref{Service: "big", ID: fmt.Sprintf("b%03d", i)})
+	}
+	if err := r.Batch(ctx, nil, dereg); err != nil {
+		t.Fatalf("a batch of %d deregistrations: %v", MaxBatch, err)
+	}
+	if got := keptValues(t, cli, "node-a"); len(got) != 0 {
+		t.Fatalf("kept after deregistering them all: %d", len(got))
+	}
+}
