@@ -26,8 +26,10 @@ import (
 	"github.com/herdcluster/herd/api"
 )
 
-// herdBin is the binary under test, built once by TestMain.
-var herdBin string
+// herdBin is the binary under test, built once by TestMain; plainBin is
+// the build users run (herdBin too, but under -race), for a test whose
+// cluster is too large to run race-enabled on the machine.
+var herdBin, plainBin string
 
 func TestMain(m *testing.M) {
 	root, err := filepath.Abs("..")
@@ -36,18 +38,21 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	herdBin = filepath.Join(root, "bin", "herd")
-	args := []string{"build", "-o", herdBin}
+	plainBin = herdBin
+	builds := [][]string{{"build", "-o", herdBin}}
 	if raceEnabled {
 		// A separate binary: bin/herd stays the plain build users run.
 		herdBin = filepath.Join(root, "bin", "herd-race")
-		args = []string{"build", "-race", "-o", herdBin}
+		builds = append(builds, []string{"build", "-race", "-o", herdBin})
 	}
-	build := exec.Command("go", append(args, "./cmd/herd")...)
-	build.Dir = root
-	build.Stdout, build.Stderr = os.Stderr, os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "cluster-test: building bin/herd:", err)
-		os.Exit(1)
+	for _, args := range builds {
+		build := exec.Command("go", append(args, "./cmd/herd")...)
+		build.Dir = root
+		build.Stdout, build.Stderr = os.Stderr, os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "cluster-test: building bin/herd:", err)
+			os.Exit(1)
+		}
 	}
 	os.Exit(m.Run())
 }
@@ -61,6 +66,8 @@ type cluster struct {
 	t      testing.TB
 	prefix string // "127.x.y."
 	dir    string
+	// bin, when set, is the binary its nodes run instead of herdBin.
+	bin string
 
 	mu    sync.Mutex
 	nodes map[string]*node
@@ -181,7 +188,11 @@ func (n *node) start() {
 	if n.Command != nil {
 		args = n.Command
 	}
-	cmd := exec.Command(herdBin, args...)
+	bin := herdBin
+	if n.c.bin != "" {
+		bin = n.c.bin
+	}
+	cmd := exec.Command(bin, args...)
 	// Under -race a data race ends the node with status 66, which the
 	// suite notices as a node that exited.
 	cmd.Env = append(os.Environ(), "GORACE=halt_on_error=1 exitcode=66")
@@ -194,7 +205,7 @@ func (n *node) start() {
 	if n.log == nil {
 		n.log = &bytes.Buffer{}
 	}
-	fmt.Fprintf(n.logWriter(), "=== start %s %s\n", herdBin, strings.Join(args, " "))
+	fmt.Fprintf(n.logWriter(), "=== start %s %s\n", bin, strings.Join(args, " "))
 	cmd.Stdout, cmd.Stderr = n.logWriter(), n.logWriter()
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	n.started = time.Now()

@@ -16,9 +16,10 @@ import (
 // quorum. Once a second it:
 //  1. clears a finished or stale designation (one spare is promoted at a
 //     time);
-//  2. removes a voter that has been dead (gossip says dead AND its member
-//     does not answer) for longer than --dead-voter-timeout, counted from
-//     when this node last heard from it, if that leaves
+//  2. removes a voter that has been dead (gossip says dead, or suspect and
+//     silent for the whole timeout, AND its member does not answer) for
+//     longer than --dead-voter-timeout, counted from when this node last
+//     heard from it, if that leaves
 //     at least 3 voters, or if a spare is there to take its place at once
 //     (etcd refuses to add a member to 3 voters while one is down);
 //  3. designates a spare when voters (dead ones within their timeout
@@ -142,7 +143,11 @@ func (n *Node) autopilotStep(ctx context.Context, self *registry.Member, st *aut
 			expired = append(expired, v)
 			continue
 		}
-		gone := !known || g.Status == gossip.StatusDead || g.Status == gossip.StatusLeft
+		// Suspect counts as gone once it has been silent for the whole
+		// timeout: at 25 nodes gossip takes 8 s or more to call a node
+		// dead, which would otherwise come on top of a short timeout.
+		gone := !known || g.Status == gossip.StatusDead || g.Status == gossip.StatusLeft ||
+			(g.Status == gossip.StatusSuspect && !g.LastHeard.IsZero() && time.Since(g.LastHeard) > n.cfg.DeadVoterTimeout)
 		if v.ID == self.ID() || !gone || (len(v.ClientURLs) > 0 && n.reachable(ctx, v.ClientURLs[0])) {
 			delete(deadSince, v.ID)
 			continue

@@ -140,9 +140,10 @@ type Config struct {
 	// autopilot keeps min(MaxVoters, largest odd number of healthy nodes)
 	// voters; the other nodes are spares.
 	MaxVoters int
-	// DeadVoterTimeout is how long a voter must be dead (gossip says dead
-	// and its member does not answer) before the autopilot replaces it
-	// (default 2m).
+	// DeadVoterTimeout is how long a voter must be dead (gossip says dead,
+	// or suspect, and its member does not answer), counted from when the
+	// leader last heard from it, before the autopilot replaces it (default
+	// 2m).
 	DeadVoterTimeout time.Duration
 	// RaftSnapshotCount is how many registry log entries are applied
 	// between snapshots, and how many a lagging member may be behind before
