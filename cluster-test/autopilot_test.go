@@ -89,24 +89,7 @@ func TestVotersSparesAndReplacement(t *testing.T) {
 		t.Fatalf("register: %d %+v", code, e)
 	}
 
-	// kill -9 a voter that is not the leader.
-	m, err := n1.members()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var victim *node
-	for _, n := range nodes {
-		if memberRole(m, n.Name) == api.RoleVoter && m.Leader != n.Name && n != n1 {
-			victim = n
-			break
-		}
-	}
-	if victim == nil {
-		t.Fatalf("no non-leader voter to kill: %+v", m)
-	}
-	killed := time.Now()
-	victim.signal(syscall.SIGKILL)
-	victim.wait(10 * time.Second)
+	victim, killed := killVoter(t, n1, nodes)
 	waitUntil(t, 90*time.Second, "the dead voter replaced", func() error {
 		v, s, err := roles(n1)
 		if err != nil {
@@ -181,4 +164,24 @@ func TestRebuiltNodeRejoins(t *testing.T) {
 			return err
 		})
 	}
+}
+
+// killVoter kills with SIGKILL a voter of nodes that is neither the leader
+// nor from, as from's view of the members says, and returns it and when.
+func killVoter(t *testing.T, from *node, nodes []*node) (*node, time.Time) {
+	t.Helper()
+	m, err := from.members()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes {
+		if memberRole(m, n.Name) == api.RoleVoter && m.Leader != n.Name && n != from {
+			killed := time.Now()
+			n.signal(syscall.SIGKILL)
+			n.wait(10 * time.Second)
+			return n, killed
+		}
+	}
+	t.Fatalf("no non-leader voter to kill: %+v", m)
+	return nil, time.Time{}
 }

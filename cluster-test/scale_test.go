@@ -2,7 +2,6 @@ package clustertest
 
 import (
 	"fmt"
-	"syscall"
 	"testing"
 	"time"
 
@@ -71,23 +70,7 @@ func TestTwentyFiveNodes(t *testing.T) {
 	waitRoles(t, nodes[0], 5, count-5)
 	t.Logf("5 voters and %d spares %s after the start", count-5, time.Since(start).Round(time.Millisecond))
 
-	m, err := nodes[0].members()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var victim *node
-	for _, n := range nodes[1:] {
-		if memberRole(m, n.Name) == api.RoleVoter && m.Leader != n.Name {
-			victim = n
-			break
-		}
-	}
-	if victim == nil {
-		t.Fatalf("no non-leader voter to kill: %+v", m)
-	}
-	killed := time.Now()
-	victim.signal(syscall.SIGKILL)
-	victim.wait(10 * time.Second)
+	victim, killed := killVoter(t, nodes[0], nodes)
 	waitUntil(t, 120*time.Second, "the dead voter replaced", func() error {
 		mm, err := nodes[0].members()
 		if err != nil {
