@@ -28,12 +28,22 @@ func batchReg(service, id string, port int) api.BatchRegistration {
 // consistentCount is how many instances service has in the registry.
 func consistentCount(t *testing.T, n *node, service string) int {
 	t.Helper()
+	k, err := tryConsistentCount(n, service)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+// tryConsistentCount is consistentCount for a poll: an error, not a
+// failure, when the registry cannot answer (yet).
+func tryConsistentCount(n *node, service string) (int, error) {
 	var sr api.ServiceResponse
 	code, err := getJSON(n.api()+"/v1/services/"+service+"?consistent", &sr)
 	if err != nil || code != 200 && code != 404 {
-		t.Fatalf("consistent read of %s: %d %v", service, code, err)
+		return 0, fmt.Errorf("consistent read of %s: %d %v", service, code, err)
 	}
-	return len(sr.Instances)
+	return len(sr.Instances), nil
 }
 
 // POST /v1/instances registers and deregisters many instances of one node
@@ -101,13 +111,18 @@ func TestBatchRegistration(t *testing.T) {
 	n1.signal(syscall.SIGTERM)
 	n1.wait(30 * time.Second)
 	n1.start()
+	waitUntil(t, 60*time.Second, "node1 ready again", n1.ready)
 	waitUntil(t, 30*time.Second, "node1's 100 instances back after its restart", func() error {
 		total := 0
-		for i := range 4 {
-			total += consistentCount(t, n2, fmt.Sprintf("web-%d", i))
+		for _, svc := range []string{"web-0", "web-1", "web-2", "web-3", "web-9"} {
+			k, err := tryConsistentCount(n2, svc)
+			if err != nil {
+				return err
+			}
+			total += k
 		}
-		if total != 99 || consistentCount(t, n2, "web-9") != 1 {
-			return fmt.Errorf("%d of 99 web-0..3, web-9: %d", total, consistentCount(t, n2, "web-9"))
+		if total != 100 {
+			return fmt.Errorf("%d of the 99 in web-0..3 and the 1 in web-9", total)
 		}
 		return nil
 	})
