@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
@@ -433,7 +432,8 @@ func (r *Registrar) cleanDoubtful(ctx context.Context) {
 	for key, val := range todo {
 		// The instance and its kept copy (the write may have kept it), each
 		// only if it holds what the doubtful write wrote.
-		kkey := keptPrefixOf(r.cfg.Node) + strings.TrimPrefix(key, ServicesPrefix)
+		service, id, _ := splitKey(key)
+		kkey := keptKey(r.cfg.Node, service, id)
 		cctx, cancel := context.WithTimeout(clientv3.WithRequireLeader(ctx), r.cfg.RequestTimeout)
 		_, err := r.cli.Txn(cctx).Then(
 			clientv3.OpTxn([]clientv3.Cmp{clientv3.Compare(clientv3.Value(key), "=", val)}, []clientv3.Op{clientv3.OpDelete(key)}, nil),

@@ -209,13 +209,8 @@ func bulk(hc *http.Client) {
 // count is how many instances of the -prefix services the catalog of the
 // node at u holds.
 func count(hc *http.Client, u string) int {
-	resp, err := hc.Get(u + "/v1/services")
-	if err != nil {
-		return -1
-	}
-	defer resp.Body.Close()
 	var sr api.ServicesResponse
-	if json.NewDecoder(resp.Body).Decode(&sr) != nil {
+	if !getJSON(hc, u+"/v1/services", &sr) {
 		return -1
 	}
 	n := 0
@@ -307,13 +302,8 @@ func formation(hc *http.Client) {
 		return time.Since(start).Seconds()
 	}
 	members := func(u string) *api.MembersResponse {
-		resp, err := hc.Get(u + "/v1/members")
-		if err != nil {
-			return nil
-		}
-		defer resp.Body.Close()
 		var m api.MembersResponse
-		if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&m) != nil {
+		if !getJSON(hc, u+"/v1/members", &m) {
 			return nil
 		}
 		return &m
@@ -420,16 +410,8 @@ func visibility(hc *http.Client) {
 		})
 	}
 	seen := func(u string, port int) bool {
-		resp, err := hc.Get(u + "/v1/services/probe")
-		if err != nil {
-			return false
-		}
-		defer resp.Body.Close()
 		var sr api.ServiceResponse
-		if resp.StatusCode != 200 || json.NewDecoder(resp.Body).Decode(&sr) != nil {
-			return false
-		}
-		return len(sr.Instances) == 1 && sr.Instances[0].Port == port
+		return getJSON(hc, u+"/v1/services/probe", &sr) && len(sr.Instances) == 1 && sr.Instances[0].Port == port
 	}
 	var ds, puts []time.Duration
 	for i := range *flagProbes {
@@ -480,4 +462,14 @@ func membersOf(m *api.MembersResponse) []api.Member {
 		return nil
 	}
 	return m.Members
+}
+
+// getJSON GETs u and decodes a 200 answer into v; false for anything else.
+func getJSON(hc *http.Client, u string, v any) bool {
+	resp, err := hc.Get(u)
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	return resp.StatusCode == 200 && json.NewDecoder(resp.Body).Decode(v) == nil
 }
