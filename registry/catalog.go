@@ -291,29 +291,35 @@ func splitKey(key string) (service, id string, ok bool) {
 	return service, id, true
 }
 
-// merged is old (sorted by ID) with changes applied (nil: deleted), sorted:
-// a merge of two sorted lists, linear in the service's size.
+// merged is old (sorted by ID) with changes applied (nil: deleted), sorted.
+// The changed IDs are sorted and each is found in old by binary search; the
+// unchanged runs between them are copied whole. A batch of k changes to a
+// service of n instances costs one copy of n and k log n comparisons, with
+// no per-instance hashing (a service of a thousand instances takes a steady
+// stream of writes on every node's catalog).
 func merged(old []api.Instance, changes map[string]*api.Instance) []api.Instance {
-	add := make([]api.Instance, 0, len(changes))
-	for _, in := range changes {
+	ids := make([]string, 0, len(changes))
+	added := 0
+	for id, in := range changes {
+		ids = append(ids, id)
 		if in != nil {
-			add = append(add, *in)
+			added++
 		}
 	}
-	sortByID(add)
-	next := make([]api.Instance, 0, len(old)+len(add))
-	i := 0
-	for _, in := range old {
-		if _, changed := changes[in.ID]; changed {
-			continue
+	sort.Strings(ids)
+	next := make([]api.Instance, 0, len(old)+added)
+	for _, id := range ids {
+		i := sort.Search(len(old), func(i int) bool { return old[i].ID >= id })
+		next = append(next, old[:i]...)
+		if i < len(old) && old[i].ID == id {
+			i++ // replaced or deleted
 		}
-		for i < len(add) && add[i].ID < in.ID {
-			next = append(next, add[i])
-			i++
+		old = old[i:]
+		if in := changes[id]; in != nil {
+			next = append(next, *in)
 		}
-		next = append(next, in)
 	}
-	return append(next, add[i:]...)
+	return append(next, old...)
 }
 
 func sortByID(ins []api.Instance) {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"testing"
 
+	"github.com/herdcluster/herd/api"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -51,6 +52,37 @@ func BenchmarkCatalogRelist10k(b *testing.B) {
 		}
 		if k := len(c.Services()); k != 200 {
 			b.Fatalf("%d services after the re-list", k)
+		}
+	})
+}
+
+// A catalog applying a watch batch of a few changes to one service of 1,000
+// instances (the shape of a service whose instances re-register or change
+// health in a stream), against its floor: copying the service's slice,
+// which an immutable snapshot has to do once per batch.
+func BenchmarkCatalogMerge1k(b *testing.B) {
+	old := make([]api.Instance, 1000)
+	for i := range old {
+		old[i] = instance("big", fmt.Sprintf("i%05d", i), 2000+i)
+		old[i].Normalize()
+	}
+	changes := map[string]*api.Instance{}
+	for i := 0; i < 1000; i += 100 {
+		in := old[i]
+		in.Port++
+		changes[in.ID] = &in
+	}
+	b.Run("copy", func(b *testing.B) {
+		for range b.N {
+			next := make([]api.Instance, len(old))
+			copy(next, old)
+		}
+	})
+	b.Run("merged", func(b *testing.B) {
+		for range b.N {
+			if len(merged(old, changes)) != len(old) {
+				b.Fatal("lost instances")
+			}
 		}
 	})
 }
