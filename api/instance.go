@@ -28,9 +28,15 @@ type Instance struct {
 	Meta map[string]string `json:"meta,omitempty"`
 	// Weight is the relative share of traffic, 1-1000; 0 means 1.
 	Weight int `json:"weight,omitempty"`
-	// Health is "passing" for every instance registered today; reserved for
-	// health checks.
+	// Checks are the instance's health checks, run by its node; in the
+	// registry each carries its current status.
+	Checks []Check `json:"checks,omitempty"`
+	// Health is the worst status of the checks (passing without any): the
+	// node sets it, from the checks.
 	Health string `json:"health,omitempty"`
+	// Maintenance, when set, is why the instance is in maintenance: no
+	// gateway sends it new requests, whatever its checks say.
+	Maintenance string `json:"maintenance,omitempty"`
 	// TLS says the instance serves HTTPS with a certificate the cluster CA
 	// issued for Address and wants a cluster client certificate: gateways
 	// dial it with TLS and their node certificate. A node's service host
@@ -148,17 +154,20 @@ func (in *Instance) Validate() error {
 			return &FieldError{Field: "meta", Reason: fmt.Sprintf("keys must be 1-%d bytes and values at most %d bytes", MaxMetaKeyLen, MaxMetaValLen)}
 		}
 	}
-	return nil
+	if len(in.Maintenance) > MaxNoteLen {
+		return &FieldError{Field: "maintenance", Reason: fmt.Sprintf("the reason is over %d bytes", MaxNoteLen)}
+	}
+	return ValidateChecks(in.Checks)
 }
 
-// Normalize fills defaults: weight 1 and health passing.
+// Normalize fills defaults (weight 1, every check's) and sets Health from
+// the checks.
 func (in *Instance) Normalize() {
 	if in.Weight == 0 {
 		in.Weight = 1
 	}
-	if in.Health == "" {
-		in.Health = HealthPassing
-	}
+	NormalizeChecks(in.Checks)
+	in.Health = AggregateHealth(in.Checks)
 }
 
 // RegisterRequest is the body of PUT /v1/services/{name}/instances/{id}.
@@ -170,6 +179,10 @@ type RegisterRequest struct {
 	Tags    []string          `json:"tags,omitempty"`
 	Meta    map[string]string `json:"meta,omitempty"`
 	Weight  int               `json:"weight,omitempty"`
+	// Checks are the instance's health checks (see Check): with any, the
+	// instance gets traffic only once they pass, unless a check declares
+	// another initial status.
+	Checks []Check `json:"checks,omitempty"`
 }
 
 // BatchRequest is the body of POST /v1/instances: registrations and

@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"net"
@@ -367,33 +368,65 @@ func lenOf[K comparable, V any](m *map[K]V) int {
 	return len(*m)
 }
 
-// Classes of an instance, from the gossip status of its node and the
-// gateway's own outlier record; a class is used only when no better one has
-// an instance.
+// Classes of an instance, from its health (the registry's, written by its
+// node's checks), the gossip status of its node and the gateway's own
+// outlier record; a class is used only when no better one has an instance.
 const (
-	classSkip    uint8 = iota // dead or left, or already tried: never routed to
-	classAlive                // alive or unknown to gossip
+	classSkip    uint8 = iota // critical, in maintenance, dead or left, or already tried: never routed to
+	classAlive                // passing, node alive or unknown to gossip
+	classWarning              // warning, node alive: only when no passing instance is left
 	classSuspect              // node suspect
 	classEjected              // ejected by outlier detection: last resort
+	numClasses
 )
 
-func classify(status string) uint8 {
+// classify is the class of in on a node of gossip status status, before
+// outlier ejection.
+func classify(in *api.Instance, status string) uint8 {
+	if in.Maintenance != "" {
+		return classSkip
+	}
+	switch in.Health {
+	case api.HealthCritical:
+		return classSkip
+	}
 	switch status {
 	case api.StatusDead, api.StatusLeft:
 		return classSkip
 	case api.StatusSuspect:
 		return classSuspect
-	default:
-		// alive, "" (gossip has not heard of the node yet) and anything
-		// newer than this code count as alive: refusing traffic on an
-		// unknown status would turn a gossip hiccup into an outage.
-		return classAlive
 	}
+	// alive, "" (gossip has not heard of the node yet) and anything newer
+	// than this code count as alive: refusing traffic on an unknown status
+	// would turn a gossip hiccup into an outage.
+	if in.Health == api.HealthWarning {
+		return classWarning
+	}
+	return classAlive
 }
 
-// choose picks the instance of insts that gets the request: instances on
-// alive (or unknown) nodes first, suspect ones only when no alive one is
-// left, never those on dead or departed nodes. It returns nil when none is
+// unroutable says how many of insts their health or maintenance keeps from
+// traffic, for a 503's message ("" when none).
+func unroutable(insts []api.Instance) string {
+	critical, maint := 0, 0
+	for i := range insts {
+		switch {
+		case insts[i].Maintenance != "":
+			maint++
+		case insts[i].Health == api.HealthCritical:
+			critical++
+		}
+	}
+	if critical+maint == 0 {
+		return ""
+	}
+	return fmt.Sprintf(" (%d critical, %d in maintenance)", critical, maint)
+}
+
+// choose picks the instance of insts that gets the request: passing
+// instances on alive (or unknown) nodes first, warning ones next, those on
+// suspect nodes only when no alive one is left, never critical ones, those
+// in maintenance or those on dead or departed nodes. It returns nil when none is
 // usable. It does not allocate for services of up to 64 instances.
 func choose(sel selector, st *serviceState, live Liveness, insts []api.Instance) *api.Instance {
 	return chooseExcept(sel, st, live, insts, nil, pickOpts{})
@@ -412,15 +445,15 @@ type pickOpts struct {
 func chooseExcept(sel selector, st *serviceState, live Liveness, insts []api.Instance, tried []string, o pickOpts) *api.Instance {
 	var buf [64]uint8
 	classes := buf[:0]
-	var count [4]int
+	var count [numClasses]int
 	now := time.Now().UnixNano()
 	for i := range insts {
-		c := classify(live.NodeStatus(insts[i].Node))
+		c := classify(&insts[i], live.NodeStatus(insts[i].Node))
 		if c != classSkip && (len(tried) > 0 || st.health.Load() != nil) {
 			hp := st.hostport(&insts[i])
 			if slices.Contains(tried, hp) {
 				c = classSkip
-			} else if h := st.healthIfAny(hp); c == classAlive && h != nil && h.ejections.Load() != 0 {
+			} else if h := st.healthIfAny(hp); (c == classAlive || c == classWarning) && h != nil && h.ejections.Load() != 0 {
 				switch allowed, claimed := h.probe(now); {
 				case claimed && allowed:
 					// The ejection is over: this request is the one probe
@@ -435,7 +468,7 @@ func chooseExcept(sel selector, st *serviceState, live Liveness, insts []api.Ins
 		count[c]++
 	}
 	want := classAlive
-	for _, c := range []uint8{classAlive, classSuspect, classEjected} {
+	for _, c := range []uint8{classAlive, classWarning, classSuspect, classEjected} {
 		if count[c] > 0 {
 			want = c
 			break

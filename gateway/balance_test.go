@@ -3,6 +3,7 @@ package gateway_test
 import (
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -154,5 +155,47 @@ func TestPreferLocal(t *testing.T) {
 	live.set("node-b", api.StatusSuspect)
 	if res, _ := tg.do(t, http.MethodGet, "/svc/", nil, nil); res.Header.Get("X-Herd-Upstream") != "node-a" {
 		t.Fatalf("local node suspect: answered by %s, want node-a", res.Header.Get("X-Herd-Upstream"))
+	}
+}
+
+// Health decides first: passing instances get every request; warning ones
+// only when no passing one is left; critical ones and those in maintenance
+// never, and with nothing else left the answer is a 503 that says why.
+func TestRoutesByHealth(t *testing.T) {
+	pass, warn, crit, maint := startBackend(t, "pass"), startBackend(t, "warn"), startBackend(t, "crit"), startBackend(t, "maint")
+	ip, iw, ic, im := pass.instance("svc", "node-pass", ""), warn.instance("svc", "node-warn", ""), crit.instance("svc", "node-crit", ""), maint.instance("svc", "node-maint", "")
+	iw.Health, ic.Health, im.Maintenance = api.HealthWarning, api.HealthCritical, "reboot"
+	cat, live := newCatalog(), newLiveness()
+	tg := startGateway(t, gateway.DefaultConfig(), cat, live)
+	count := func() map[string]int {
+		counts := map[string]int{}
+		for range 40 {
+			res, _ := tg.do(t, http.MethodGet, "/svc/", nil, nil)
+			counts[res.Header.Get("X-Herd-Upstream")+"/"+http.StatusText(res.StatusCode)]++
+		}
+		return counts
+	}
+	cat.set("svc", ip, iw, ic, im)
+	if got := count(); got["node-pass/OK"] != 40 {
+		t.Fatalf("with a passing instance: %v", got)
+	}
+	ip.Health = api.HealthCritical
+	cat.set("svc", ip, iw, ic, im)
+	if got := count(); got["node-warn/OK"] != 40 {
+		t.Fatalf("with only a warning instance routable: %v", got)
+	}
+	iw.Health = api.HealthCritical
+	cat.set("svc", ip, iw, ic, im)
+	res, body := tg.do(t, http.MethodGet, "/svc/", nil, nil)
+	if res.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "(3 critical, 1 in maintenance)") {
+		t.Fatalf("nothing routable: %d %s", res.StatusCode, body)
+	}
+	// A suspect node's passing instance comes after an alive node's
+	// warning one.
+	iw.Health, ip.Health = api.HealthWarning, api.HealthPassing
+	live.set("node-pass", api.StatusSuspect)
+	cat.set("svc", ip, iw, ic, im)
+	if got := count(); got["node-warn/OK"] != 40 {
+		t.Fatalf("warning on an alive node vs passing on a suspect one: %v", got)
 	}
 }

@@ -94,7 +94,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 	inst := chooseExcept(g.sel, st, g.live, insts, nil, opts)
 	if inst == nil {
 		g.reject(w, id, origin, cors, http.StatusServiceUnavailable, ReasonNoLiveInstance,
-			fmt.Sprintf("service %q has %d registered instances, none on a live node", service, len(insts)))
+			fmt.Sprintf("service %q has %d registered instances, none on a live node and routable%s", service, len(insts), unroutable(insts)))
 		return
 	}
 

@@ -42,6 +42,8 @@ func newAPIServer(n *Node) (*apiServer, error) {
 	mux.HandleFunc("GET /v1/services/{name}/instances/{id}", s.guard(read, s.instance))
 	mux.HandleFunc("PUT /v1/services/{name}/instances/{id}", s.guard(needServiceOf, s.register))
 	mux.HandleFunc("DELETE /v1/services/{name}/instances/{id}", s.guard(needServiceOf, s.deregister))
+	mux.HandleFunc("PUT /v1/checks/{name}/{id}/{check}/{status}", s.guard(needServiceOf, s.reportCheck))
+	mux.HandleFunc("GET /v1/checks", s.guard(read, s.checkResults))
 	// The batch's services are checked one by one in the handler.
 	mux.HandleFunc("POST /v1/instances", s.guard(needs(acl.NeedAuthenticated), s.batch))
 	mux.HandleFunc("POST /v1/leave", s.guard(operator, s.leave))
@@ -389,8 +391,9 @@ func (s *apiServer) register(w http.ResponseWriter, r *http.Request) {
 	}
 	in := api.Instance{
 		ID: id, Service: name, Address: req.Address, Port: req.Port, Path: req.Path,
-		Tags: req.Tags, Meta: req.Meta, Weight: req.Weight,
+		Tags: req.Tags, Meta: req.Meta, Weight: req.Weight, Checks: req.Checks,
 	}
+	s.n.prepareChecks(&in)
 	if err := s.n.registrar.RegisterKept(r.Context(), in); err != nil {
 		writeRegistryError(w, err)
 		return
@@ -422,7 +425,9 @@ func (s *apiServer) batch(w http.ResponseWriter, r *http.Request) {
 		if b.Path == "/" {
 			b.Path = "" // the instance's root: no prefix
 		}
-		reg = append(reg, api.Instance{ID: b.ID, Service: b.Service, Address: b.Address, Port: b.Port, Path: b.Path, Tags: b.Tags, Meta: b.Meta, Weight: b.Weight})
+		in := api.Instance{ID: b.ID, Service: b.Service, Address: b.Address, Port: b.Port, Path: b.Path, Tags: b.Tags, Meta: b.Meta, Weight: b.Weight, Checks: b.Checks}
+		s.n.prepareChecks(&in)
+		reg = append(reg, in)
 		refs = append(refs, registry.Ref{Service: b.Service, ID: b.ID})
 	}
 	for _, d := range req.Deregister {

@@ -51,6 +51,7 @@ type Node struct {
 	// dials (registryMembers).
 	epMu      sync.RWMutex
 	registrar *registry.Registrar
+	checks    *checkState
 	catalog   *registry.Catalog
 	host      *services.Host
 	gateway   *gateway.Gateway
@@ -222,12 +223,15 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if m := n.member.Load(); m != nil {
 		n.watchMember(m)
 	}
+	n.newChecks()
 	rcfg := registry.DefaultRegistrarConfig(cfg.Name)
 	rcfg.Logger = n.logger
+	rcfg.OnChange = n.instanceChanged
 	if n.registrar, err = registry.NewRegistrar(registry.LocalClient(n.client, n.member.Load), rcfg); err != nil {
 		return err
 	}
 	n.registrar.Start()
+	n.goBackground(n.writeCheckStatus)
 	n.goBackground(n.migrateLegacyKept)
 	n.catalog = registry.NewCatalog(n.client, 0, n.logger)
 	n.catalog.Start()
@@ -504,6 +508,10 @@ func (n *Node) Close(ctx context.Context) error {
 func (n *Node) close(ctx context.Context) error {
 	n.setPhase("stopping")
 	var errs []error
+	if n.checks != nil {
+		// No check runs or writes once the lease is going.
+		n.checks.runner.Close()
+	}
 	if n.registrar != nil {
 		if err := n.registrar.Close(ctx); err != nil {
 			errs = append(errs, err)

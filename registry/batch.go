@@ -98,6 +98,12 @@ func (r *Registrar) Batch(ctx context.Context, reg []api.Instance, dereg []Ref) 
 		delete(r.kept, k)
 	}
 	r.mu.Unlock()
+	for i := range reg {
+		r.notify(reg[i].Service, reg[i].ID, &reg[i])
+	}
+	for _, d := range dereg {
+		r.notify(d.Service, d.ID, nil)
+	}
 	return nil
 }
 

@@ -59,9 +59,14 @@ func (r *Registrar) loadKept(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read the kept registrations: %w", unavailable(err))
 	}
+	var added []api.Instance
+	defer func() {
+		for i := range added {
+			r.notify(added[i].Service, added[i].ID, &added[i])
+		}
+	}()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	added := 0
 	for _, kv := range resp.Kvs {
 		var in api.Instance
 		if err := json.Unmarshal(kv.Value, &in); err != nil {
@@ -79,11 +84,11 @@ func (r *Registrar) loadKept(ctx context.Context) error {
 		}
 		r.desired[key] = in
 		r.kept[key] = true
-		added++
+		added = append(added, in)
 	}
 	r.loaded = true
-	if added > 0 {
-		r.logger.Info("registering the instances kept from before the restart", "count", added)
+	if len(added) > 0 {
+		r.logger.Info("registering the instances kept from before the restart", "count", len(added))
 	}
 	return nil
 }

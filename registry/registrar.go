@@ -33,6 +33,12 @@ type RegistrarConfig struct {
 	RequestTimeout time.Duration
 	// Logger receives the registrar's log lines.
 	Logger *slog.Logger
+	// OnChange, when set, is told of every instance the registrar starts
+	// or stops holding (in nil), and of every change made by a
+	// registration: the node runs the instances' checks from it. It is
+	// called synchronously, without the registrar's locks, and must not
+	// block.
+	OnChange func(service, id string, in *api.Instance)
 }
 
 // DefaultRegistrarConfig returns the defaults for node.
@@ -338,6 +344,7 @@ func (r *Registrar) grantAndRegister(ctx context.Context) (clientv3.LeaseID, <-c
 		}
 		delete(r.kept, InstanceKey(in.Service, in.ID))
 		r.mu.Unlock()
+		r.notify(in.Service, in.ID, nil)
 	}
 	r.forgetKept(ctx, lost)
 	r.mu.Lock()
@@ -406,6 +413,7 @@ func (r *Registrar) register(ctx context.Context, in api.Instance, keep bool) er
 		delete(r.kept, key)
 	}
 	r.mu.Unlock()
+	r.notify(in.Service, in.ID, &in)
 	return nil
 }
 
@@ -498,6 +506,7 @@ func (r *Registrar) Deregister(ctx context.Context, service, id string) error {
 	delete(r.doubtful, key)
 	delete(r.kept, key)
 	r.mu.Unlock()
+	r.notify(service, id, nil)
 	return nil
 }
 

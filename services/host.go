@@ -22,6 +22,9 @@ var builtin = []string{"hello", "echo"}
 // Builtin returns the names of the built-in services.
 func Builtin() []string { return slices.Clone(builtin) }
 
+// BuiltinCheckInterval is how often a built-in service's http check runs.
+const BuiltinCheckInterval = 10 * time.Second
+
 // Registrar is the registry's client API as the host uses it. Register
 // keeps an instance registered under the node's lease; both calls are safe
 // for concurrent use and bounded by ctx.
@@ -118,13 +121,23 @@ func (h *Host) Handler() http.Handler { return h.mux }
 func (h *Host) Instances() []api.Instance {
 	out := make([]api.Instance, 0, len(h.cfg.Services))
 	for _, s := range h.cfg.Services {
-		out = append(out, api.Instance{
-			ID: h.cfg.Node, Service: s, Node: h.cfg.Node,
-			Address: h.cfg.AdvertiseIP, Port: h.cfg.Port, Path: "/" + s,
-			Tags: []string{"builtin"}, TLS: h.cfg.TLS != nil,
-		})
+		out = append(out, h.instance(s))
 	}
 	return out
+}
+
+// instance is the built-in service s's instance, its defaults filled.
+func (h *Host) instance(s string) api.Instance {
+	in := api.Instance{
+		ID: h.cfg.Node, Service: s, Node: h.cfg.Node,
+		Address: h.cfg.AdvertiseIP, Port: h.cfg.Port, Path: "/" + s,
+		Tags: []string{"builtin"}, TLS: h.cfg.TLS != nil,
+		// A real check of the handler, as gateways see it; passing
+		// from the start, as the process that registers it serves it.
+		Checks: []api.Check{{Name: "http", Type: api.CheckHTTP, Path: "/" + s, Interval: api.Duration(BuiltinCheckInterval), Status: api.HealthPassing}},
+	}
+	in.Normalize()
+	return in
 }
 
 // Serve serves on ln until Shutdown; it returns nil after Shutdown.

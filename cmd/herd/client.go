@@ -267,11 +267,61 @@ func newServicesCmd() *cobra.Command {
 		for _, in := range resp.Instances {
 			tags := append([]string(nil), in.Tags...)
 			sort.Strings(tags)
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", in.ID, in.Node, hostPort(in.Address, in.Port), dash(in.Path), in.Weight, dash(in.Health), dash(strings.Join(tags, ",")))
+			health := dash(in.Health)
+			if in.Maintenance != "" {
+				health = "maintenance"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\n", in.ID, in.Node, hostPort(in.Address, in.Port), dash(in.Path), in.Weight, health, dash(strings.Join(tags, ",")))
 		}
-		return tw.Flush()
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		return printChecks(cmd.OutOrStdout(), resp.Instances, time.Now())
 	}
 	return cmd
+}
+
+// printChecks lists the checks of instances: status, since when, and the
+// output of the run that set the status; then why instances are in
+// maintenance.
+func printChecks(w io.Writer, instances []api.Instance, now time.Time) error {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	header := false
+	for _, in := range instances {
+		for _, c := range in.Checks {
+			if !header {
+				fmt.Fprintln(tw, "\nINSTANCE\tCHECK\tTYPE\tSTATUS\tSINCE\tOUTPUT")
+				header = true
+			}
+			since := "-"
+			if !c.Since.IsZero() {
+				since = c.Since.Local().Format(time.DateTime) + " (" + now.Sub(c.Since).Truncate(time.Second).String() + " ago)"
+			}
+			out := strings.Join(strings.Fields(c.Output), " ")
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", in.ID, c.Name, checkWhat(c), c.Status, since, dash(out))
+		}
+	}
+	for _, in := range instances {
+		if in.Maintenance != "" {
+			fmt.Fprintf(tw, "\n%s is in maintenance: %s\n", in.ID, in.Maintenance)
+		}
+	}
+	return tw.Flush()
+}
+
+// checkWhat describes a check in a few words.
+func checkWhat(c api.Check) string {
+	switch c.Type {
+	case api.CheckHTTP:
+		return fmt.Sprintf("http GET %s every %s", c.Path, c.Interval.D())
+	case api.CheckTTL:
+		return fmt.Sprintf("ttl %s", c.TTL.D())
+	case api.CheckGRPC:
+		if c.GRPCService != "" {
+			return fmt.Sprintf("grpc %s every %s", c.GRPCService, c.Interval.D())
+		}
+	}
+	return fmt.Sprintf("%s every %s", c.Type, c.Interval.D())
 }
 
 func hostPort(host string, port int) string {
