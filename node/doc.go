@@ -21,4 +21,10 @@
 // (refused, but for reads with --anonymous-read); 401 or 403 otherwise,
 // logged and counted. The node that creates a cluster makes its management
 // token and publishes its hash once (publishManagementToken).
+//
+// The node runs the health checks of the instances it owns (checks.go,
+// with the health package): the registrar tells the runner of every
+// instance it holds, the runner says when a check changes status, and a
+// writer puts the new statuses into the instance's registry value
+// (Registrar.Update), retrying until it lands; only changes are written.
 package node
