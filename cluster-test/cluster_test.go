@@ -98,6 +98,9 @@ func TestThreeNodeCluster(t *testing.T) {
 	if err != nil || len(table(out)) != 3 {
 		t.Fatalf("herd services hello:\n%s\n%v", out, err)
 	}
+	if _, checks, _ := strings.Cut(out, "\n\n"); len(table(checks)) != 3 || strings.Count(checks, "passing") != 3 {
+		t.Fatalf("herd services hello lists its built-in checks:\n%s", out)
+	}
 
 	before, err := n3.members()
 	if err != nil {

@@ -534,6 +534,9 @@ func table(out string) []map[string]string {
 	for sc.Scan() {
 		line := sc.Text()
 		if strings.TrimSpace(line) == "" {
+			if header != nil {
+				break // the first table ends here (herd services NAME lists the checks after it)
+			}
 			continue
 		}
 		if header == nil {
