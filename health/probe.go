@@ -53,8 +53,9 @@ func newProber(in api.Instance, c api.Check, clients *clients) prober {
 	return nil
 }
 
-// clients are the HTTP clients of every http check of a runner. Keep-alives
-// are off, as in Consul: each run makes a new connection, so a service that
+// clients are the HTTP clients of every http check of a runner, and the
+// TLS configuration of checks of instances that serve TLS. Keep-alives are
+// off, as in Consul: each run makes a new connection, so a service that
 // stops accepting them is seen, not hidden behind an old connection.
 type clients struct {
 	plain, tls *http.Client
@@ -62,30 +63,25 @@ type clients struct {
 }
 
 func newClients(tlsCfg *tls.Config) *clients {
+	if tlsCfg == nil {
+		tlsCfg = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
 	mk := func(tc *tls.Config) *http.Client {
 		return &http.Client{
-			Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: tc, Proxy: nil, ForceAttemptHTTP2: false},
+			Transport: &http.Transport{DisableKeepAlives: true, TLSClientConfig: tc, Proxy: nil},
 			// A check does not follow redirects: a 3xx is an answer the
 			// service gives, and following it could send the check to
 			// any host.
 			CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse },
 		}
 	}
-	c := &clients{plain: mk(nil), tlsCfg: tlsCfg}
-	if tlsCfg != nil {
-		c.tls = mk(tlsCfg.Clone())
-	} else {
-		c.tls = mk(&tls.Config{MinVersion: tls.VersionTLS12})
-	}
-	return c
+	return &clients{plain: mk(nil), tls: mk(tlsCfg.Clone()), tlsCfg: tlsCfg}
 }
 
+// tlsConfig is a copy of the TLS configuration when on, nil otherwise.
 func (c *clients) tlsConfig(on bool) *tls.Config {
 	if !on {
 		return nil
-	}
-	if c.tlsCfg == nil {
-		return &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	return c.tlsCfg.Clone()
 }

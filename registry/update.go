@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
+	"slices"
 
 	"github.com/herdcluster/herd/api"
 )
@@ -59,14 +61,6 @@ func (r *Registrar) Update(ctx context.Context, service, id string, mutate func(
 	return nil
 }
 
-// Instance returns the instance service/id this registrar holds (a copy).
-func (r *Registrar) Instance(service, id string) (api.Instance, bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	in, ok := r.desired[InstanceKey(service, id)]
-	return cloneInstance(in), ok
-}
-
 // notify tells the registrar's OnChange of a change of the instances it
 // holds (nil: removed). Called without r.mu.
 func (r *Registrar) notify(service, id string, in *api.Instance) {
@@ -83,18 +77,6 @@ func (r *Registrar) notify(service, id string, in *api.Instance) {
 // cloneInstance copies in deeply enough that the copy's slices and map can
 // be changed.
 func cloneInstance(in api.Instance) api.Instance {
-	if in.Checks != nil {
-		in.Checks = append([]api.Check(nil), in.Checks...)
-	}
-	if in.Tags != nil {
-		in.Tags = append([]string(nil), in.Tags...)
-	}
-	if in.Meta != nil {
-		m := make(map[string]string, len(in.Meta))
-		for k, v := range in.Meta {
-			m[k] = v
-		}
-		in.Meta = m
-	}
+	in.Checks, in.Tags, in.Meta = slices.Clone(in.Checks), slices.Clone(in.Tags), maps.Clone(in.Meta)
 	return in
 }
