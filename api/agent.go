@@ -43,6 +43,9 @@ type Member struct {
 	// MemberID is the etcd member ID in hex, when the node has one.
 	MemberID string `json:"member_id,omitempty"`
 	Version  string `json:"version,omitempty"`
+	// Maintenance says what of the node is in maintenance: "node", its
+	// services' names, or their count; "" when nothing is.
+	Maintenance string `json:"maintenance,omitempty"`
 }
 
 // MembersResponse is the body of GET /v1/members.

@@ -34,6 +34,9 @@ type Meta struct {
 	// Proposal identifies the initial cluster a --bootstrap-expect node
 	// proposes (or formed): a hash of its members' names and peer URLs.
 	Proposal string `json:"bp,omitempty"`
+	// Maint says what of the node is in maintenance: "node", its services'
+	// names, or their count ("" when nothing is).
+	Maint string `json:"m,omitempty"`
 }
 
 // metaVersion is the value of Meta.Herd this build writes.

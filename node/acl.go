@@ -103,11 +103,13 @@ const (
 	actACLTokenCreate
 	actACLTokenRevoke
 	actACLBootstrap
+	actMaintEnable
+	actMaintDisable
 	numActions
 )
 
 var actionNames = [numActions]string{"register", "deregister", "leave", "force_leave", "snapshot", "join_token_rotate",
-	"keyring", "acl_token_create", "acl_token_revoke", "acl_bootstrap"}
+	"keyring", "acl_token_create", "acl_token_revoke", "acl_bootstrap", "maint_enable", "maint_disable"}
 
 // Caller kinds (besides node-certificate and client-certificate).
 const (

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -44,6 +45,9 @@ func newAPIServer(n *Node) (*apiServer, error) {
 	mux.HandleFunc("DELETE /v1/services/{name}/instances/{id}", s.guard(needServiceOf, s.deregister))
 	mux.HandleFunc("PUT /v1/checks/{name}/{id}/{check}/{status}", s.guard(needServiceOf, s.reportCheck))
 	mux.HandleFunc("GET /v1/checks", s.guard(read, s.checkResults))
+	mux.HandleFunc("GET /v1/maintenance", s.guard(read, s.maintenance))
+	mux.HandleFunc("PUT /v1/maintenance", s.guard(needMaintOf, s.enableMaint))
+	mux.HandleFunc("DELETE /v1/maintenance", s.guard(needMaintOf, s.disableMaint))
 	// The batch's services are checked one by one in the handler.
 	mux.HandleFunc("POST /v1/instances", s.guard(needs(acl.NeedAuthenticated), s.batch))
 	mux.HandleFunc("POST /v1/leave", s.guard(operator, s.leave))
@@ -163,7 +167,7 @@ func (n *Node) Members(ctx context.Context) api.MembersResponse {
 			Name: g.Name, ID: g.Meta.ID, Address: g.IP, GossipPort: g.Port,
 			GatewayPort: g.Meta.GatewayPort, APIPort: g.Meta.APIPort, ServicePort: g.Meta.ServicePort,
 			ClientURL: g.Meta.ClientURL, PeerURL: g.Meta.PeerURL,
-			Status: g.Status, Role: g.Meta.Role, Version: g.Meta.Version,
+			Status: g.Status, Role: g.Meta.Role, Version: g.Meta.Version, Maintenance: g.Meta.Maint,
 		}
 		if m.Role == "" {
 			m.Role = api.RoleNone
@@ -244,8 +248,14 @@ func (s *apiServer) service(w http.ResponseWriter, r *http.Request) {
 		writeFieldError(w, err)
 		return
 	}
-	ins, rev, ok := s.read(w, r, name, "")
-	if !ok {
+	var ins []api.Instance
+	var rev int64
+	var ok bool
+	if q := r.URL.Query(); q.Has("index") || q.Has("wait") {
+		if ins, rev, ok = s.block(w, r, name); !ok {
+			return
+		}
+	} else if ins, rev, ok = s.read(w, r, name, ""); !ok {
 		return
 	}
 	if len(ins) == 0 {
@@ -284,17 +294,20 @@ const consistentReadTimeout = 5 * time.Second
 func (s *apiServer) read(w http.ResponseWriter, r *http.Request, service, id string) (ins []api.Instance, rev int64, ok bool) {
 	q := r.URL.Query()
 	if !q.Has("consistent") {
-		ins, rev = s.n.catalog.Instances(service), s.n.catalog.Revision()
-		if id != "" {
-			// The catalog's slice is shared with the gateway: pick the
-			// instance out, never filter it in place.
-			i := slices.IndexFunc(ins, func(in api.Instance) bool { return in.ID == id })
-			if i < 0 {
-				return nil, rev, true
-			}
-			return ins[i : i+1 : i+1], rev, true
+		var index int64
+		ins, index = s.n.catalog.Service(service)
+		rev = s.n.catalog.Revision()
+		if id == "" {
+			w.Header().Set(IndexHeader, strconv.FormatInt(index, 10))
+			return ins, rev, true
 		}
-		return ins, rev, true
+		// The catalog's slice is shared with the gateway: pick the
+		// instance out, never filter it in place.
+		i := slices.IndexFunc(ins, func(in api.Instance) bool { return in.ID == id })
+		if i < 0 {
+			return nil, rev, true
+		}
+		return ins[i : i+1 : i+1], rev, true
 	}
 	switch v := q.Get("consistent"); v {
 	case "", "true", "1":

@@ -51,11 +51,13 @@ type Node struct {
 	// dials (registryMembers).
 	epMu      sync.RWMutex
 	registrar *registry.Registrar
-	checks    *checkState
-	catalog   *registry.Catalog
-	host      *services.Host
-	gateway   *gateway.Gateway
-	api       *apiServer
+	// maint is the node's maintenance state (maint.go).
+	maint   *maintState
+	checks  *checkState
+	catalog *registry.Catalog
+	host    *services.Host
+	gateway *gateway.Gateway
+	api     *apiServer
 
 	// phase is "starting", "running" or "stopping", for /readyz.
 	phase atomic.Pointer[string]
@@ -160,6 +162,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if n.dir, err = openDataDir(cfg.DataDir); err != nil {
 		return err
 	}
+	if n.maint, err = loadMaint(cfg.DataDir); err != nil {
+		return err
+	}
 	n.logger.Info("starting herd node", "name", cfg.Name, "id", n.dir.id, "version", cfg.Version,
 		"bind", cfg.BindIP, "advertise", cfg.advertise(), "data_dir", cfg.DataDir)
 
@@ -227,11 +232,13 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	rcfg := registry.DefaultRegistrarConfig(cfg.Name)
 	rcfg.Logger = n.logger
 	rcfg.OnChange = n.instanceChanged
+	rcfg.Overlay = n.maint.overlay
 	if n.registrar, err = registry.NewRegistrar(registry.LocalClient(n.client, n.member.Load), rcfg); err != nil {
 		return err
 	}
 	n.registrar.Start()
 	n.goBackground(n.writeCheckStatus)
+	n.goBackground(n.followMaint)
 	n.goBackground(n.migrateLegacyKept)
 	n.catalog = registry.NewCatalog(n.client, 0, n.logger)
 	n.catalog.Start()
@@ -300,7 +307,7 @@ func (n *Node) meta(role string) gossip.Meta {
 	m := gossip.Meta{
 		ID: n.dir.id, Version: n.cfg.Version, Role: role,
 		GatewayPort: n.cfg.GatewayPort, APIPort: n.cfg.APIPort, ServicePort: n.cfg.ServicePort,
-		Expect: n.cfg.BootstrapExpect, Proposal: n.proposal(),
+		Expect: n.cfg.BootstrapExpect, Proposal: n.proposal(), Maint: n.maintSummary(),
 	}
 	mc := n.memberConfig()
 	m.PeerURL = mc.PeerURL()

@@ -40,8 +40,7 @@ func (r *Registrar) Batch(ctx context.Context, reg []api.Instance, dereg []Ref) 
 	seen := map[string]bool{}
 	for i := range reg {
 		in := &reg[i]
-		in.Node = r.cfg.Node
-		in.Normalize()
+		r.overlay(in)
 		if err := in.Validate(); err != nil {
 			var fe *api.FieldError
 			if errors.As(err, &fe) {
@@ -77,6 +76,9 @@ func (r *Registrar) Batch(ctx context.Context, reg []api.Instance, dereg []Ref) 
 			r.ops.unlockShared(k, true)
 		}
 	}()
+	for i := range reg {
+		r.overlay(&reg[i]) // as register does, under the locks
+	}
 	lease := r.LeaseID()
 	if lease == 0 {
 		return ErrNoLease

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"reflect"
 	"sort"
 	"strings"
 	"sync"
@@ -37,6 +38,9 @@ type Catalog struct {
 
 	changedMu sync.Mutex
 	changed   chan struct{} // closed and replaced on every new snapshot
+	// waiters are the channels of Wait, by service: closed when the
+	// service's index moves on.
+	waiters map[string]*waiter
 
 	cancel    context.CancelFunc
 	done      chan struct{}
@@ -46,7 +50,26 @@ type Catalog struct {
 type catalogSnapshot struct {
 	rev      int64
 	services map[string][]api.Instance // sorted by ID; never modified once stored
+	// index is the revision of each service's last change: the services
+	// present, and those gone since base (tombstones). A service not in it
+	// has the index base, the revision of the last full list (or of the
+	// last tombstone sweep). Never modified once stored.
+	index map[string]int64
+	base  int64
 }
+
+// indexOf is service's index in s (blocking queries, X-Herd-Index).
+func (s *catalogSnapshot) indexOf(service string) int64 {
+	if i, ok := s.index[service]; ok {
+		return i
+	}
+	return s.base
+}
+
+// maxTombstones bounds the index entries kept for services that are
+// gone: past it, base moves up to the current revision and they are
+// dropped (every absent service's index moves forward, never back).
+const maxTombstones = 1024
 
 type catalogState struct {
 	synced bool
@@ -76,8 +99,9 @@ func NewCatalog(cli *clientv3.Client, staleAfter time.Duration, logger *slog.Log
 		logger:     logger.With("component", "catalog"),
 		done:       make(chan struct{}),
 		changed:    make(chan struct{}),
+		waiters:    map[string]*waiter{},
 	}
-	c.snap.Store(&catalogSnapshot{services: map[string][]api.Instance{}})
+	c.snap.Store(&catalogSnapshot{services: map[string][]api.Instance{}, index: map[string]int64{}})
 	c.state.Store(&catalogState{reason: "catalog has not listed the registry yet"})
 	return c
 }
@@ -107,6 +131,62 @@ func (c *Catalog) Close() {
 // shared: callers must not modify it.
 func (c *Catalog) Instances(service string) []api.Instance {
 	return c.snap.Load().services[service]
+}
+
+// Service returns the instances of service (shared: not to be modified)
+// and its index: the registry revision of the service's last change (an
+// instance added, changed or removed; health and maintenance are in the
+// value). The index only goes forward, also across a re-list, where a
+// service that changed meanwhile gets the list's revision.
+func (c *Catalog) Service(service string) ([]api.Instance, int64) {
+	s := c.snap.Load()
+	return s.services[service], s.indexOf(service)
+}
+
+// Wait returns the instances of service and its index once the index is
+// past after, or when ctx ends (with what the catalog holds then).
+func (c *Catalog) Wait(ctx context.Context, service string, after int64) ([]api.Instance, int64) {
+	for {
+		// The channel before the snapshot: a snapshot published after it
+		// closes it.
+		c.changedMu.Lock()
+		w, ok := c.waiters[service]
+		if !ok {
+			w = &waiter{ch: make(chan struct{})}
+			c.waiters[service] = w
+		}
+		w.n++
+		c.changedMu.Unlock()
+		ins, index := c.Service(service)
+		if index > after {
+			c.release(service, w)
+			return ins, index
+		}
+		select {
+		case <-w.ch:
+			c.release(service, w)
+		case <-ctx.Done():
+			c.release(service, w)
+			return c.Service(service)
+		}
+	}
+}
+
+// waiter is the channel the Waits on one service share, and how many
+// there are: the last to leave removes it, so names that never change
+// leave nothing behind.
+type waiter struct {
+	ch chan struct{}
+	n  int
+}
+
+func (c *Catalog) release(service string, w *waiter) {
+	c.changedMu.Lock()
+	defer c.changedMu.Unlock()
+	w.n--
+	if w.n == 0 && c.waiters[service] == w {
+		delete(c.waiters, service)
+	}
 }
 
 // Has reports whether the catalog holds service/id (a binary search).
@@ -148,11 +228,19 @@ func (c *Catalog) Changed() <-chan struct{} {
 	return c.changed
 }
 
-func (c *Catalog) publish(s *catalogSnapshot) {
+// publish stores s and wakes the waiters of the services whose index
+// moved (all of them when moved is nil).
+func (c *Catalog) publish(s *catalogSnapshot, moved map[string]int64) {
 	c.snap.Store(s)
 	c.changedMu.Lock()
 	close(c.changed)
 	c.changed = make(chan struct{})
+	for name, w := range c.waiters {
+		if _, ok := moved[name]; ok || moved == nil {
+			close(w.ch)
+			delete(c.waiters, name)
+		}
+	}
 	c.changedMu.Unlock()
 }
 
@@ -183,7 +271,9 @@ func (m catalogMirror) events(evs []*clientv3.Event)             { m.c.apply(evs
 func (m catalogMirror) progress(rev int64)                       { m.c.progress(rev) }
 func (m catalogMirror) state(synced bool, reason string)         { m.c.setState(synced, reason) }
 
-// listed publishes a snapshot of every instance listed at rev.
+// listed publishes a snapshot of every instance listed at rev. A service
+// keeps its index when it is as before (a re-list after compaction finds
+// most unchanged); one that changed, or is gone, gets rev.
 func (c *Catalog) listed(kvs []*mvccpb.KeyValue, rev int64) {
 	services := map[string][]api.Instance{}
 	for _, kv := range kvs {
@@ -192,10 +282,17 @@ func (c *Catalog) listed(kvs []*mvccpb.KeyValue, rev int64) {
 			services[in.Service] = append(services[in.Service], in)
 		}
 	}
-	for _, ins := range services {
+	cur := c.snap.Load()
+	index := make(map[string]int64, len(services))
+	for name, ins := range services {
 		sortByID(ins)
+		if old, ok := cur.services[name]; ok && reflect.DeepEqual(old, ins) {
+			index[name] = cur.indexOf(name)
+		} else {
+			index[name] = rev
+		}
 	}
-	c.publish(&catalogSnapshot{rev: rev, services: services})
+	c.publish(&catalogSnapshot{rev: rev, services: services, index: index, base: rev}, nil)
 }
 
 // progress moves the snapshot's revision on to rev, which the member
@@ -203,7 +300,7 @@ func (c *Catalog) listed(kvs []*mvccpb.KeyValue, rev int64) {
 func (c *Catalog) progress(rev int64) {
 	cur := c.snap.Load()
 	if rev > cur.rev {
-		c.snap.Store(&catalogSnapshot{rev: rev, services: cur.services})
+		c.snap.Store(&catalogSnapshot{rev: rev, services: cur.services, index: cur.index, base: cur.base})
 	}
 }
 
@@ -215,6 +312,7 @@ func (c *Catalog) progress(rev int64) {
 func (c *Catalog) apply(events []*clientv3.Event) {
 	cur := c.snap.Load()
 	var touched map[string]map[string]*api.Instance // service -> id -> instance (nil: deleted)
+	var moved map[string]int64                      // service -> its last event's revision
 	rev := cur.rev
 	for _, ev := range events {
 		if ev.Kv.ModRevision <= cur.rev {
@@ -226,8 +324,9 @@ func (c *Catalog) apply(events []*clientv3.Event) {
 			continue
 		}
 		if touched == nil {
-			touched = map[string]map[string]*api.Instance{}
+			touched, moved = map[string]map[string]*api.Instance{}, map[string]int64{}
 		}
+		moved[service] = max(moved[service], ev.Kv.ModRevision)
 		if touched[service] == nil {
 			touched[service] = map[string]*api.Instance{}
 		}
@@ -245,7 +344,7 @@ func (c *Catalog) apply(events []*clientv3.Event) {
 	}
 	if touched == nil {
 		if rev > cur.rev {
-			c.snap.Store(&catalogSnapshot{rev: rev, services: cur.services})
+			c.snap.Store(&catalogSnapshot{rev: rev, services: cur.services, index: cur.index, base: cur.base})
 		}
 		return
 	}
@@ -253,14 +352,28 @@ func (c *Catalog) apply(events []*clientv3.Event) {
 	for name, ins := range cur.services {
 		services[name] = ins
 	}
+	index := make(map[string]int64, len(cur.index)+len(touched))
+	for name, i := range cur.index {
+		index[name] = i
+	}
 	for name, changes := range touched {
 		if next := merged(cur.services[name], changes); len(next) > 0 {
 			services[name] = next
 		} else {
 			delete(services, name)
 		}
+		index[name] = moved[name]
 	}
-	c.publish(&catalogSnapshot{rev: rev, services: services})
+	base := cur.base
+	if len(index)-len(services) > maxTombstones {
+		base = rev
+		for name := range index {
+			if _, ok := services[name]; !ok {
+				delete(index, name)
+			}
+		}
+	}
+	c.publish(&catalogSnapshot{rev: rev, services: services, index: index, base: base}, moved)
 }
 
 func (c *Catalog) decode(kv *mvccpb.KeyValue) (api.Instance, bool) {

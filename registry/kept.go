@@ -73,7 +73,7 @@ func (r *Registrar) loadKept(ctx context.Context) error {
 			r.logger.Warn("dropping a kept registration that does not decode", "key", string(kv.Key), "err", err)
 			continue
 		}
-		in.Node = r.cfg.Node
+		r.overlay(&in)
 		if err := in.Validate(); err != nil {
 			r.logger.Warn("dropping an invalid kept registration", "key", string(kv.Key), "err", err)
 			continue

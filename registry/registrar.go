@@ -39,6 +39,11 @@ type RegistrarConfig struct {
 	// called synchronously, without the registrar's locks, and must not
 	// block.
 	OnChange func(service, id string, in *api.Instance)
+	// Overlay, when set, sets what the node decides about its instances
+	// beyond their registration (maintenance): it is applied to every
+	// instance value before it is written, and Reapply writes again the
+	// instances whose value it changes. It must not call the registrar.
+	Overlay func(in *api.Instance)
 }
 
 // DefaultRegistrarConfig returns the defaults for node.
@@ -326,6 +331,10 @@ func (r *Registrar) grantAndRegister(ctx context.Context) (clientv3.LeaseID, <-c
 		want = append(want, in)
 	}
 	r.mu.Unlock()
+	for i := range want {
+		want[i] = cloneInstance(want[i])
+		r.overlay(&want[i])
+	}
 	conflicts, err := r.putMany(ctx, grant.ID, want)
 	if err != nil {
 		kacancel()
@@ -376,8 +385,7 @@ func (r *Registrar) Register(ctx context.Context, in api.Instance) error {
 }
 
 func (r *Registrar) register(ctx context.Context, in api.Instance, keep bool) error {
-	in.Node = r.cfg.Node
-	in.Normalize()
+	r.overlay(&in)
 	if err := in.Validate(); err != nil {
 		return err
 	}
@@ -386,6 +394,9 @@ func (r *Registrar) register(ctx context.Context, in api.Instance, keep bool) er
 		return err
 	}
 	defer r.unlockKey(key)
+	// Again under the lock: a Reapply that ran in between saw no such
+	// instance yet, so this write must carry the Overlay as it is now.
+	r.overlay(&in)
 	r.mu.Lock()
 	lease, wasKept := r.lease, r.kept[key]
 	r.mu.Unlock()

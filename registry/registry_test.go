@@ -256,8 +256,12 @@ func TestCatalogRelistsAfterCompaction(t *testing.T) {
 	}
 	put("web", "keep")
 	put("web", "gone")
-	waitFor(t, 5*time.Second, "both instances", func() bool { return len(c.Instances("web")) == 2 })
+	put("stable", "s1")
+	waitFor(t, 5*time.Second, "the instances", func() bool { return len(c.Instances("web")) == 2 && len(c.Instances("stable")) == 1 })
 	relists := c.Relists()
+	_, webIndex := c.Service("web")
+	_, stableIndex := c.Service("stable")
+	_, churnIndex := c.Service("churn")
 
 	proxy.setCut(true)
 	waitFor(t, 10*time.Second, "catalog to notice the cut", func() bool { ok, _ := c.Synced(); return !ok })
@@ -288,6 +292,87 @@ func TestCatalogRelistsAfterCompaction(t *testing.T) {
 	}
 	if c.Revision() < compacted {
 		t.Fatalf("catalog revision %d behind %d", c.Revision(), compacted)
+	}
+	// Indexes only go forward: what changed meanwhile moved past the
+	// compaction, what did not kept its index.
+	if _, i := c.Service("web"); i < compacted || i <= webIndex {
+		t.Errorf("web's index %d after the re-list, was %d, compacted at %d", i, webIndex, compacted)
+	}
+	if _, i := c.Service("churn"); i <= churnIndex {
+		t.Errorf("churn's index %d after the re-list, was %d", i, churnIndex)
+	}
+	if _, i := c.Service("stable"); i != stableIndex {
+		t.Errorf("stable's index %d after the re-list, was %d", i, stableIndex)
+	}
+}
+
+// A service's index moves with its changes only; Wait returns at a change
+// past the index, or at its context's end with the same index, and leaves
+// no waiter behind.
+func TestCatalogServiceIndexAndWait(t *testing.T) {
+	_, cli := startSingle(t)
+	c := newTestCatalog(t, cli)
+	ctx := context.Background()
+	put := func(service, id string, port int) int64 {
+		t.Helper()
+		in := instance(service, id, port)
+		in.Node = "writer"
+		in.Normalize()
+		resp, err := cli.Put(ctx, InstanceKey(service, id), mustJSON(t, in))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.Header.Revision
+	}
+	rev := put("web", "w1", 80)
+	put("db", "d1", 5432)
+	waitFor(t, 5*time.Second, "both services", func() bool { return len(c.Instances("web")) == 1 && len(c.Instances("db")) == 1 })
+	_, index := c.Service("web")
+	if index != rev {
+		t.Fatalf("web's index %d, want its write's revision %d", index, rev)
+	}
+	_, none := c.Service("nosuch")
+	if none <= 0 || none > index {
+		t.Fatalf("an unknown service's index %d (web's %d)", none, index)
+	}
+
+	// A change to another service wakes no one; one to web does.
+	got := make(chan int64, 1)
+	go func() {
+		_, i := c.Wait(ctx, "web", index)
+		got <- i
+	}()
+	put("db", "d2", 5433)
+	waitFor(t, 5*time.Second, "db's change", func() bool { return len(c.Instances("db")) == 2 })
+	select {
+	case i := <-got:
+		t.Fatalf("a change to db woke web's waiter (index %d)", i)
+	default:
+	}
+	rev = put("web", "w1", 81)
+	select {
+	case i := <-got:
+		if i != rev {
+			t.Fatalf("woken at index %d, want %d", i, rev)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("web's change did not wake its waiter")
+	}
+
+	// Nothing changes: the wait ends with the context, at the same index.
+	wctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if _, i := c.Wait(wctx, "web", rev); i != rev {
+		t.Fatalf("a wait that saw no change returned index %d, want %d", i, rev)
+	}
+	wctx2, cancel2 := context.WithTimeout(ctx, 100*time.Millisecond)
+	defer cancel2()
+	c.Wait(wctx2, "nosuch", none)
+	c.changedMu.Lock()
+	left := len(c.waiters)
+	c.changedMu.Unlock()
+	if left != 0 {
+		t.Fatalf("%d waiters left behind", left)
 	}
 }
 

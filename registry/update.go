@@ -35,8 +35,7 @@ func (r *Registrar) Update(ctx context.Context, service, id string, mutate func(
 	if !mutate(&in) {
 		return nil
 	}
-	in.Node = r.cfg.Node
-	in.Normalize()
+	r.overlay(&in)
 	if err := in.Validate(); err != nil {
 		return err
 	}
@@ -59,6 +58,72 @@ func (r *Registrar) Update(ctx context.Context, service, id string, mutate func(
 	}
 	r.mu.Unlock()
 	return nil
+}
+
+// overlay makes in this node's: its name, the node's Overlay, the derived
+// fields (Normalize).
+func (r *Registrar) overlay(in *api.Instance) {
+	in.Node = r.cfg.Node
+	if r.cfg.Overlay != nil {
+		r.cfg.Overlay(in)
+	}
+	in.Normalize()
+}
+
+// Reapply writes again, in a few transactions, every instance this
+// registrar holds whose value the Overlay now changes (maintenance turned
+// on or off): it returns once the registry holds them all, or with the
+// first failure (ErrUnavailable: call it again; what was written stays).
+// Without a lease it writes nothing: the next lease writes every instance
+// with the Overlay applied.
+func (r *Registrar) Reapply(ctx context.Context) (int, error) {
+	if err := r.lock(ctx); err != nil {
+		return 0, err
+	}
+	defer r.unlock()
+	r.mu.Lock()
+	lease := r.lease
+	var changed []api.Instance
+	for _, in := range r.desired {
+		next := cloneInstance(in)
+		r.overlay(&next)
+		if !sameValue(in, next) {
+			changed = append(changed, next)
+		}
+	}
+	r.mu.Unlock()
+	if len(changed) == 0 {
+		return 0, nil
+	}
+	if lease == 0 {
+		return 0, ErrNoLease
+	}
+	conflicts, err := r.putMany(ctx, lease, changed)
+	if err != nil {
+		return 0, err
+	}
+	lost := map[string]bool{}
+	for _, c := range conflicts {
+		// Another node took the key after this node's lease was lost:
+		// the next lease's registration finds it so and drops it.
+		lost[InstanceKey(c.in.Service, c.in.ID)] = true
+	}
+	r.mu.Lock()
+	for _, in := range changed {
+		k := InstanceKey(in.Service, in.ID)
+		if _, still := r.desired[k]; still && !lost[k] {
+			r.desired[k] = in
+		}
+	}
+	r.mu.Unlock()
+	return len(changed) - len(lost), nil
+}
+
+// sameValue reports whether a and b encode alike.
+func sameValue(a, b api.Instance) bool {
+	ja, errA := json.Marshal(a)
+	jb, errB := json.Marshal(b)
+	return errA == nil && errB == nil && string(ja) == string(jb)
 }
 
 // notify tells the registrar's OnChange of a change of the instances it

@@ -213,14 +213,14 @@ func newMembersCmd() *cobra.Command {
 			return err
 		}
 		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "NAME\tADDRESS\tSTATUS\tROLE\tLEADER\tGATEWAY\tAPI\tVERSION")
+		fmt.Fprintln(tw, "NAME\tADDRESS\tSTATUS\tROLE\tLEADER\tGATEWAY\tAPI\tVERSION\tMAINT")
 		for _, m := range resp.Members {
 			leader := ""
 			if m.Leader {
 				leader = "*"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, hostPort(m.Address, m.GossipPort), m.Status, m.Role, leader,
-				hostPort(m.Address, m.GatewayPort), hostPort(m.Address, m.APIPort), dash(m.Version))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", m.Name, hostPort(m.Address, m.GossipPort), m.Status, m.Role, leader,
+				hostPort(m.Address, m.GatewayPort), hostPort(m.Address, m.APIPort), dash(m.Version), dash(m.Maintenance))
 		}
 		if err := tw.Flush(); err != nil {
 			return err
