@@ -212,3 +212,38 @@ type BatchResponse struct {
 	Registered   int `json:"registered"`
 	Deregistered int `json:"deregistered"`
 }
+
+// ServiceDefinition is a file of a node's --config-dir: one instance of a
+// service, registered by the node at start and on every reload, with the
+// fields of a registration.
+type ServiceDefinition struct {
+	// Name is the service's name (a DNS label).
+	Name string `json:"name"`
+	// ID is the instance's ID; default: the node's name.
+	ID string `json:"id,omitempty"`
+	// Address defaults to the node's advertised address.
+	RegisterRequest
+}
+
+// ReloadResponse is the answer of POST /v1/reload: what the node's
+// --config-dir holds now, file by file.
+type ReloadResponse struct {
+	Dir string `json:"dir"`
+	// Error says why the directory could not be read (nothing changed).
+	Error string       `json:"error,omitempty"`
+	Files []ConfigFile `json:"files"`
+	// Registered counts the instances added or changed by this reload,
+	// Deregistered those removed.
+	Registered   int `json:"registered"`
+	Deregistered int `json:"deregistered"`
+}
+
+// ConfigFile is one file of a --config-dir and what became of it.
+type ConfigFile struct {
+	File    string `json:"file"`
+	Service string `json:"service,omitempty"`
+	ID      string `json:"id,omitempty"`
+	// Error says what is wrong with the file; its instance, if an earlier
+	// read registered it, stays as it was.
+	Error string `json:"error,omitempty"`
+}

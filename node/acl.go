@@ -105,11 +105,12 @@ const (
 	actACLBootstrap
 	actMaintEnable
 	actMaintDisable
+	actReload
 	numActions
 )
 
 var actionNames = [numActions]string{"register", "deregister", "leave", "force_leave", "snapshot", "join_token_rotate",
-	"keyring", "acl_token_create", "acl_token_revoke", "acl_bootstrap", "maint_enable", "maint_disable"}
+	"keyring", "acl_token_create", "acl_token_revoke", "acl_bootstrap", "maint_enable", "maint_disable", "reload"}
 
 // Caller kinds (besides node-certificate and client-certificate).
 const (

@@ -51,6 +51,7 @@ func newAPIServer(n *Node) (*apiServer, error) {
 	// The batch's services are checked one by one in the handler.
 	mux.HandleFunc("POST /v1/instances", s.guard(needs(acl.NeedAuthenticated), s.batch))
 	mux.HandleFunc("POST /v1/leave", s.guard(operator, s.leave))
+	mux.HandleFunc("POST /v1/reload", s.guard(operator, s.reload))
 	mux.HandleFunc("GET /v1/snapshot", s.guard(operator, s.snapshot))
 	if n.cfg.MetricsAnonymous {
 		mux.Handle("GET /metrics", n.metricsHandler())
@@ -351,20 +352,26 @@ func writeRegistryError(w http.ResponseWriter, err error) {
 	}
 }
 
-// builtin answers 403 when name/id is a built-in instance this node hosts:
-// only the node itself changes those (an API client could otherwise point
-// a node's echo at another address, or remove it).
+// builtin answers 403 when name/id is a built-in instance this node hosts,
+// or one its --config-dir defines: only the node itself changes those (an
+// API client could otherwise point a node's echo at another address, or
+// remove it).
 func (s *apiServer) builtin(w http.ResponseWriter, name, id string) bool {
-	if s.n.host == nil {
-		return false
-	}
-	for _, in := range s.n.host.Instances() {
-		if in.Service == name && in.ID == id {
-			writeJSON(w, http.StatusForbidden, api.Error{
-				Error:  fmt.Sprintf("%s/%s is this node's built-in instance: only the node changes it (--services)", name, id),
-				Reason: "builtin_instance"})
-			return true
+	if s.n.host != nil {
+		for _, in := range s.n.host.Instances() {
+			if in.Service == name && in.ID == id {
+				writeJSON(w, http.StatusForbidden, api.Error{
+					Error:  fmt.Sprintf("%s/%s is this node's built-in instance: only the node changes it (--services)", name, id),
+					Reason: "builtin_instance"})
+				return true
+			}
 		}
+	}
+	if file := s.n.configFileOf(name, id); file != "" {
+		writeJSON(w, http.StatusForbidden, api.Error{
+			Error:  fmt.Sprintf("%s/%s is defined in %s of this node's --config-dir: change the file and run herd reload", name, id, file),
+			Reason: "config_instance"})
+		return true
 	}
 	return false
 }

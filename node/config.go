@@ -50,6 +50,9 @@ type Config struct {
 
 	// Services are the built-in services this node hosts.
 	Services []string
+	// ConfigDir holds service definitions, one JSON file per instance
+	// (configdir.go), registered at start and on every reload.
+	ConfigDir string
 	// CORSOrigins are the origins the gateway allows; empty means no CORS.
 	CORSOrigins []string
 	// APIAllowedHosts are Host names the agent API answers to besides its
@@ -240,6 +243,13 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return errors.New("--data-dir is empty")
+	}
+	if c.ConfigDir != "" {
+		if st, err := os.Stat(c.ConfigDir); err != nil {
+			return fmt.Errorf("--config-dir: %w", err)
+		} else if !st.IsDir() {
+			return fmt.Errorf("--config-dir %s is not a directory", c.ConfigDir)
+		}
 	}
 	ports := []struct {
 		flag string

@@ -61,7 +61,7 @@ var (
 	descACLDenied = prometheus.NewDesc("herd_acl_denied_total",
 		"Agent API requests refused by access control, by reason (token_required, invalid_token, unknown_token, token_expired, permission_denied).", []string{"reason"}, nil)
 	descACLChanges = prometheus.NewDesc("herd_acl_changes_total",
-		"Changes made through the agent API, by action (register, deregister, leave, force_leave, snapshot, join_token_rotate, keyring, acl_token_create, acl_token_revoke, acl_bootstrap, maint_enable, maint_disable).", []string{"action"}, nil)
+		"Changes made through the agent API, by action (register, deregister, leave, force_leave, snapshot, join_token_rotate, keyring, acl_token_create, acl_token_revoke, acl_bootstrap, maint_enable, maint_disable, reload).", []string{"action"}, nil)
 	descACLTokens = prometheus.NewDesc("herd_acl_tokens",
 		"API tokens in this node's token set.", nil, nil)
 	descACLSynced = prometheus.NewDesc("herd_acl_synced",

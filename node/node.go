@@ -52,7 +52,9 @@ type Node struct {
 	epMu      sync.RWMutex
 	registrar *registry.Registrar
 	// maint is the node's maintenance state (maint.go).
-	maint   *maintState
+	maint *maintState
+	// config follows the --config-dir (configdir.go); nil without one.
+	config  *configState
 	checks  *checkState
 	catalog *registry.Catalog
 	host    *services.Host
@@ -106,6 +108,9 @@ func New(cfg Config) (*Node, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	n := &Node{cfg: cfg, logger: cfg.Logger, errc: make(chan error, 4)}
+	if cfg.ConfigDir != "" {
+		n.config = newConfigState(cfg.ConfigDir)
+	}
 	n.bgCtx, n.bgCancel = context.WithCancel(context.Background())
 	n.setPhase("starting")
 	return n, nil
@@ -259,6 +264,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		}
 	})
 	n.goBackground(func(ctx context.Context) { _ = n.host.RegisterAll(ctx) })
+	if n.config != nil {
+		n.goBackground(n.followConfig)
+	}
 
 	gwcfg := gateway.DefaultConfig()
 	gwcfg.CORSOrigins = cfg.CORSOrigins

@@ -189,6 +189,14 @@ func (r *Registrar) Leases() int {
 	return r.leaseGen
 }
 
+// Holds reports whether the registrar holds service/id.
+func (r *Registrar) Holds(service, id string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.desired[InstanceKey(service, id)]
+	return ok
+}
+
 // AnyMissing reports whether has is false for any instance this registrar
 // holds, without copying them.
 func (r *Registrar) AnyMissing(has func(service, id string) bool) bool {

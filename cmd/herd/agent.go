@@ -89,6 +89,7 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.IntVar(&cfg.APIPort, "api-port", cfg.APIPort, "agent HTTP API port")
 	f.IntVar(&cfg.ServicePort, "service-port", cfg.ServicePort, "port of the service handlers this node hosts")
 	f.StringSliceVar(&services, "services", cfg.Services, "built-in services this node hosts (empty: none)")
+	f.StringVar(&cfg.ConfigDir, "config-dir", "", "directory of service definitions, one JSON file per instance, registered at start and re-read on SIGHUP or herd reload")
 	f.StringVar(&cfg.Balancer, "balancer", "p2c", "gateway balancing policy: p2c (power of two choices over peak-EWMA latency x requests in flight: favours the fastest instances, still reaches every one), round-robin, least-request or random (a service may choose its own with the instance meta herd.balancer)")
 	f.BoolVar(&cfg.PreferLocal, "prefer-local", false, "gateway: send a service's traffic to this node's own instance while it is healthy")
 	f.StringSliceVar(&cfg.TrustedProxies, "trusted-proxies", nil, "CIDRs whose X-Forwarded-For the gateway keeps (default: none, it is replaced)")
@@ -158,6 +159,11 @@ func runAgent(cfg node.Config, logger *slog.Logger) error {
 	sigs := make(chan os.Signal, 2)
 	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM)
 	defer signal.Stop(sigs)
+	// SIGHUP reloads the --config-dir; it must not end the process, even
+	// while the node starts (a reload asked for then runs once it has).
+	hups := make(chan os.Signal, 1)
+	signal.Notify(hups, syscall.SIGHUP)
+	defer signal.Stop(hups)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -186,15 +192,25 @@ func runAgent(cfg node.Config, logger *slog.Logger) error {
 		return nil
 	}
 
-	select {
-	case sig := <-sigs:
-		logger.Info("signal received; stopping gracefully (send it again to force)", "signal", sig.String())
-	case err := <-n.Err():
-		if errors.Is(err, node.ErrLeft) {
-			logger.Info("left the cluster; stopping")
-		} else {
-			logger.Error("fatal node error; stopping", "err", err)
-			runErr = err
+	for stop := false; !stop; {
+		select {
+		case <-hups:
+			if n.RequestReload() {
+				logger.Info("SIGHUP: reading the service definitions again", "dir", cfg.ConfigDir)
+			} else {
+				logger.Warn("SIGHUP: this node has no --config-dir to read again; nothing else is reloaded")
+			}
+		case sig := <-sigs:
+			logger.Info("signal received; stopping gracefully (send it again to force)", "signal", sig.String())
+			stop = true
+		case err := <-n.Err():
+			if errors.Is(err, node.ErrLeft) {
+				logger.Info("left the cluster; stopping")
+			} else {
+				logger.Error("fatal node error; stopping", "err", err)
+				runErr = err
+			}
+			stop = true
 		}
 	}
 	go func() {

@@ -104,3 +104,49 @@ func printMaint(w io.Writer, m api.Maintenance, now time.Time) error {
 	}
 	return tw.Flush()
 }
+
+func newReloadCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "reload",
+		Short: "Make the node at --api read its --config-dir again",
+		Long: `Make the node at --api read its --config-dir again, as SIGHUP does: added and changed files are
+registered, removed ones deregistered. A file with an error is listed with it, and its instance stays as
+an earlier read left it; the others are applied. Exits 1 when any file has an error.`,
+		Args: cobra.NoArgs,
+	}
+	base := apiFlag(cmd)
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		if err := bindEnv(cmd.Flags()); err != nil {
+			return err
+		}
+		var r api.ReloadResponse
+		if err := callAPI(http.MethodPost, base, "/v1/reload", nil, &r); err != nil {
+			return err
+		}
+		if r.Error != "" {
+			return fmt.Errorf("cannot read %s: %s", r.Dir, r.Error)
+		}
+		tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "FILE\tINSTANCE\tERROR")
+		bad := 0
+		for _, f := range r.Files {
+			inst := "-"
+			if f.Service != "" {
+				inst = f.Service + "/" + f.ID
+			}
+			if f.Error != "" {
+				bad++
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\n", f.File, inst, dash(f.Error))
+		}
+		if err := tw.Flush(); err != nil {
+			return err
+		}
+		fmt.Fprintf(cmd.OutOrStdout(), "%s: %d files, %d registered or changed, %d deregistered\n", r.Dir, len(r.Files), r.Registered, r.Deregistered)
+		if bad > 0 {
+			return fmt.Errorf("%d of %d files have errors (their instances stay as they were)", bad, len(r.Files))
+		}
+		return nil
+	}
+	return cmd
+}

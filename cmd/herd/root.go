@@ -17,7 +17,7 @@ func newRootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(newAgentCmd(), newMembersCmd(), newServicesCmd(), newLeaveCmd(), newForceLeaveCmd(), newMaintCmd(), newWatchCmd(), newSnapshotCmd(), newTokenCmd(), newTLSCmd(), newKeyringCmd(), newACLCmd(), newVersionCmd())
+	root.AddCommand(newAgentCmd(), newMembersCmd(), newServicesCmd(), newLeaveCmd(), newForceLeaveCmd(), newMaintCmd(), newReloadCmd(), newWatchCmd(), newSnapshotCmd(), newTokenCmd(), newTLSCmd(), newKeyringCmd(), newACLCmd(), newVersionCmd())
 	return root
 }
 
