@@ -13,13 +13,20 @@ import (
 )
 
 // formCluster starts node1 (bootstrapping) and node2, node3 joining node1,
-// and waits until every gateway routes to instances on all three nodes.
-func formCluster(t *testing.T) (*cluster, []*node) {
+// and waits until every gateway routes to instances on all three nodes;
+// extra[i] are more agent arguments for node i+1.
+func formCluster(t *testing.T, extra ...[]string) (*cluster, []*node) {
 	t.Helper()
 	c := newCluster(t)
-	n1 := c.add(1)
-	n2 := c.add(2, "--join", c.ip(1))
-	n3 := c.add(3, "--join", c.ip(1)+":7946")
+	args := func(i int, a ...string) []string {
+		if i < len(extra) {
+			a = append(a, extra[i]...)
+		}
+		return a
+	}
+	n1 := c.add(1, args(0)...)
+	n2 := c.add(2, args(1, "--join", c.ip(1))...)
+	n3 := c.add(3, args(2, "--join", c.ip(1)+":7946")...)
 	start := time.Now()
 	for _, n := range []*node{n1, n2, n3} {
 		n.start()
