@@ -3,7 +3,7 @@ GO ?= go
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X main.version=$(VERSION)
 
-.PHONY: all build build-linux test check check-deploy cluster bench bench-proxy bench-failover bench-acl bench-registry bench-scale chaos chaos-smoke chaos-cleanup chaos-deps vagrant-up clean
+.PHONY: all build build-linux test check check-deploy cluster bench bench-proxy bench-failover bench-acl bench-registry bench-scale bench-checks chaos chaos-smoke chaos-cleanup chaos-deps vagrant-up clean
 
 all: build
 
@@ -49,6 +49,13 @@ bench-acl:
 # re-registration. Real processes on 127.0.11.1-4.
 bench-registry: build
 	./bench/registry.sh
+
+# Health checks' cost: 1,000 http checks every 10 s on one real node (CPU
+# against the same instances without checks, registry writes per minute,
+# runs and transitions), and the gateway's herd/direct ratio with the
+# checks off and on. Needs wrk (bench-proxy installs it).
+bench-checks: build
+	./bench/checks.sh
 
 # Many nodes: BENCH_NODES (25) real processes on 127.0.12.x (5 voters, the
 # rest spares): formation, gossip convergence, every gateway to every node,

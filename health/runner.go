@@ -450,13 +450,24 @@ func (r *Runner) Stats() (runs, transitions int64) {
 
 // Count returns how many checks the runner runs.
 func (r *Runner) Count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
 	n := 0
-	for _, in := range r.instances {
-		n += len(in.checks)
+	for _, v := range r.ByStatus() {
+		n += v
 	}
 	return n
+}
+
+// ByStatus counts the runner's checks by their current status.
+func (r *Runner) ByStatus() map[string]int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]int{}
+	for _, in := range r.instances {
+		for _, c := range in.checks {
+			out[c.status]++
+		}
+	}
+	return out
 }
 
 // Close stops every check and waits for them.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/herdcluster/herd/api"
@@ -30,6 +31,8 @@ type checkState struct {
 	mu     sync.Mutex
 	dirty  map[[2]string]bool // service, id
 	kick   chan struct{}
+	// written and failed count the status writes, for /metrics.
+	written, failed atomic.Int64
 }
 
 // checkWriters bounds the status writes in flight.
@@ -101,6 +104,7 @@ func (n *Node) writeCheckStatus(ctx context.Context) {
 			wg.Go(func() {
 				defer func() { <-sem }()
 				if err := n.writeStatus(ctx, k[0], k[1]); err != nil {
+					c.failed.Add(1)
 					c.mu.Lock()
 					c.dirty[k] = true
 					c.mu.Unlock()
@@ -123,12 +127,17 @@ func (n *Node) writeCheckStatus(ctx context.Context) {
 // writeStatus puts the runner's statuses of service/id into its registry
 // value, if they differ. An instance gone meanwhile is no failure.
 func (n *Node) writeStatus(ctx context.Context, service, id string) error {
+	changed := false
 	err := n.registrar.Update(ctx, service, id, func(in *api.Instance) bool {
 		cs, ok := n.checks.runner.Checks(service, id)
-		return ok && applyStatuses(in, cs)
+		changed = ok && applyStatuses(in, cs)
+		return changed
 	})
 	if errors.Is(err, registry.ErrNotFound) {
 		return nil
+	}
+	if err == nil && changed {
+		n.checks.written.Add(1)
 	}
 	return err
 }

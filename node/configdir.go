@@ -67,6 +67,20 @@ func newConfigState(dir string) *configState {
 	return &configState{dir: dir, kick: make(chan struct{}, 1), defs: map[string]configDef{}, failed: map[string]bool{}}
 }
 
+// counts says how many files the last read found good and bad.
+func (c *configState) counts() (ok, bad int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, f := range c.last.Files {
+		if f.Error != "" {
+			bad++
+		} else {
+			ok++
+		}
+	}
+	return ok, bad
+}
+
 // RequestReload asks the node to read its --config-dir again (SIGHUP); it
 // does not wait. It reports false when the node has no --config-dir.
 func (n *Node) RequestReload() bool {

@@ -27,4 +27,12 @@
 // instance it holds, the runner says when a check changes status, and a
 // writer puts the new statuses into the instance's registry value
 // (Registrar.Update), retrying until it lands; only changes are written.
+//
+// Maintenance (maint.go) is the node's own state, kept in its data dir: the
+// registrar's Overlay stamps it on every instance value the node writes,
+// and Registrar.Reapply rewrites the instances a change concerns, so
+// gateways skip them from their next catalog update. Service definitions
+// on disk (configdir.go) are registered like the built-ins and follow
+// their files on every reload. Blocking queries (blocking.go) wait on the
+// catalog's per-service index, with no registry read.
 package node

@@ -3,6 +3,7 @@ package node
 import (
 	"net/http"
 
+	"github.com/herdcluster/herd/api"
 	"github.com/herdcluster/herd/gateway"
 	"github.com/herdcluster/herd/gossip"
 	"github.com/prometheus/client_golang/prometheus"
@@ -68,6 +69,18 @@ var (
 		"1 when this node's token set follows the registry live, 0 when it checks requests against the last set it read.", nil, nil)
 	descRelists = prometheus.NewDesc("herd_catalog_relists_total",
 		"Times the catalog listed the registry again (its watch revision compacted, the watch broken or silent, the leader lost).", nil, nil)
+	descCheckRuns = prometheus.NewDesc("herd_check_runs_total",
+		"Health check runs on this node (probes, TTL reports and expiries).", nil, nil)
+	descCheckTransitions = prometheus.NewDesc("herd_check_transitions_total",
+		"Health check status changes on this node (only these are written to the registry).", nil, nil)
+	descChecks = prometheus.NewDesc("herd_checks",
+		"Health checks this node runs, by current status.", []string{"status"}, nil)
+	descCheckWrites = prometheus.NewDesc("herd_check_status_writes_total",
+		"Registry writes of check status changes by this node, by result (ok, failed: tried again).", []string{"result"}, nil)
+	descMaint = prometheus.NewDesc("herd_maintenance",
+		"This node's maintenance: 1 for scope node when the whole node is in maintenance; for scope service, how many of its services are.", []string{"scope"}, nil)
+	descConfigFiles = prometheus.NewDesc("herd_config_files",
+		"Service definition files of this node's --config-dir at its last read, by state (ok, error).", []string{"state"}, nil)
 	descSynced = prometheus.NewDesc("herd_catalog_synced",
 		"1 when the catalog follows the registry live, 0 when it serves its last snapshot.", nil, nil)
 )
@@ -75,7 +88,8 @@ var (
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAnswers, descRetries, descEjections, descUpstreamErrors,
 		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRelists, descRateLimited, descRejected, descLatency, descDuration, descHedges,
-		descUndecryptable, descAdmitted, descRenewals, descCertExpiry, descACLDenied, descACLChanges, descACLTokens, descACLSynced} {
+		descUndecryptable, descAdmitted, descRenewals, descCertExpiry, descACLDenied, descACLChanges, descACLTokens, descACLSynced,
+		descCheckRuns, descCheckTransitions, descChecks, descCheckWrites, descMaint, descConfigFiles} {
 		ch <- d
 	}
 }
@@ -142,8 +156,35 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descACLTokens, prometheus.GaugeValue, float64(n.acls.set.Load().Len()))
 		ch <- prometheus.MustNewConstMetric(descACLSynced, prometheus.GaugeValue, b2f(n.acls.synced.Load()))
 	}
+	c.collectHealth(ch)
 	if s := n.store.Load(); s != nil {
 		ch <- prometheus.MustNewConstMetric(descCertExpiry, prometheus.GaugeValue, float64(s.Leaf().NotAfter.Unix()))
+	}
+}
+
+// collectHealth reports the checks, maintenance and --config-dir.
+func (c *nodeCollector) collectHealth(ch chan<- prometheus.Metric) {
+	n := c.n
+	if n.checks != nil {
+		runs, transitions := n.checks.runner.Stats()
+		ch <- prometheus.MustNewConstMetric(descCheckRuns, prometheus.CounterValue, float64(runs))
+		ch <- prometheus.MustNewConstMetric(descCheckTransitions, prometheus.CounterValue, float64(transitions))
+		by := n.checks.runner.ByStatus()
+		for _, st := range []string{api.HealthPassing, api.HealthWarning, api.HealthCritical} {
+			ch <- prometheus.MustNewConstMetric(descChecks, prometheus.GaugeValue, float64(by[st]), st)
+		}
+		ch <- prometheus.MustNewConstMetric(descCheckWrites, prometheus.CounterValue, float64(n.checks.written.Load()), "ok")
+		ch <- prometheus.MustNewConstMetric(descCheckWrites, prometheus.CounterValue, float64(n.checks.failed.Load()), "failed")
+	}
+	if n.maint != nil {
+		m := n.maint.get()
+		ch <- prometheus.MustNewConstMetric(descMaint, prometheus.GaugeValue, b2f(m.Node != nil), "node")
+		ch <- prometheus.MustNewConstMetric(descMaint, prometheus.GaugeValue, float64(len(m.Services)), "service")
+	}
+	if n.config != nil {
+		ok, bad := n.config.counts()
+		ch <- prometheus.MustNewConstMetric(descConfigFiles, prometheus.GaugeValue, float64(ok), "ok")
+		ch <- prometheus.MustNewConstMetric(descConfigFiles, prometheus.GaugeValue, float64(bad), "error")
 	}
 }
 

@@ -152,6 +152,10 @@ func TestStartServeCloseLeavesNoGoroutines(t *testing.T) {
 			`herd_acl_tokens 1`,
 			`herd_acl_synced 1`,
 			`herd_acl_denied_total{reason="token_required"} 0`,
+			`herd_check_runs_total`,
+			`herd_checks{status="passing"}`,
+			`herd_check_status_writes_total{result="failed"} 0`,
+			`herd_maintenance{scope="node"} 0`,
 		} {
 			if !strings.Contains(metrics, want) {
 				missing = append(missing, want)

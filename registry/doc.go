@@ -26,7 +26,16 @@
 // is also written, in the same transaction, under the node's own kept
 // prefix with no lease (kept.go); a starting node reads its prefix once.
 // On a voter, the registrar's key-value calls go to the member in-process
-// (LocalClient, localkv.go) rather than over TLS on loopback.
+// (LocalClient, localkv.go) rather than over TLS on loopback. Update
+// rewrites one held instance in place (check status changes); the
+// RegistrarConfig.Overlay stamps what the node decides (maintenance) on
+// every value written, and Reapply rewrites what an Overlay change
+// concerns, 128 to a transaction, taking the lock alone.
+//
+// The catalog keeps, per service, the revision of its last change (its
+// index: forward only, also across a re-list, where a service that did not
+// change keeps its index) and wakes the Waits on that service alone:
+// blocking queries cost nothing until their service changes.
 //
 // Keys: /herd/services/<service>/<instance-id> -> JSON api.Instance (under
 // the owning node's lease); /herd/kept/<node>/<service>/<instance-id> ->

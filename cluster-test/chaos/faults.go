@@ -2,12 +2,15 @@ package chaos
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/http"
 	"slices"
 	"syscall"
 	"time"
+
+	"github.com/herdcluster/herd/api"
 )
 
 // A Fault is one thing the suite does to the cluster, with its inverse.
@@ -59,13 +62,15 @@ func Faults(n int, hold time.Duration) []Fault {
 		{Name: "throttle", Hold: hold, Budget: -1, inject: throttle},
 		{Name: "leave-join", Hold: 8 * time.Second, Removal: true, RemovalBy: 6 * time.Second, Budget: 0, Wipes: true, inject: leaveJoin},
 		{Name: "rolling-restart", Budget: 0, inject: rollingRestart},
+		{Name: "service-unhealthy", Hold: 5 * time.Second, Budget: 0, inject: serviceUnhealthy},
 	}
 	return fs
 }
 
 // SmokeFaults are the faults make chaos-smoke runs: kill -9 of the leader,
-// a pause, an isolated node and a majority|minority split.
-var SmokeFaults = []string{"kill-leader", "pause-2x", "isolate", "split-2|1"}
+// a pause, an isolated node, a majority|minority split and a service that
+// fails its checks on a healthy node.
+var SmokeFaults = []string{"kill-leader", "pause-2x", "isolate", "split-2|1", "service-unhealthy"}
 
 // Which node a fault targets.
 const (
@@ -367,4 +372,87 @@ func names(ns []*Node) []string {
 		out = append(out, n.Name)
 	}
 	return out
+}
+
+// serviceUnhealthy makes one node's hello service fail its health check
+// while the node itself stays healthy: the node's own connections to its
+// service port are refused (other nodes still reach it, so only the check
+// can keep traffic off). Every other catalog must see hello critical, no
+// request that starts a second later may be served there, and once healed
+// it must pass again and get traffic back.
+func serviceUnhealthy(r *Run, rng *rand.Rand) ([]*Node, func() error, error) {
+	n, err := pick(r, rng, either)
+	if err != nil {
+		return nil, nil, err
+	}
+	r.TL.Add("refuse %s's own connections to its service port: its hello check fails, the node does not", n.Name)
+	if err := r.C.Net.RefuseLocal(n.Index, n.IP, servicePort); err != nil {
+		return nil, nil, err
+	}
+	others := except(r.C.nodes, n)
+	var critical time.Duration
+	if err := helloHealth(others, n, api.HealthCritical, 45*time.Second); err != nil {
+		r.fail("service-unhealthy: %v", err)
+	} else {
+		critical = r.TL.Now()
+		r.TL.Add("hello/%s is critical in every other catalog", n.Name)
+	}
+	return []*Node{n}, func() error {
+		if critical > 0 {
+			total, served := 0, 0
+			for _, q := range r.traffic.Requests() {
+				if q.At > critical+time.Second {
+					total++
+					if q.Upstream == n.Name {
+						served++
+					}
+				}
+			}
+			r.TL.Add("while hello/%s was critical: %d of %d requests served by it", n.Name, served, total)
+			if served > 0 || total == 0 {
+				r.fail("service-unhealthy: %d of %d gateway requests started a second after hello/%s went critical were served by it", served, total, n.Name)
+			}
+		}
+		r.TL.Add("accept %s's connections to its service port again", n.Name)
+		if err := r.C.Net.Heal(n.Index); err != nil {
+			return err
+		}
+		if err := helloHealth(others, n, api.HealthPassing, 45*time.Second); err != nil {
+			r.fail("service-unhealthy: %v", err)
+			return nil
+		}
+		passing := r.TL.Now()
+		err := waitFor(60*time.Second, "traffic back on hello/"+n.Name, func() error {
+			for _, q := range r.traffic.Requests() {
+				if q.At > passing && q.Upstream == n.Name && !q.Failed() {
+					return nil
+				}
+			}
+			return errors.New("no request served by it yet")
+		})
+		if err != nil {
+			r.fail("service-unhealthy: %v", err)
+		} else {
+			r.TL.Add("hello/%s passes and serves traffic again, %.1fs after it passed", n.Name, (r.TL.Now() - passing).Seconds())
+		}
+		return nil
+	}, nil
+}
+
+// helloHealth waits until every node of in says target's hello instance
+// has health want.
+func helloHealth(in []*Node, target *Node, want string, timeout time.Duration) error {
+	return waitFor(timeout, fmt.Sprintf("hello/%s %s in every other catalog", target.Name, want), func() error {
+		for _, o := range in {
+			var ir api.InstanceResponse
+			code, err := getJSON(context.Background(), client, o.API()+"/v1/services/hello/instances/"+target.Name, &ir)
+			if err != nil || code != 200 {
+				return fmt.Errorf("%s: %d %v", o.Name, code, err)
+			}
+			if ir.Instance.Health != want {
+				return fmt.Errorf("%s says %s", o.Name, ir.Instance.Health)
+			}
+		}
+		return nil
+	})
 }

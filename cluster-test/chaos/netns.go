@@ -158,6 +158,14 @@ func (n *Net) Drop(i int, ip string, both bool) error {
 	return nil
 }
 
+// RefuseLocal makes node i refuse its own connections to its address ip
+// and port (a reset), and nothing else: what it serves there stays
+// reachable from other nodes.
+func (n *Net) RefuseLocal(i int, ip string, port int) error {
+	return inNS(n.Nodes[i].NS, "iptables", "-A", chain, "-p", "tcp", "-s", ip, "-d", ip, "--dport", strconv.Itoa(port),
+		"-j", "REJECT", "--reject-with", "tcp-reset")
+}
+
 // Heal removes every partition rule and bandwidth cap of node i.
 func (n *Net) Heal(i int) error {
 	ns := n.Nodes[i].NS

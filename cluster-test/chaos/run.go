@@ -259,7 +259,7 @@ func Execute(cfg Config) (r *Run, err error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	c, err := NewCluster(nw, cfg.Bin, dir, tl, "--hedge-after", "auto", "--raft-snapshot-count", "100", "--log-level", "info")
+	c, err := NewCluster(nw, cfg.Bin, dir, tl, "--hedge-after", "auto", "--raft-snapshot-count", "100", "--log-level", "info", "--debug-headers")
 	if err != nil {
 		return nil, err
 	}
@@ -378,7 +378,7 @@ func (r *Run) selectFaults(rng *rand.Rand) ([]Fault, error) {
 // registerLive registers the node's instance of chaos-live, through its own
 // API, kept across restarts.
 func (r *Run) registerLive(n *Node) error {
-	body, _ := json.Marshal(api.RegisterRequest{Address: n.IP, Port: 9, Meta: map[string]string{"v": "live"}})
+	body, _ := json.Marshal(api.RegisterRequest{Address: n.IP, Port: 9, Meta: map[string]string{"v": "live"}, Checks: instanceChecks()})
 	return waitFor(60*time.Second, "registering live-"+n.Name, func() error {
 		code, e, err := send(context.Background(), opClient, http.MethodPut, n.API()+"/v1/services/chaos-live/instances/live-"+n.Name, body)
 		if err != nil || code != 200 {
@@ -550,7 +550,7 @@ func (r *Run) expected() map[string]string {
 
 // readAll reads every instance of the workload's services and chaos-live
 // through node n with a consistent read.
-func readAll(n *Node, services []string) (map[string]string, int64, error) {
+func readAll(n *Node, services []string, value func(api.Instance) string) (map[string]string, int64, error) {
 	got := map[string]string{}
 	var rev int64
 	for _, s := range services {
@@ -560,7 +560,7 @@ func readAll(n *Node, services []string) (map[string]string, int64, error) {
 			return nil, 0, fmt.Errorf("%s: consistent read of %s: %d %v", n.Name, s, code, err)
 		}
 		for _, in := range sr.Instances {
-			got[s+"/"+in.ID] = in.Meta["v"]
+			got[s+"/"+in.ID] = value(in)
 		}
 		rev = max(rev, sr.Revision)
 	}
@@ -574,7 +574,7 @@ func (r *Run) checkNoLoss(when string, res *FaultResult) (lost []string, checked
 	services := append([]string{"chaos-live"}, workloadServices...)
 	var last error
 	err := waitFor(30*time.Second, "every acknowledged registration "+when, func() error {
-		got, _, err := readAll(r.C.nodes[0], services)
+		got, _, err := readAll(r.C.nodes[0], services, registered)
 		if err != nil {
 			last = err
 			return err
@@ -617,7 +617,7 @@ func (r *Run) checkNoLoss(when string, res *FaultResult) (lost []string, checked
 func (r *Run) checkCatalogs(when string) {
 	services := append([]string{"chaos-live", "hello", "echo"}, workloadServices...)
 	err := waitFor(30*time.Second, "every catalog equal to the registry "+when, func() error {
-		want, rev, err := readAll(r.C.nodes[0], services)
+		want, rev, err := readAll(r.C.nodes[0], services, withHealth)
 		if err != nil {
 			return err
 		}
@@ -633,7 +633,7 @@ func (r *Run) checkCatalogs(when string) {
 					return fmt.Errorf("%s: catalog at revision %d, registry at %d", n.Name, sr.Revision, rev)
 				}
 				for _, in := range sr.Instances {
-					got[s+"/"+in.ID] = in.Meta["v"]
+					got[s+"/"+in.ID] = withHealth(in)
 				}
 			}
 			if d := diff(want, got); d != "" {
@@ -647,6 +647,16 @@ func (r *Run) checkCatalogs(when string) {
 		return
 	}
 	r.TL.Add("catalogs %s: every node's equals the registry", when)
+}
+
+// registered is what the no-loss check compares: the registration's
+// value.
+func registered(in api.Instance) string { return in.Meta["v"] }
+
+// withHealth is what the catalog check compares: the value, health and
+// maintenance (check transitions are registry writes too).
+func withHealth(in api.Instance) string {
+	return in.Meta["v"] + " " + in.Health + " " + in.Maintenance
 }
 
 func diff(want, got map[string]string) string {

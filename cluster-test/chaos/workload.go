@@ -154,7 +154,7 @@ func (r *Registry) one(ctx context.Context, client int, rng *rand.Rand) {
 	sent := true
 	switch op.Kind {
 	case OpRegister:
-		body, _ := json.Marshal(api.RegisterRequest{Address: owner.IP, Port: 9, Meta: map[string]string{"v": op.Value}})
+		body, _ := json.Marshal(api.RegisterRequest{Address: owner.IP, Port: 9, Meta: map[string]string{"v": op.Value}, Checks: instanceChecks()})
 		code, e, err := send(ctx, opClient, http.MethodPut, via.API()+instancePath(op.Key), body)
 		op.Status, sent = outcome(code, e, err, false)
 		op.Err = describe(code, e, err)
@@ -207,6 +207,17 @@ func (r *Registry) one(ctx context.Context, client int, rng *rand.Rand) {
 	r.ops = append(r.ops, op)
 	r.mu.Unlock()
 }
+
+// instanceChecks are the checks of every instance the suite registers: an
+// http check of the owner's hello service, so that the check runners and
+// their status writes work through every fault.
+func instanceChecks() []api.Check {
+	return []api.Check{{Name: "owner-hello", Type: api.CheckHTTP, Path: "/hello", Port: servicePort,
+		Interval: api.Duration(2 * time.Second), Timeout: api.Duration(time.Second)}}
+}
+
+// servicePort is the nodes' --service-port (the default).
+const servicePort = 9000
 
 // send does a write and decodes an error body.
 func send(ctx context.Context, hc *http.Client, method, url string, body []byte) (int, api.Error, error) {
@@ -306,6 +317,9 @@ type Request struct {
 	Via     string        `json:"via"`
 	Code    int           `json:"code"`
 	Err     string        `json:"err,omitempty"`
+	// Upstream is the node that served the answer (X-Herd-Upstream: the
+	// nodes run --debug-headers).
+	Upstream string `json:"upstream,omitempty"`
 }
 
 // NewTraffic prepares rate requests a second to path.
@@ -352,6 +366,7 @@ func (t *Traffic) Run(ctx context.Context) {
 				_, err = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				r.Code = resp.StatusCode
+				r.Upstream = resp.Header.Get("X-Herd-Upstream")
 			}
 			r.Latency = time.Since(scheduled)
 			if err != nil {
