@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/herdcluster/herd/api"
@@ -45,7 +46,12 @@ type configState struct {
 	// after them only (an instance that deregister_critical_after removed
 	// is registered again at the next explicit reload, not at once).
 	failed map[string]bool
-	last   api.ReloadResponse
+
+	// last and files are what the last read found (the files' states, and
+	// the file of each instance they define), for lookups that must not
+	// wait for a reload in progress: the API's, /metrics.
+	last  atomic.Pointer[api.ReloadResponse]
+	files atomic.Pointer[map[string]string]
 }
 
 // configDef is an instance a file defines.
@@ -69,9 +75,11 @@ func newConfigState(dir string) *configState {
 
 // counts says how many files the last read found good and bad.
 func (c *configState) counts() (ok, bad int) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, f := range c.last.Files {
+	last := c.last.Load()
+	if last == nil {
+		return 0, 0
+	}
+	for _, f := range last.Files {
 		if f.Error != "" {
 			bad++
 		} else {
@@ -99,9 +107,11 @@ func (n *Node) configFileOf(service, id string) string {
 	if n.config == nil {
 		return ""
 	}
-	n.config.mu.Lock()
-	defer n.config.mu.Unlock()
-	return n.config.defs[registry.InstanceKey(service, id)].file
+	files := n.config.files.Load()
+	if files == nil {
+		return ""
+	}
+	return (*files)[registry.InstanceKey(service, id)]
 }
 
 // followConfig registers the --config-dir's instances, then reloads on
@@ -158,7 +168,7 @@ func (n *Node) reloadConfig(ctx context.Context, explicit bool) api.ReloadRespon
 	entries, err := os.ReadDir(c.dir)
 	if err != nil {
 		resp.Error = err.Error()
-		c.last = resp
+		c.last.Store(&resp)
 		return resp
 	}
 	type parsed struct {
@@ -213,6 +223,9 @@ func (n *Node) reloadConfig(ctx context.Context, explicit bool) api.ReloadRespon
 		fileIdx[p.file] = len(resp.Files)
 		resp.Files = append(resp.Files, f)
 	}
+	// The API refuses changes to what the files define from now on, before
+	// the registrations below.
+	c.publishFiles(want)
 	fail := func(file string, err error) {
 		if i, ok := fileIdx[file]; ok {
 			if resp.Files[i].Error == "" {
@@ -257,8 +270,18 @@ func (n *Node) reloadConfig(ctx context.Context, explicit bool) api.ReloadRespon
 		resp.Registered++
 	}
 	c.defs = want
-	c.last = resp
+	c.publishFiles(want)
+	c.last.Store(&resp)
 	return resp
+}
+
+// publishFiles makes want the instances the API may not change.
+func (c *configState) publishFiles(want map[string]configDef) {
+	byKey := make(map[string]string, len(want))
+	for k, d := range want {
+		byKey[k] = d.file
+	}
+	c.files.Store(&byKey)
 }
 
 // cloneDef copies a definition deeply enough to be prepared and
