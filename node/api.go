@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"slices"
 	"sort"
 	"strconv"
@@ -67,6 +68,11 @@ func newAPIServer(n *Node) (*apiServer, error) {
 	mux.HandleFunc("DELETE /v1/acl/tokens/{name}", s.guard(operator, s.aclTokenRevoke))
 	mux.HandleFunc("POST /v1/acl/bootstrap", s.guard(operator, s.aclBootstrap))
 	mux.HandleFunc("GET /v1/acl/whoami", s.guard(needs(acl.NeedAuthenticated), s.whoami))
+	if n.cfg.EnableDebug {
+		mux.HandleFunc("GET /debug/pprof/", s.guard(operator, pprof.Index))
+		mux.HandleFunc("GET /debug/pprof/profile", s.guard(operator, pprof.Profile))
+		mux.HandleFunc("GET /debug/pprof/trace", s.guard(operator, pprof.Trace))
+	}
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("no such endpoint: %s %s", r.Method, r.URL.Path), Reason: "not_found"})
 	})

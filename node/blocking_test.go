@@ -102,3 +102,40 @@ func TestBlockingQuery(t *testing.T) {
 		}
 	}
 }
+
+// --enable-debug serves the runtime profiles to operators only; without
+// it there is no such endpoint.
+func TestDebugEndpoints(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.EnableDebug = true
+	startNode(t, cfg)
+	base := fmt.Sprintf("https://127.0.0.1:%d", cfg.APIPort)
+	hc := caClient(t, cfg.DataDir)
+	waitFor(t, 30*time.Second, "ready", func() error {
+		if c, b, err := getWith(hc, base+"/readyz"); err != nil || c != 200 {
+			return fmt.Errorf("%d %s %v", c, b, err)
+		}
+		return nil
+	})
+	if c, b, err := getWith(hc, base+"/debug/pprof/goroutine?debug=1"); err != nil || c != 200 || !strings.Contains(b, "goroutine profile") {
+		t.Fatalf("with the management token: %d %.200s %v", c, b, err)
+	}
+	anon := &http.Client{Transport: hc.Transport.(tokenTransport).base}
+	if c, _, err := getWith(anon, base+"/debug/pprof/goroutine?debug=1"); err != nil || c != http.StatusUnauthorized {
+		t.Fatalf("without a token: %d %v", c, err)
+	}
+
+	cfg2 := testConfig(t)
+	startNode(t, cfg2)
+	base2 := fmt.Sprintf("https://127.0.0.1:%d", cfg2.APIPort)
+	hc2 := caClient(t, cfg2.DataDir)
+	waitFor(t, 30*time.Second, "the second node ready", func() error {
+		if c, b, err := getWith(hc2, base2+"/readyz"); err != nil || c != 200 {
+			return fmt.Errorf("%d %s %v", c, b, err)
+		}
+		return nil
+	})
+	if c, _, err := getWith(hc2, base2+"/debug/pprof/goroutine?debug=1"); err != nil || c != http.StatusNotFound {
+		t.Fatalf("without --enable-debug: %d %v", c, err)
+	}
+}

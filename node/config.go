@@ -119,6 +119,9 @@ type Config struct {
 	// cluster members make it. Every gateway of a secure cluster can dial
 	// such instances, with or without the flag itself.
 	InternalTLS bool
+	// EnableDebug serves Go's profiles at /debug/pprof/ on the agent API,
+	// to operator tokens only (as Consul's enable_debug).
+	EnableDebug bool
 	// DebugHeaders makes the gateway name the serving node in
 	// X-Herd-Upstream on every answer (otherwise only to trusted proxies).
 	DebugHeaders bool

@@ -105,6 +105,7 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.DurationVar(&cfg.ClientWriteTimeout, "client-write-timeout", node.DefaultClientWriteTimeout, "gateway: longest wait for a client to take more of an answer (the connection is closed after)")
 	f.IntVar(&cfg.MaxConns, "max-conns", node.DefaultMaxConns, "gateway: most client connections in all (503 past it)")
 	f.IntVar(&cfg.MaxConnsPerIP, "max-conns-per-ip", node.DefaultMaxConnsPerIP, "gateway: most client connections from one IP, --trusted-proxies exempt (503 past it)")
+	f.BoolVar(&cfg.EnableDebug, "enable-debug", false, "agent API: serve Go's runtime profiles at /debug/pprof/ (operator tokens only)")
 	f.BoolVar(&cfg.DebugHeaders, "debug-headers", false, "gateway: name the node that served each answer in X-Herd-Upstream, for every client (default: only for --trusted-proxies)")
 	f.StringSliceVar(&cfg.APIAllowedHosts, "api-allowed-hosts", nil, "Host names the agent API answers to besides its own addresses and node name (DNS rebinding protection; default: none)")
 	f.StringSliceVar(&cfg.APIAllowedOrigins, "api-allowed-origins", nil, "browser origins (scheme://host[:port]) allowed to call the agent API (default: none: cross-origin requests are refused)")
