@@ -375,6 +375,35 @@ mkdir -p "$(dirname "$out")"
 } >"$out"
 echo "results written to $out"
 
+# The hedge rate at steady state: hedging (on by default) needs a second
+# instance, so one more hello instance on the same backend is registered,
+# and one more round runs through the gateway; the share of its requests
+# hedged is read from /metrics.
+echo
+echo "hedge rate: a second hello instance on the same backend, one ${duration} round through the gateway..." >&2
+herd_api() { # METHOD PATH [BODY]
+	curl -fsS --max-time 5 --cacert "$tmp/bench/tls/ca.pem" -H "Authorization: Bearer $(cat "$tmp/bench/acl-token")" \
+		-X "$1" ${3:+-H 'Content-Type: application/json' --data "$3"} "https://$herd_ip:8500$2"
+}
+hello=$(herd_api GET /v1/services/hello/instances/bench)
+addr=$(python3 -c 'import json,sys; i=json.load(sys.stdin)["instance"]; print(json.dumps({"address": i["address"], "port": i["port"], "path": i.get("path", "")}))' <<<"$hello")
+herd_api PUT /v1/services/hello/instances/bench-2 "$addr" >/dev/null
+sleep 1 # the catalog and the gateway see it at once; the check passes within 500 ms
+hedge_metrics() { # -> "hedges requests"
+	herd_api GET /metrics | awk '
+		/^herd_gateway_hedges_total\{service="hello"\}/ { h = $2 }
+		/^herd_gateway_requests_total\{.*service="hello"/ { r += $2 }
+		END { printf "%d %d\n", h, r }'
+}
+read -r h0 q0 < <(hedge_metrics)
+wrk -t"$threads" -c"$connections" -d"$duration" --latency "${url[herd]}" >"$tmp/wrk.out" 2>&1
+read -r h1 q1 < <(hedge_metrics)
+hedged=$((h1 - h0))
+requests=$((q1 - q0))
+hedge_share=$(awk -v h="$hedged" -v q="$requests" 'BEGIN { if (q > 0) printf "%.4f", h / q; else print "null" }')
+echo "hedge rate at steady state (wrk -c$connections, two instances, --hedge-after auto): $hedged of $requests requests hedged ($hedge_share)"
+printf '{"hedged": %d, "requests": %d, "share": %s}\n' "$hedged" "$requests" "$hedge_share" >"${out%.json}-hedges.json"
+
 # Allocations per proxied request: a GET through the gateway's own server to
 # a local backend, minus the same GET straight to the backend.
 echo

@@ -268,9 +268,12 @@ type serviceState struct {
 
 	// Counters for metrics: answers by status class (index status/100,
 	// 0 for anything else), retries, ejections, failed upstream exchanges.
-	latency        latencyHist // time to the upstream's response headers, per attempt
-	duration       latencyHist // whole requests: received to response body done
-	hedges         atomic.Uint64
+	latency      latencyHist // time to the upstream's response headers, per attempt
+	duration     latencyHist // whole requests: received to response body done
+	hedges       atomic.Uint64
+	hedgesCapped atomic.Uint64 // hedges not sent: over the hedge cap
+	// hedgeSpent bounds hedges as a share of requests (hedge.go).
+	hedgeSpent     atomic.Int64
 	answers        [2][6]atomic.Uint64 // by method class (0 read, 1 write), then status class
 	retries        atomic.Uint64
 	ejections      atomic.Uint64
@@ -284,6 +287,7 @@ func (st *serviceState) countAnswer(method string, status int) {
 		c = 0
 	}
 	st.answers[methodClass(method)][c].Add(1)
+	st.earnHedge()
 }
 
 // methodClass is 0 for reads (GET, HEAD, OPTIONS) and 1 for the rest.

@@ -516,6 +516,7 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried []string, firs
 		}()
 	}
 	tokens := 0 // hedges share the retry budget
+	capped := false
 	defer func() { t.retriesInflight.Add(int64(-tokens)) }()
 	// hedge asks one more instance, if one is left and allowed.
 	hedge := func(free bool) bool {
@@ -527,7 +528,15 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried []string, firs
 			return false
 		}
 		if !free {
+			if !rt.st.takeHedge() {
+				if !capped { // once per request, however often the timer asks
+					capped = true
+					rt.st.hedgesCapped.Add(1)
+				}
+				return false
+			}
 			if !t.takeRetry() {
+				rt.st.refundHedge()
 				return false
 			}
 			tokens++

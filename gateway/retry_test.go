@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/herdcluster/herd/gateway"
 )
@@ -196,4 +197,33 @@ func TestEjectionCapUnderConcurrency(t *testing.T) {
 			t.Fatalf("%d of 2 instances ejected at once", s.Ejected)
 		}
 	}
+}
+
+// A service slow as a whole is not hedged on every request: hedges stay
+// under a tenth of the requests (plus a burst of ten), and every request
+// is still answered.
+func TestHedgesCappedWhenTheServiceIsSlow(t *testing.T) {
+	a, b := startSlowBackend(t, 20*time.Millisecond), startSlowBackend(t, 20*time.Millisecond)
+	cat, live := newCatalog(), newLiveness()
+	cat.set("svc", instanceAt(a, "svc", "a", "node-a", ""), instanceAt(b, "svc", "b", "node-b", ""))
+	cfg := gateway.DefaultConfig()
+	cfg.HedgeAfter = 2 * time.Millisecond
+	tg := startGateway(t, cfg, cat, live)
+	const n = 200
+	for i := range n {
+		res, _ := tg.do(t, http.MethodGet, "/svc/", nil, nil)
+		if res.StatusCode != 200 {
+			t.Fatalf("request %d: %d", i, res.StatusCode)
+		}
+	}
+	var hedges, capped uint64
+	for _, s := range tg.gw.Stats() {
+		if s.Service == "svc" {
+			hedges, capped = s.Hedges, s.HedgesCapped
+		}
+	}
+	if hedges > n/10+10 || capped == 0 || capped > n {
+		t.Fatalf("%d requests to a uniformly slow service: %d hedged, %d capped; want at most %d hedged", n, hedges, capped, n/10+10)
+	}
+	t.Logf("%d requests: %d hedged, %d hedges capped", n, hedges, capped)
 }

@@ -23,6 +23,8 @@ type ServiceStats struct {
 	// Hedges counts requests also sent to a second instance because the
 	// first was slow to answer.
 	Hedges uint64
+	// HedgesCapped counts hedges the hedge cap did not send.
+	HedgesCapped uint64
 	// Latency is the histogram of the time to upstream response headers,
 	// one sample per attempt.
 	Latency LatencyHistogram
@@ -61,7 +63,7 @@ func (g *Gateway) Stats() []ServiceStats {
 	for name, st := range *m {
 		s := ServiceStats{Service: name, Retries: st.retries.Load(), Ejections: st.ejections.Load(),
 			UpstreamErrors: st.upstreamErrors.Load(), Ejected: st.ejectedCount(now),
-			Hedges: st.hedges.Load(), Latency: st.latency.snapshot(), Duration: st.duration.snapshot()}
+			Hedges: st.hedges.Load(), HedgesCapped: st.hedgesCapped.Load(), Latency: st.latency.snapshot(), Duration: st.duration.snapshot()}
 		for m := range s.Answers {
 			for i := range s.Answers[m] {
 				s.Answers[m][i] = st.answers[m][i].Load()

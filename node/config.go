@@ -88,9 +88,10 @@ type Config struct {
 	// 500ms and 15s).
 	DialTimeout           time.Duration
 	ResponseHeaderTimeout time.Duration
-	// HedgeAfter is "off" (or ""), a duration, or "auto" (the service's
-	// p95): when an idempotent request has no answer by then, the gateway
-	// also asks a second instance.
+	// HedgeAfter is "auto" (the default, also ""; the service's p95), a
+	// duration, or "off": when an idempotent request has no answer by
+	// then, the gateway also asks a second instance (within the hedge cap
+	// and the retry budget).
 	HedgeAfter string
 
 	// JoinToken is the cluster's join token (herd1....), needed by a node
@@ -392,9 +393,9 @@ func (c *Config) trustedProxies() ([]netip.Prefix, error) {
 // hedge parses HedgeAfter.
 func (c *Config) hedge() (after time.Duration, auto bool, err error) {
 	switch c.HedgeAfter {
-	case "", "off":
+	case "off":
 		return 0, false, nil
-	case "auto":
+	case "", "auto":
 		return 0, true, nil
 	}
 	d, err := time.ParseDuration(c.HedgeAfter)

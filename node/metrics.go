@@ -47,6 +47,8 @@ var (
 		"Whole-request time through the gateway, from receiving the request to the end of the response body (retries and hedges included; upgraded connections not counted), by service.", []string{"service"}, nil)
 	descHedges = prometheus.NewDesc("herd_gateway_hedges_total",
 		"Requests also sent to a second instance because the first was slow.", []string{"service"}, nil)
+	descHedgesCapped = prometheus.NewDesc("herd_gateway_hedges_capped_total",
+		"Requests whose hedge the hedge cap (a tenth of the requests, plus a burst of ten) did not send.", []string{"service"}, nil)
 	descRateLimited = prometheus.NewDesc("herd_gateway_rate_limited_total",
 		"Requests answered 429 by the per-client rate limit.", nil, nil)
 	descRejected = prometheus.NewDesc("herd_gateway_rejected_total",
@@ -87,7 +89,7 @@ var (
 
 func (c *nodeCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descAnswers, descRetries, descEjections, descUpstreamErrors,
-		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRelists, descRateLimited, descRejected, descLatency, descDuration, descHedges,
+		descInflight, descEjected, descMembers, descInstances, descRole, descSynced, descRelists, descRateLimited, descRejected, descLatency, descDuration, descHedges, descHedgesCapped,
 		descUndecryptable, descAdmitted, descRenewals, descCertExpiry, descACLDenied, descACLChanges, descACLTokens, descACLSynced,
 		descCheckRuns, descCheckTransitions, descChecks, descCheckWrites, descMaint, descConfigFiles} {
 		ch <- d
@@ -123,6 +125,7 @@ func (c *nodeCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descInflight, prometheus.GaugeValue, float64(s.Inflight), s.Service)
 			ch <- prometheus.MustNewConstMetric(descEjected, prometheus.GaugeValue, float64(s.Ejected), s.Service)
 			ch <- prometheus.MustNewConstMetric(descHedges, prometheus.CounterValue, float64(s.Hedges), s.Service)
+			ch <- prometheus.MustNewConstMetric(descHedgesCapped, prometheus.CounterValue, float64(s.HedgesCapped), s.Service)
 			ch <- constHistogram(descLatency, s.Latency, s.Service)
 			ch <- constHistogram(descDuration, s.Duration, s.Service)
 		}

@@ -259,7 +259,7 @@ func Execute(cfg Config) (r *Run, err error) {
 		return nil, err
 	}
 	defer os.RemoveAll(dir)
-	c, err := NewCluster(nw, cfg.Bin, dir, tl, "--hedge-after", "auto", "--raft-snapshot-count", "100", "--log-level", "info", "--debug-headers")
+	c, err := NewCluster(nw, cfg.Bin, dir, tl, "--raft-snapshot-count", "100", "--log-level", "info", "--debug-headers")
 	if err != nil {
 		return nil, err
 	}

@@ -97,7 +97,7 @@ Every flag can also be set with an environment variable HERD_<FLAG>, e.g. HERD_J
 	f.IntVar(&cfg.RateBurst, "rate-burst", 0, "burst allowed above --rate-limit (0: one second's worth)")
 	f.DurationVar(&cfg.DialTimeout, "dial-timeout", 500*time.Millisecond, "gateway: upstream connect timeout")
 	f.DurationVar(&cfg.ResponseHeaderTimeout, "response-header-timeout", 15*time.Second, "gateway: upstream response-header timeout")
-	f.StringVar(&cfg.HedgeAfter, "hedge-after", "off", "gateway: also ask a second instance when an idempotent request has no answer by then: off, auto (the service's p95) or a duration")
+	f.StringVar(&cfg.HedgeAfter, "hedge-after", "auto", "gateway: also ask a second instance when an idempotent request has no answer by then: auto (the service's p95, within 10ms-1s), a duration, or off; hedges stay under a tenth of the requests")
 	f.StringVar(&cfg.GatewayTLSCert, "gateway-tls-cert", "", "PEM certificate the gateway terminates TLS with (read again when it changes; default: plain HTTP)")
 	f.StringVar(&cfg.GatewayTLSKey, "gateway-tls-key", "", "PEM key of --gateway-tls-cert")
 	f.BoolVar(&cfg.InternalTLS, "internal-tls", false, "serve this node's services with HTTPS and its node certificate, to cluster members only: peers' gateways dial them with TLS")
