@@ -24,4 +24,13 @@
 // public errors and answers name no internal node or address (debug
 // headers aside), and an idle upstream connection that received anything
 // is never reused (upConn.stale).
+//
+// Hedging is on by default (Config.HedgeAuto from the node's --hedge-after
+// auto) and capped: hedges stay under a tenth of a service's requests
+// (hedge.go) and share the retry budget.
+//
+// The HTTP/1.1 field rules (hop-by-hop fields, forwarding fields, token
+// lists) live once, in internal/wire, which imports only the standard
+// library; every path here uses them (issue 15 moves the rest of the wire
+// rules there and rebuilds the paths around one request path).
 package gateway

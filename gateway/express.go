@@ -8,6 +8,8 @@ import (
 	"net/http"
 	"strings"
 	"time"
+
+	"github.com/herdcluster/herd/gateway/internal/wire"
 )
 
 // The express path proxies a request the front read (GET or HEAD, no
@@ -213,9 +215,9 @@ func writeExpressRequest(bw *bufio.Writer, r *http.Request, rt *route) {
 	conn := in["Connection"]
 	for k, vv := range in {
 		switch {
-		case k == "Host" || k == "Content-Length" || hopByHop(k) || forwarding(k):
+		case k == "Host" || k == "Content-Length" || wire.IsHopByHop(k) || wire.IsForwarding(k):
 			continue
-		case len(conn) > 0 && listed(conn, k):
+		case len(conn) > 0 && wire.AnyHasToken(conn, k):
 			continue
 		case k == "User-Agent":
 			if len(vv) > 0 && vv[0] != "" {
@@ -227,7 +229,7 @@ func writeExpressRequest(bw *bufio.Writer, r *http.Request, rt *route) {
 			writeField(bw, k, v)
 		}
 	}
-	if hasToken(in["Te"], "trailers") {
+	if wire.AnyHasToken(in["Te"], "trailers") {
 		bw.WriteString("Te: trailers\r\n")
 	}
 	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
@@ -374,7 +376,7 @@ func parseAnswerHead(head []byte, isHead bool) (a expressAnswer) {
 		switch {
 		case len(k) < 4 || len(k) > 17:
 			// None of the fields below: skip the comparisons.
-		case asciiEqualFold(k, "Content-Length"):
+		case wire.EqualFold(k, "Content-Length"):
 			if a.cl >= 0 || len(v) == 0 || len(v) > 18 {
 				return a
 			}
@@ -386,23 +388,23 @@ func parseAnswerHead(head []byte, isHead bool) (a expressAnswer) {
 				n = n*10 + int64(v[i]-'0')
 			}
 			a.cl = n
-		case asciiEqualFold(k, "Transfer-Encoding"):
-			if te || !asciiEqualFold(string(v), "chunked") {
+		case wire.EqualFold(k, "Transfer-Encoding"):
+			if te || !wire.EqualFold(string(v), "chunked") {
 				return a
 			}
 			te = true
-		case asciiEqualFold(k, "Connection"):
+		case wire.EqualFold(k, "Connection"):
 			if a.nc == len(a.conn) {
 				return a
 			}
 			a.conn[a.nc] = string(v)
 			a.nc++
-			if hasConnToken(a.conn[a.nc-1], "close") {
+			if wire.HasToken(a.conn[a.nc-1], "close") {
 				a.keep = false
 			}
-		case asciiEqualFold(k, "Date"):
+		case wire.EqualFold(k, "Date"):
 			a.hasDate = true
-		case asciiEqualFold(k, "Location"), asciiEqualFold(k, "Content-Location"), asciiEqualFold(k, "Refresh"):
+		case wire.EqualFold(k, "Location"), wire.EqualFold(k, "Content-Location"), wire.EqualFold(k, "Refresh"):
 			return a // rewritten into the route: the general path's (modifyResponse)
 		}
 	}
@@ -497,15 +499,11 @@ func writeAnswerHead(bw *bufio.Writer, head []byte, a *expressAnswer, rt *route,
 func dropAnswerField(name []byte, a *expressAnswer) bool {
 	k := string(name) // no allocation: the compiler sees the comparisons
 	switch {
-	case asciiEqualFold(k, "Connection"), asciiEqualFold(k, "Proxy-Connection"),
-		asciiEqualFold(k, "Keep-Alive"), asciiEqualFold(k, "Proxy-Authenticate"),
-		asciiEqualFold(k, "Proxy-Authorization"), asciiEqualFold(k, "Te"),
-		asciiEqualFold(k, "Upgrade"), asciiEqualFold(k, "X-Request-Id"),
-		asciiEqualFold(k, "X-Herd-Upstream"):
+	case wire.IsHopByHopFold(k) && !wire.IsFraming(k), wire.EqualFold(k, "X-Request-Id"), wire.EqualFold(k, "X-Herd-Upstream"):
 		return true
 	}
 	for _, v := range a.conn[:a.nc] {
-		if hasConnToken(v, k) {
+		if wire.HasToken(v, k) {
 			return true
 		}
 	}

@@ -5,9 +5,10 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"net/textproto"
 	"net/url"
 	"strings"
+
+	"github.com/herdcluster/herd/gateway/internal/wire"
 )
 
 // forward proxies a request without a body that may be sent again (see
@@ -56,7 +57,7 @@ func (g *Gateway) writeResponse(w http.ResponseWriter, out *http.Request, res *h
 		g.proxyError(w, out, errUnaskedUpgrade)
 		return
 	}
-	removeHopByHop(res.Header)
+	wire.RemoveHopByHop(res.Header)
 	_ = g.modifyResponse(res)
 	dst := w.Header()
 	moveHeader(dst, res.Header)
@@ -132,13 +133,13 @@ func (rt *route) outboundHeader(r *http.Request) http.Header {
 	h := make(http.Header, len(in)+4)
 	conn := in["Connection"]
 	for k, vv := range in {
-		if hopByHop(k) || forwarding(k) || (len(conn) > 0 && listed(conn, k)) {
+		if wire.IsHopByHop(k) || wire.IsForwarding(k) || (len(conn) > 0 && wire.AnyHasToken(conn, k)) {
 			continue
 		}
 		h[k] = vv
 	}
 	// Tell the upstream trailers are welcome when the client said so.
-	if hasToken(in["Te"], "trailers") {
+	if wire.AnyHasToken(in["Te"], "trailers") {
 		h["Te"] = valueTrailers
 	}
 	if _, ok := h["User-Agent"]; !ok {
@@ -159,66 +160,6 @@ func (rt *route) outboundHeader(r *http.Request) http.Header {
 		h["X-Forwarded-Proto"] = valueHTTPS
 	}
 	return h
-}
-
-// hopByHop reports whether k (canonical) is a hop-by-hop header.
-func hopByHop(k string) bool {
-	switch k {
-	case "Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate", "Proxy-Authorization",
-		"Te", "Trailer", "Transfer-Encoding", "Upgrade":
-		return true
-	}
-	return false
-}
-
-// forwarding reports whether k (canonical) is a forwarding header the
-// client may not set.
-func forwarding(k string) bool {
-	switch k {
-	case "Forwarded", "X-Forwarded-For", "X-Forwarded-Host", "X-Forwarded-Proto":
-		return true
-	}
-	return false
-}
-
-// listed reports whether the Connection header values conn name k.
-func listed(conn []string, k string) bool {
-	for _, v := range conn {
-		for tok := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(textproto.TrimString(tok), k) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// hasToken reports whether the comma-separated values hold token.
-func hasToken(values []string, token string) bool {
-	for _, v := range values {
-		for tok := range strings.SplitSeq(v, ",") {
-			if strings.EqualFold(textproto.TrimString(tok), token) {
-				return true
-			}
-		}
-	}
-	return false
-}
-
-// removeHopByHop deletes from h the hop-by-hop headers and those its
-// Connection header names.
-func removeHopByHop(h http.Header) {
-	for _, v := range h["Connection"] {
-		for tok := range strings.SplitSeq(v, ",") {
-			if tok = textproto.TrimString(tok); tok != "" {
-				h.Del(tok)
-			}
-		}
-	}
-	for _, k := range [...]string{"Connection", "Proxy-Connection", "Keep-Alive", "Proxy-Authenticate",
-		"Proxy-Authorization", "Te", "Trailer", "Transfer-Encoding", "Upgrade"} {
-		delete(h, k)
-	}
 }
 
 // moveHeader adds src's values to dst, handing over src's slices where dst

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/herdcluster/herd/gateway/internal/wire"
 )
 
 // The front is the gateway's own HTTP/1.1 server. Nearly all gateway
@@ -404,10 +406,10 @@ func (fc *frontConn) parse(head []byte) *http.Request {
 		case "Transfer-Encoding", "Upgrade", "Expect", "Http2-Settings", "Content-Encoding":
 			return nil
 		case "Connection":
-			if hasConnToken(v, "close") {
+			if wire.HasToken(v, "close") {
 				closeAfter = true
 			}
-			if hasConnToken(v, "upgrade") {
+			if wire.HasToken(v, "upgrade") {
 				return nil
 			}
 		}
@@ -551,24 +553,6 @@ func canonicalKey(k string) string {
 	return k
 }
 
-// hasConnToken reports whether a Connection header value lists token.
-func hasConnToken(v, token string) bool {
-	for v != "" {
-		var t string
-		t, v, _ = cutByte(v, ',')
-		for t != "" && (t[0] == ' ' || t[0] == '\t') {
-			t = t[1:]
-		}
-		for t != "" && (t[len(t)-1] == ' ' || t[len(t)-1] == '\t') {
-			t = t[:len(t)-1]
-		}
-		if asciiEqualFold(t, token) {
-			return true
-		}
-	}
-	return false
-}
-
 // validHost accepts the host[:port] forms of names and IPv4 and bracketed
 // IPv6 addresses; anything else is net/http's to judge.
 func validHost(h string) bool {
@@ -599,25 +583,6 @@ func cutByte(s string, c byte) (before, after string, found bool) {
 		return s[:i], s[i+1:], true
 	}
 	return s, "", false
-}
-
-func asciiEqualFold(a, b string) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := 0; i < len(a); i++ {
-		x, y := a[i], b[i]
-		if 'A' <= x && x <= 'Z' {
-			x += 'a' - 'A'
-		}
-		if 'A' <= y && y <= 'Z' {
-			y += 'a' - 'A'
-		}
-		if x != y {
-			return false
-		}
-	}
-	return true
 }
 
 // connReader reads the client connection, first returning what a client

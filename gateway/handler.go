@@ -13,6 +13,7 @@ import (
 
 	"github.com/gin-gonic/gin"
 	"github.com/herdcluster/herd/api"
+	"github.com/herdcluster/herd/gateway/internal/wire"
 )
 
 // serveGin adapts serve to gin. Routing is done by serve itself, on the
@@ -281,11 +282,11 @@ func websocketUpgrade(r *http.Request) bool {
 		return false
 	}
 	ups := r.Header["Upgrade"]
-	if len(ups) != 1 || !asciiEqualFold(strings.TrimSpace(ups[0]), "websocket") {
+	if len(ups) != 1 || !wire.EqualFold(strings.TrimSpace(ups[0]), "websocket") {
 		return false
 	}
 	for _, v := range r.Header["Connection"] {
-		if hasConnToken(v, "upgrade") {
+		if wire.HasToken(v, "upgrade") {
 			return true
 		}
 	}
