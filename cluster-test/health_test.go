@@ -76,6 +76,18 @@ func upstreams(gw string, n int) (map[string]int, error) {
 	return counts, nil
 }
 
+// waitRoutedTo waits until requests through gw's gateway reach node.
+func waitRoutedTo(t *testing.T, gw, node *node, what string) {
+	t.Helper()
+	waitUntil(t, 20*time.Second, what, func() error {
+		counts, err := upstreams(gw.gateway(), 30)
+		if err == nil && counts[node.Name] == 0 {
+			err = fmt.Errorf("answers by node: %v", counts)
+		}
+		return err
+	})
+}
+
 // healthEverywhere waits until every node's catalog says service/id has
 // health want.
 func healthEverywhere(t *testing.T, nodes []*node, service, id, want string) {
@@ -197,13 +209,7 @@ func TestHealthAcrossCluster(t *testing.T) {
 	}
 	backends[1].health.Store(200)
 	healthEverywhere(t, nodes, "web", "web-2", api.HealthPassing)
-	waitUntil(t, 20*time.Second, "web-2 routed again", func() error {
-		counts, err := upstreams(n1.gateway(), 30)
-		if err == nil && counts[n2.Name] == 0 {
-			err = fmt.Errorf("answers by node: %v", counts)
-		}
-		return err
-	})
+	waitRoutedTo(t, n1, n2, "web-2 routed again")
 
 	// Blocking queries on node1 return at changes made on node3.
 	var lat []time.Duration
@@ -258,7 +264,7 @@ func TestHealthAcrossCluster(t *testing.T) {
 	// herd watch runs its command with the instances on each change.
 	watchOut := filepath.Join(t.TempDir(), "watch.out")
 	watchArgs := append(withCA([]string{"watch", "service", "web", "--api", n1.api(), "--wait", "10s"}),
-		"--", "sh", "-c", `{ cat; echo; echo "index=$HERD_INDEX"; } >> "$0"`, watchOut)
+		"--", "sh", "-c", `{ cat; echo; echo "index=$HERD_WATCH_INDEX"; } >> "$0"`, watchOut)
 	watch := exec.Command(herdBin, watchArgs...)
 	watch.Env = withToken([]string{"--api", n1.api()})
 	var watchErr strings.Builder
@@ -387,13 +393,7 @@ func TestHealthAcrossCluster(t *testing.T) {
 	if out, err := runCLI(t, "maint", "disable", "--api", n2.api()); err != nil || !strings.Contains(out, "not in maintenance") {
 		t.Fatalf("herd maint disable: %s %v", out, err)
 	}
-	waitUntil(t, 20*time.Second, "node2 routed again", func() error {
-		counts, err := upstreams(n1.gateway(), 30)
-		if err == nil && counts[n2.Name] == 0 {
-			err = fmt.Errorf("answers by node: %v", counts)
-		}
-		return err
-	})
+	waitRoutedTo(t, n1, n2, "node2 routed again")
 	_ = watch.Process.Signal(syscall.SIGTERM)
 	select {
 	case err := <-watchExited:

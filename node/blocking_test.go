@@ -30,12 +30,7 @@ func TestBlockingQuery(t *testing.T) {
 	startNode(t, cfg)
 	base := fmt.Sprintf("https://127.0.0.1:%d", cfg.APIPort)
 	hc := caClient(t, cfg.DataDir)
-	waitFor(t, 30*time.Second, "ready", func() error {
-		if c, b, err := getWith(hc, base+"/readyz"); err != nil || c != 200 {
-			return fmt.Errorf("%d %s %v", c, b, err)
-		}
-		return nil
-	})
+	waitReady(t, hc, base)
 	register := func(id string, port int) {
 		t.Helper()
 		if c, b := call(t, hc, http.MethodPut, base+"/v1/services/web/instances/"+id, fmt.Sprintf(`{"address":"127.0.0.1","port":%d}`, port)); c != 200 {
@@ -111,12 +106,7 @@ func TestDebugEndpoints(t *testing.T) {
 	startNode(t, cfg)
 	base := fmt.Sprintf("https://127.0.0.1:%d", cfg.APIPort)
 	hc := caClient(t, cfg.DataDir)
-	waitFor(t, 30*time.Second, "ready", func() error {
-		if c, b, err := getWith(hc, base+"/readyz"); err != nil || c != 200 {
-			return fmt.Errorf("%d %s %v", c, b, err)
-		}
-		return nil
-	})
+	waitReady(t, hc, base)
 	if c, b, err := getWith(hc, base+"/debug/pprof/goroutine?debug=1"); err != nil || c != 200 || !strings.Contains(b, "goroutine profile") {
 		t.Fatalf("with the management token: %d %.200s %v", c, b, err)
 	}
@@ -129,12 +119,7 @@ func TestDebugEndpoints(t *testing.T) {
 	startNode(t, cfg2)
 	base2 := fmt.Sprintf("https://127.0.0.1:%d", cfg2.APIPort)
 	hc2 := caClient(t, cfg2.DataDir)
-	waitFor(t, 30*time.Second, "the second node ready", func() error {
-		if c, b, err := getWith(hc2, base2+"/readyz"); err != nil || c != 200 {
-			return fmt.Errorf("%d %s %v", c, b, err)
-		}
-		return nil
-	})
+	waitReady(t, hc2, base2)
 	if c, _, err := getWith(hc2, base2+"/debug/pprof/goroutine?debug=1"); err != nil || c != http.StatusNotFound {
 		t.Fatalf("without --enable-debug: %d %v", c, err)
 	}

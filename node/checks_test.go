@@ -104,12 +104,7 @@ func TestChecksDriveRegistryAndGateway(t *testing.T) {
 	base := fmt.Sprintf("https://127.0.0.1:%d", cfg.APIPort)
 	gw := fmt.Sprintf("http://127.0.0.1:%d", cfg.GatewayPort)
 	hc := caClient(t, cfg.DataDir)
-	waitFor(t, 20*time.Second, "ready", func() error {
-		if c, b, err := getWith(hc, base+"/readyz"); err != nil || c != 200 {
-			return fmt.Errorf("%d %s %v", c, b, err)
-		}
-		return nil
-	})
+	waitReady(t, hc, base)
 
 	reg := fmt.Sprintf(`{"address":"127.0.0.1","port":%s,"checks":[{"type":"http","path":"/healthz","interval":"200ms","failures_before_critical":2,"success_before_passing":2}]}`, port)
 	// Hold the first run back: the check fails until the backend says 200.

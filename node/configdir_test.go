@@ -53,12 +53,7 @@ func TestConfigDir(t *testing.T) {
 	n := startNode(t, cfg)
 	base := fmt.Sprintf("https://127.0.0.1:%d", cfg.APIPort)
 	hc := caClient(t, cfg.DataDir)
-	waitFor(t, 30*time.Second, "ready", func() error {
-		if c, b, err := getWith(hc, base+"/readyz"); err != nil || c != 200 {
-			return fmt.Errorf("%d %s %v", c, b, err)
-		}
-		return nil
-	})
+	waitReady(t, hc, base)
 	waitFor(t, 10*time.Second, "web and api registered", func() error {
 		if _, err := instanceOf(hc, base, "api", "api-1"); err != nil {
 			return err

@@ -51,15 +51,7 @@ func TestMaintenance(t *testing.T) {
 	base := fmt.Sprintf("https://127.0.0.1:%d", cfg.APIPort)
 	gw := fmt.Sprintf("http://127.0.0.1:%d", cfg.GatewayPort)
 	hc := caClient(t, cfg.DataDir)
-	ready := func() {
-		waitFor(t, 30*time.Second, "ready", func() error {
-			if c, b, err := getWith(hc, base+"/readyz"); err != nil || c != 200 {
-				return fmt.Errorf("%d %s %v", c, b, err)
-			}
-			return nil
-		})
-	}
-	ready()
+	waitReady(t, hc, base)
 	if c, b := call(t, hc, http.MethodPut, base+"/v1/services/web/instances/web-1", fmt.Sprintf(`{"address":"127.0.0.1","port":%s}`, port)); c != 200 {
 		t.Fatalf("register: %d %s", c, b)
 	}
@@ -125,7 +117,7 @@ func TestMaintenance(t *testing.T) {
 		t.Fatal(err)
 	}
 	n = startNode(t, cfg)
-	ready()
+	waitReady(t, hc, base)
 	if m := maintOf(t, hc, base); m.Node == nil || m.Services["web"].Reason != "deploying web 2.1" || m.Node.By == "" {
 		t.Fatalf("after the restart: %+v", m)
 	}

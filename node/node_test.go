@@ -231,6 +231,17 @@ func startNode(t testing.TB, cfg Config) *Node {
 	return n
 }
 
+// waitReady waits until the node at base answers /readyz with 200.
+func waitReady(t testing.TB, hc *http.Client, base string) {
+	t.Helper()
+	waitFor(t, 30*time.Second, base+" ready", func() error {
+		if c, b, err := getWith(hc, base+"/readyz"); err != nil || c != 200 {
+			return fmt.Errorf("%d %s %v", c, b, err)
+		}
+		return nil
+	})
+}
+
 func waitFor(t testing.TB, timeout time.Duration, what string, cond func() error) {
 	t.Helper()
 	deadline := time.NewTimer(timeout)

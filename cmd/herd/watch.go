@@ -35,7 +35,7 @@ func newWatchServiceCmd() *cobra.Command {
 		Long: `Follow the instances of service NAME through the node at --api with blocking queries
 (GET /v1/services/NAME?index=N&wait=D): at the start and on every change of the instances, their
 health or their maintenance, run CMD with the instances as a JSON array on its standard input and
-HERD_SERVICE and HERD_INDEX in its environment; without CMD, print the array as one line. A service
+HERD_WATCH_SERVICE and HERD_WATCH_INDEX in its environment; without CMD, print the array as one line. A service
 with no instances is an empty array. CMD runs one at a time; changes meanwhile are folded into the
 next run. A failed CMD is reported and the watch goes on; the watch ends on SIGINT or SIGTERM, or
 when the API refuses the token.`,
@@ -177,7 +177,9 @@ func (w *watcher) handle(ctx context.Context, body []byte, index int64) error {
 	c := exec.CommandContext(ctx, w.command[0], w.command[1:]...)
 	c.Stdin = bytes.NewReader(body)
 	c.Stdout, c.Stderr = w.out, w.errOut
-	c.Env = append(os.Environ(), "HERD_SERVICE="+w.service, "HERD_INDEX="+strconv.FormatInt(index, 10))
+	// Not HERD_SERVICE: every herd command reads HERD_<FLAG> as its flag, so
+	// a CMD running `herd maint enable` would be scoped to the service.
+	c.Env = append(os.Environ(), "HERD_WATCH_SERVICE="+w.service, "HERD_WATCH_INDEX="+strconv.FormatInt(index, 10))
 	if err := c.Run(); err != nil {
 		return fmt.Errorf("%s: %w", w.command[0], err)
 	}
