@@ -255,10 +255,16 @@ func (s *apiServer) service(w http.ResponseWriter, r *http.Request) {
 		writeFieldError(w, err)
 		return
 	}
+	q := r.URL.Query()
+	passing := q.Has("passing")
+	if v := q.Get("passing"); passing && v != "" && v != "true" && v != "1" {
+		writeJSON(w, http.StatusBadRequest, api.Error{Error: fmt.Sprintf("passing=%q: leave it empty or set it to true", v), Field: "passing", Reason: "invalid_field"})
+		return
+	}
 	var ins []api.Instance
 	var rev int64
 	var ok bool
-	if q := r.URL.Query(); q.Has("index") || q.Has("wait") {
+	if q.Has("index") || q.Has("wait") {
 		if ins, rev, ok = s.block(w, r, name); !ok {
 			return
 		}
@@ -269,7 +275,23 @@ func (s *apiServer) service(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusNotFound, api.Error{Error: fmt.Sprintf("service %q has no registered instances", name), Reason: "unknown_service"})
 		return
 	}
+	if passing {
+		ins = passingOnly(ins)
+	}
 	writeJSON(w, http.StatusOK, api.ServiceResponse{Name: name, Instances: ins, Revision: rev})
+}
+
+// passingOnly is a copy of ins with only the instances a gateway routes
+// to first: passing and not in maintenance (the catalog's slice is shared
+// and never filtered in place).
+func passingOnly(ins []api.Instance) []api.Instance {
+	out := make([]api.Instance, 0, len(ins))
+	for _, in := range ins {
+		if in.Health == api.HealthPassing && in.Maintenance == "" {
+			out = append(out, in)
+		}
+	}
+	return out
 }
 
 // instance answers GET /v1/services/{name}/instances/{id}.

@@ -97,6 +97,13 @@ func TestMaintenance(t *testing.T) {
 	}
 	waitFor(t, 5*time.Second, "web-1 in maintenance", maintIs(hc, base, "web", "web-1", "deploying web 2.1"))
 	waitFor(t, 5*time.Second, "hello still routed", routes("/hello/", 200))
+	// ?passing leaves it out; the service is still known.
+	if c, b, err := getWith(hc, base+"/v1/services/web?passing"); err != nil || c != 200 || strings.Contains(b, "web-1") {
+		t.Fatalf("?passing with web-1 in maintenance: %d %s %v", c, b, err)
+	}
+	if c, b, err := getWith(hc, base+"/v1/services/web?passing=maybe"); err != nil || c != 400 || !strings.Contains(b, `"field": "passing"`) {
+		t.Fatalf("?passing=maybe: %d %s %v", c, b, err)
+	}
 	if s := n.gossip.LocalMeta().Maint; s != "web" {
 		t.Errorf("gossip summary %q, want web", s)
 	}
@@ -137,6 +144,9 @@ func TestMaintenance(t *testing.T) {
 		t.Fatalf("disable web: %d %s", c, b)
 	}
 	waitFor(t, 5*time.Second, "web routed again", routes("/web/", 200))
+	if c, b, err := getWith(hc, base+"/v1/services/web?passing"); err != nil || c != 200 || !strings.Contains(b, "web-1") {
+		t.Fatalf("?passing with web-1 out of maintenance: %d %s %v", c, b, err)
+	}
 	if m := maintOf(t, hc, base); m.Node != nil || len(m.Services) != 0 {
 		t.Fatalf("after disabling: %+v", m)
 	}

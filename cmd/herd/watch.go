@@ -43,6 +43,7 @@ when the API refuses the token.`,
 	}
 	base := apiFlag(cmd)
 	wait := cmd.Flags().Duration("wait", 5*time.Minute, "how long each blocking query waits for a change (at most 10m)")
+	passing := cmd.Flags().Bool("passing", false, "only the instances that are passing and not in maintenance (the array may then be empty)")
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		if err := bindEnv(cmd.Flags()); err != nil {
 			return err
@@ -59,7 +60,7 @@ when the API refuses the token.`,
 		}
 		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 		defer stop()
-		w := &watcher{o: base, service: name, wait: *wait, command: args[1:], out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr()}
+		w := &watcher{o: base, service: name, wait: *wait, passing: *passing, command: args[1:], out: cmd.OutOrStdout(), errOut: cmd.ErrOrStderr()}
 		err := w.run(ctx)
 		if ctx.Err() != nil {
 			return nil
@@ -74,6 +75,7 @@ type watcher struct {
 	o       *apiOpts
 	service string
 	wait    time.Duration
+	passing bool
 	command []string
 	out     io.Writer
 	errOut  io.Writer
@@ -135,6 +137,9 @@ func (w *watcher) query(ctx context.Context, index int64) ([]api.Instance, int64
 		return nil, 0, fmt.Errorf("%w: %w", errFatal, err)
 	}
 	path := fmt.Sprintf("/v1/services/%s?index=%d&wait=%s", w.service, index, w.wait)
+	if w.passing {
+		path += "&passing"
+	}
 	req, err := w.o.request(ctx, http.MethodGet, path, nil)
 	if err != nil {
 		return nil, 0, fmt.Errorf("%w: %w", errFatal, err)
