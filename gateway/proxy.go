@@ -193,15 +193,7 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 		rt.st.countAnswer(res.Request.Method, res.StatusCode)
 	}
 	h := res.Header
-	h["X-Request-Id"] = rt.requestID[:]
-	if rt.upstream[0] != "" {
-		h["X-Herd-Upstream"] = rt.upstream[:]
-	} else {
-		delete(h, "X-Herd-Upstream")
-	}
-	if rt.cors {
-		g.cors.setHeaders(h, rt.origin)
-	}
+	g.setOwnFields(h, rt)
 	for _, k := range [...]string{"Location", "Content-Location"} {
 		if v := h[k]; len(v) == 1 {
 			if nv, ok := rt.routeLocation(v[0]); ok {
@@ -218,6 +210,23 @@ func (g *Gateway) modifyResponse(res *http.Response) error {
 		}
 	}
 	return nil
+}
+
+// setOwnFields puts the gateway's own fields into an answer's header h,
+// over whatever the upstream said: X-Request-Id, X-Herd-Upstream (only
+// for debug routes; an upstream's own is dropped) and the CORS fields.
+// The express path writes the same fields into its raw head
+// (writeAnswerHead, dropAnswerField).
+func (g *Gateway) setOwnFields(h http.Header, rt *route) {
+	h["X-Request-Id"] = rt.requestID[:]
+	if rt.upstream[0] != "" {
+		h["X-Herd-Upstream"] = rt.upstream[:]
+	} else {
+		delete(h, "X-Herd-Upstream")
+	}
+	if rt.cors {
+		g.cors.setHeaders(h, rt.origin)
+	}
 }
 
 // routeLocation rewrites a URL the instance sent (Location,
@@ -284,13 +293,7 @@ func (g *Gateway) proxyError(w http.ResponseWriter, r *http.Request, err error) 
 		return
 	}
 	h := w.Header()
-	h["X-Request-Id"] = rt.requestID[:]
-	if rt.upstream[0] != "" {
-		h["X-Herd-Upstream"] = rt.upstream[:]
-	}
-	if rt.cors {
-		g.cors.setHeaders(h, rt.origin)
-	}
+	g.setOwnFields(h, rt)
 	var tooBig *http.MaxBytesError
 	if errors.As(err, &tooBig) {
 		rt.st.countAnswer(r.Method, http.StatusRequestEntityTooLarge)
