@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/herdcluster/herd/api"
@@ -308,7 +309,13 @@ func (n *Node) isBuiltin(service, id string) bool {
 // parseDefinition reads one service definition file. Errors name the
 // field, as the API's 400s do.
 func (n *Node) parseDefinition(path string) (api.Instance, error) {
-	f, err := os.Open(path)
+	// A FIFO or a device would block the read (and every reload after it).
+	if st, err := os.Stat(path); err != nil {
+		return api.Instance{}, err
+	} else if !st.Mode().IsRegular() {
+		return api.Instance{}, fmt.Errorf("not a regular file (%s)", st.Mode().Type())
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return api.Instance{}, err
 	}

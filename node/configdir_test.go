@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -108,6 +109,16 @@ func TestConfigDir(t *testing.T) {
 	if in, err := instanceOf(hc, base, "web", cfg.Name); err != nil || in.Port != 9011 {
 		t.Fatalf("a broken file dropped its instance: %+v %v", in, err)
 	}
+
+	// A FIFO is reported, not read (a read would block every reload).
+	if err := syscall.Mkfifo(filepath.Join(dir, "pipe.json"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r = reloadOf(t, hc, base)
+	if !strings.Contains(fileError(r, "pipe.json"), "not a regular file") {
+		t.Fatalf("a FIFO in the dir: %+v", r)
+	}
+	os.Remove(filepath.Join(dir, "pipe.json"))
 
 	// SIGHUP's path: a new file appears without an API call.
 	write("cache.json", `{"name": "cache", "port": 6379}`)
