@@ -38,7 +38,9 @@ echo "$name: $count instances on node1, four windows of $window (no checks, pass
 load -mode measure -listen "$(ip 100):0" -pid "${pids[1]}" -window "$window" | tee -a "$out" >&2
 
 echo "$name: the gateway with the checks off and on ($rounds rounds of $duration, wrk -t2 -c64)..." >&2
-load -mode serve -listen "$(ip 100):9100" &
+# Started directly, not through load: $! must be checkload's own PID, for
+# the cleanup to stop it.
+"$tmp/checkload" -mode serve -count "$count" -listen "$(ip 100):9100" &
 pids[100]=$!
 for _ in $(seq 1 50); do curl -fsS -o /dev/null "http://$(ip 100):9100/h/0" 2>/dev/null && break; sleep 0.1; done
 rps() { wrk -t2 -c64 -d "$duration" "$1" | awk '/^Requests\/sec/ { print $2 }'; }
