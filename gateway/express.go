@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"net"
 	"net/http"
 	"strings"
 	"time"
@@ -232,23 +231,19 @@ func writeExpressRequest(bw *bufio.Writer, r *http.Request, rt *route) {
 	if wire.AnyHasToken(in["Te"], "trailers") {
 		bw.WriteString("Te: trailers\r\n")
 	}
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
+	if prior, ip, ok := rt.forwardedFor(r); ok {
 		bw.WriteString("X-Forwarded-For: ")
-		if prior := in["X-Forwarded-For"]; rt.trustXFF && len(prior) > 0 {
-			for _, p := range prior {
-				bw.WriteString(p)
-				bw.WriteString(", ")
-			}
+		for _, p := range prior {
+			bw.WriteString(p)
+			bw.WriteString(", ")
 		}
 		bw.WriteString(ip)
 		bw.WriteString("\r\n")
 	}
 	writeField(bw, "X-Forwarded-Host", r.Host)
-	if rt.tls {
-		bw.WriteString("X-Forwarded-Proto: https\r\n\r\n")
-	} else {
-		bw.WriteString("X-Forwarded-Proto: http\r\n\r\n")
-	}
+	bw.WriteString("X-Forwarded-Proto: ")
+	bw.WriteString(rt.forwardedProto()[0])
+	bw.WriteString("\r\n\r\n")
 }
 
 // expressWait is the express path's wait for an answer's head, with its

@@ -145,8 +145,8 @@ func (rt *route) outboundHeader(r *http.Request) http.Header {
 	if _, ok := h["User-Agent"]; !ok {
 		h["User-Agent"] = valueEmpty // not Go's own
 	}
-	if ip, _, err := net.SplitHostPort(r.RemoteAddr); err == nil {
-		if prior := in["X-Forwarded-For"]; rt.trustXFF && len(prior) > 0 {
+	if prior, ip, ok := rt.forwardedFor(r); ok {
+		if len(prior) > 0 {
 			ip = strings.Join(prior, ", ") + ", " + ip
 		}
 		rt.forwarded[0] = ip
@@ -154,12 +154,38 @@ func (rt *route) outboundHeader(r *http.Request) http.Header {
 	}
 	rt.forwarded[1] = r.Host
 	h["X-Forwarded-Host"] = rt.forwarded[1:2:2]
-	if !rt.tls {
-		h["X-Forwarded-Proto"] = valueHTTP
-	} else {
-		h["X-Forwarded-Proto"] = valueHTTPS
-	}
+	h["X-Forwarded-Proto"] = rt.forwardedProto()
 	return h
+}
+
+// The forwarding fields every path sends upstream (outboundHeader,
+// writeExpressRequest, rewrite): X-Forwarded-For, the chain a trusted proxy
+// sent and then the client's address; X-Forwarded-Host, the Host the client
+// asked for; X-Forwarded-Proto, how it reached the gateway. A client's own
+// forwarding fields are dropped (wire.IsForwarding) unless it is a trusted
+// proxy, whose X-Forwarded-For chain is kept.
+
+// forwardedFor returns the X-Forwarded-For chain to send for r: prior,
+// the chain a trusted proxy sent (nil otherwise), then ip, the client's
+// address; ok is false when r's remote address has none (nothing is sent).
+func (rt *route) forwardedFor(r *http.Request) (prior []string, ip string, ok bool) {
+	ip, _, err := net.SplitHostPort(r.RemoteAddr)
+	if err != nil {
+		return nil, "", false
+	}
+	if rt.trustXFF {
+		prior = r.Header["X-Forwarded-For"]
+	}
+	return prior, ip, true
+}
+
+// forwardedProto is the X-Forwarded-Proto value (shared: not to be
+// modified).
+func (rt *route) forwardedProto() []string {
+	if rt.tls {
+		return valueHTTPS
+	}
+	return valueHTTP
 }
 
 // moveHeader adds src's values to dst, handing over src's slices where dst

@@ -172,17 +172,16 @@ func rewrite(pr *httputil.ProxyRequest) {
 	u.RawQuery = pr.In.URL.RawQuery
 	// The Host header follows the URL: the instance, not the gateway.
 	pr.Out.Host = ""
-	if rt.trustXFF {
-		// The client is a trusted proxy: keep the chain it sent, and
-		// SetXForwarded appends the client's address to it.
-		if xff := pr.In.Header.Values("X-Forwarded-For"); len(xff) > 0 {
-			pr.Out.Header["X-Forwarded-For"] = xff
+	// The forwarding fields, as on every path (forward.go).
+	h := pr.Out.Header
+	if prior, ip, ok := rt.forwardedFor(pr.In); ok {
+		if len(prior) > 0 {
+			ip = strings.Join(prior, ", ") + ", " + ip
 		}
+		h["X-Forwarded-For"] = []string{ip}
 	}
-	pr.SetXForwarded()
-	if rt.tls {
-		pr.Out.Header.Set("X-Forwarded-Proto", "https")
-	}
+	h["X-Forwarded-Host"] = []string{pr.In.Host}
+	h["X-Forwarded-Proto"] = rt.forwardedProto()
 }
 
 // modifyResponse replaces what the upstream said about the gateway's own
