@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -220,14 +221,14 @@ func runFailover(b *testing.B, nodes []*node, f failoverFault) {
 	l := startRateLoad(nodes[0].gateway()+"/hello/", failoverRate, total)
 	defer l.stop()
 
-	sleepUntil(l.start.Add(failoverWarmup + failoverBefore))
+	l.waitIssued(b, failoverWarmup+failoverBefore)
 	// The fault's time is when its first signal goes out, not when inject
 	// returns (a kill -9 waits for the process's exit).
 	faultAt := time.Since(l.start)
 	f.inject()
 	b.Logf("%s at %s (%s)", f.what, faultAt.Round(time.Millisecond), l.start.Add(faultAt).UTC().Format("15:04:05.000"))
 	if f.recover != nil {
-		sleepUntil(l.start.Add(faultAt + failoverDuring))
+		l.waitIssued(b, faultAt+failoverDuring)
 		f.recover()
 		b.Logf("recovered at %s", time.Since(l.start).Round(time.Millisecond))
 	}
@@ -273,9 +274,25 @@ func runFailover(b *testing.B, nodes []*node, f failoverFault) {
 
 func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
 
-// sleepUntil waits for a point in time (the load's schedule), not for a
-// condition.
-func sleepUntil(t time.Time) { time.Sleep(time.Until(t)) }
+// waitIssued waits until the load has sent every request due before
+// offset from its start: the phases are counted in the load's requests, so
+// a load that falls behind its schedule delays the fault rather than
+// shortening a phase. It fails b when that takes 30 s longer than due.
+func (l *rateLoad) waitIssued(b *testing.B, offset time.Duration) {
+	b.Helper()
+	want := min(int64(offset.Seconds()*float64(failoverRate)), int64(len(l.samples)))
+	deadline := time.NewTimer(time.Until(l.start.Add(offset + 30*time.Second)))
+	defer deadline.Stop()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for l.issued.Load() < want {
+		select {
+		case <-deadline.C:
+			b.Fatalf("the load sent %d of the %d requests due by %s", l.issued.Load(), want, offset)
+		case <-tick.C:
+		}
+	}
+}
 
 // sample is one request of the load.
 type sample struct {
@@ -295,6 +312,7 @@ type rateLoad struct {
 	ctx     context.Context
 	sched   chan struct{} // closed when the scheduler is done
 	wg      sync.WaitGroup
+	issued  atomic.Int64 // requests sent so far
 }
 
 func startRateLoad(url string, rate int, d time.Duration) *rateLoad {
@@ -329,6 +347,7 @@ func startRateLoad(url string, rate int, d time.Duration) *rateLoad {
 				}
 			}
 			l.wg.Add(1)
+			l.issued.Add(1)
 			go l.one(i, due)
 		}
 	}()
