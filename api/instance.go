@@ -3,7 +3,9 @@ package api
 import (
 	"errors"
 	"fmt"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 )
 
@@ -42,6 +44,13 @@ type Instance struct {
 	// dial it with TLS and their node certificate. A node's service host
 	// sets it under --internal-tls; the agent API's registrations cannot.
 	TLS bool `json:"tls,omitempty"`
+}
+
+// Clone returns a copy of in whose slices and map can be changed without
+// changing in's.
+func (in Instance) Clone() Instance {
+	in.Checks, in.Tags, in.Meta = slices.Clone(in.Checks), slices.Clone(in.Tags), maps.Clone(in.Meta)
+	return in
 }
 
 // Limits on instance fields. They keep a registry value well under etcd's

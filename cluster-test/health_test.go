@@ -127,6 +127,23 @@ func serviceIndex(n *node, service string, index int64, wait string) (int64, tim
 	return i, at, err
 }
 
+// blockResult is the answer of a blocking query made by blockAsync.
+type blockResult struct {
+	index int64
+	at    time.Time
+	err   error
+}
+
+// blockAsync makes a blocking query in the background.
+func blockAsync(n *node, service string, index int64, wait string) <-chan blockResult {
+	done := make(chan blockResult, 1)
+	go func() {
+		i, at, err := serviceIndex(n, service, index, wait)
+		done <- blockResult{i, at, err}
+	}()
+	return done
+}
+
 // Health checks across a cluster: a service that fails its check is
 // avoided by every gateway and comes back; blocking queries follow changes
 // made on other nodes; maintenance takes a node out of traffic under load
@@ -173,17 +190,8 @@ func TestHealthAcrossCluster(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	type idle struct {
-		index int64
-		took  time.Duration
-		err   error
-	}
-	idleDone := make(chan idle, 1)
-	go func() {
-		start := time.Now()
-		i, at, err := serviceIndex(n1, "quiet", quietIndex, "30s")
-		idleDone <- idle{i, at.Sub(start), err}
-	}()
+	idleStart := time.Now()
+	idleDone := blockAsync(n1, "quiet", quietIndex, "30s")
 
 	// Every gateway reaches all three instances.
 	for _, gw := range nodes {
@@ -218,16 +226,7 @@ func TestHealthAcrossCluster(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		type answer struct {
-			index int64
-			at    time.Time
-			err   error
-		}
-		got := make(chan answer, 1)
-		go func() {
-			i, at, err := serviceIndex(n1, "web", index, "30s")
-			got <- answer{i, at, err}
-		}()
+		got := blockAsync(n1, "web", index, "30s")
 		// The query is parked once node1 holds it: give it a moment by
 		// checking that it has not returned, then change web on node3.
 		select {
@@ -405,8 +404,8 @@ func TestHealthAcrossCluster(t *testing.T) {
 	}
 
 	r := <-idleDone
-	if r.err != nil || r.index != quietIndex || r.took < 30*time.Second {
-		t.Fatalf("an idle 30 s blocking query: index %d (was %d) after %s: %v", r.index, quietIndex, r.took, r.err)
+	if took := r.at.Sub(idleStart); r.err != nil || r.index != quietIndex || took < 30*time.Second {
+		t.Fatalf("an idle 30 s blocking query: index %d (was %d) after %s: %v", r.index, quietIndex, took, r.err)
 	}
-	t.Logf("an idle 30 s blocking query returned after %s with the same index", r.took.Round(time.Millisecond))
+	t.Logf("an idle 30 s blocking query returned after %s with the same index", r.at.Sub(idleStart).Round(time.Millisecond))
 }

@@ -385,21 +385,31 @@ func writeRegistryError(w http.ResponseWriter, err error) {
 // API client could otherwise point a node's echo at another address, or
 // remove it).
 func (s *apiServer) builtin(w http.ResponseWriter, name, id string) bool {
-	if s.n.host != nil {
-		for _, in := range s.n.host.Instances() {
-			if in.Service == name && in.ID == id {
-				writeJSON(w, http.StatusForbidden, api.Error{
-					Error:  fmt.Sprintf("%s/%s is this node's built-in instance: only the node changes it (--services)", name, id),
-					Reason: "builtin_instance"})
-				return true
-			}
-		}
+	if s.n.isBuiltin(name, id) {
+		writeJSON(w, http.StatusForbidden, api.Error{
+			Error:  fmt.Sprintf("%s/%s is this node's built-in instance: only the node changes it (--services)", name, id),
+			Reason: "builtin_instance"})
+		return true
 	}
 	if file := s.n.configFileOf(name, id); file != "" {
 		writeJSON(w, http.StatusForbidden, api.Error{
 			Error:  fmt.Sprintf("%s/%s is defined in %s of this node's --config-dir: change the file and run herd reload", name, id, file),
 			Reason: "config_instance"})
 		return true
+	}
+	return false
+}
+
+// isBuiltin reports whether service/id is one of the node's built-in
+// instances.
+func (n *Node) isBuiltin(service, id string) bool {
+	if n.host == nil {
+		return false
+	}
+	for _, in := range n.host.Instances() {
+		if in.Service == service && in.ID == id {
+			return true
+		}
 	}
 	return false
 }

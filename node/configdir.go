@@ -7,12 +7,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -260,7 +258,7 @@ func (n *Node) reloadConfig(ctx context.Context, explicit bool) api.ReloadRespon
 		if same && !c.failed[k] && (!explicit || n.registrar.Holds(d.in.Service, d.in.ID)) {
 			continue
 		}
-		in := cloneDef(d.in)
+		in := d.in.Clone() // prepareChecks changes its checks
 		n.prepareChecks(&in)
 		if err := n.registrar.Register(ctx, in); err != nil {
 			c.failed[k] = true
@@ -283,27 +281,6 @@ func (c *configState) publishFiles(want map[string]configDef) {
 		byKey[k] = d.file
 	}
 	c.files.Store(&byKey)
-}
-
-// cloneDef copies a definition deeply enough to be prepared and
-// registered without changing it.
-func cloneDef(in api.Instance) api.Instance {
-	in.Checks, in.Tags, in.Meta = slices.Clone(in.Checks), slices.Clone(in.Tags), maps.Clone(in.Meta)
-	return in
-}
-
-// isBuiltin reports whether service/id is one of the node's built-in
-// instances.
-func (n *Node) isBuiltin(service, id string) bool {
-	if n.host == nil {
-		return false
-	}
-	for _, in := range n.host.Instances() {
-		if in.Service == service && in.ID == id {
-			return true
-		}
-	}
-	return false
 }
 
 // parseDefinition reads one service definition file. Errors name the

@@ -13,6 +13,7 @@ import (
 
 	"github.com/herdcluster/herd/api"
 	"github.com/herdcluster/herd/registry"
+	"github.com/herdcluster/herd/secure"
 )
 
 // Maintenance mode (herd maint): the node as a whole, or its instances of
@@ -110,41 +111,11 @@ func (m *maintState) set(service string, e *api.MaintEntry) (bool, error) {
 	if err != nil {
 		return false, err
 	}
-	if err := writeFileSync(m.path, b); err != nil {
+	if err := secure.WriteSecretFile(m.path, b); err != nil {
 		return false, fmt.Errorf("save the maintenance state: %w", err)
 	}
 	m.cur = next
 	return true, nil
-}
-
-// writeFileSync replaces path with b durably: a temporary file, synced,
-// renamed over path, and the directory synced.
-func writeFileSync(path string, b []byte) error {
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_CREATE|os.O_TRUNC|os.O_WRONLY, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		return err
-	}
-	d, err := os.Open(filepath.Dir(path))
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // errMaintPending: the maintenance change is saved, but the registry has

@@ -340,7 +340,7 @@ func (r *Registrar) grantAndRegister(ctx context.Context) (clientv3.LeaseID, <-c
 	}
 	r.mu.Unlock()
 	for i := range want {
-		want[i] = cloneInstance(want[i])
+		want[i] = want[i].Clone()
 		r.overlay(&want[i])
 	}
 	conflicts, err := r.putMany(ctx, grant.ID, want)

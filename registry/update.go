@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"maps"
-	"slices"
 
 	"github.com/herdcluster/herd/api"
 )
@@ -31,7 +29,7 @@ func (r *Registrar) Update(ctx context.Context, service, id string, mutate func(
 	if !held {
 		return fmt.Errorf("%s/%s: %w", service, id, ErrNotFound)
 	}
-	in = cloneInstance(in)
+	in = in.Clone()
 	if !mutate(&in) {
 		return nil
 	}
@@ -85,7 +83,7 @@ func (r *Registrar) Reapply(ctx context.Context) (int, error) {
 	lease := r.lease
 	var changed []api.Instance
 	for _, in := range r.desired {
-		next := cloneInstance(in)
+		next := in.Clone()
 		r.overlay(&next)
 		if !sameValue(in, next) {
 			changed = append(changed, next)
@@ -133,15 +131,8 @@ func (r *Registrar) notify(service, id string, in *api.Instance) {
 		return
 	}
 	if in != nil {
-		c := cloneInstance(*in)
+		c := in.Clone()
 		in = &c
 	}
 	r.cfg.OnChange(service, id, in)
-}
-
-// cloneInstance copies in deeply enough that the copy's slices and map can
-// be changed.
-func cloneInstance(in api.Instance) api.Instance {
-	in.Checks, in.Tags, in.Meta = slices.Clone(in.Checks), slices.Clone(in.Tags), maps.Clone(in.Meta)
-	return in
 }

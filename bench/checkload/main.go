@@ -18,8 +18,6 @@ package main
 
 import (
 	"bytes"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -34,6 +32,7 @@ import (
 	"time"
 
 	"github.com/herdcluster/herd/api"
+	"github.com/herdcluster/herd/bench/internal/apiclient"
 )
 
 var (
@@ -222,27 +221,9 @@ func cpuSeconds() float64 {
 }
 
 func apiClient() *http.Client {
-	pem, err := os.ReadFile(*flagCA)
+	hc, err := apiclient.New(*flagCA, *flagToken)
 	if err != nil {
 		log.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
-	tok, err := os.ReadFile(*flagToken)
-	if err != nil {
-		log.Fatal(err)
-	}
-	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}
-	return &http.Client{Timeout: 30 * time.Second, Transport: tokenRT{tr, strings.TrimSpace(string(tok))}}
-}
-
-type tokenRT struct {
-	base http.RoundTripper
-	tok  string
-}
-
-func (t tokenRT) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+t.tok)
-	return t.base.RoundTrip(r)
+	return hc
 }

@@ -9,7 +9,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -24,6 +23,7 @@ import (
 	"time"
 
 	"github.com/herdcluster/herd/api"
+	"github.com/herdcluster/herd/bench/internal/apiclient"
 	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
@@ -77,12 +77,10 @@ func main() {
 }
 
 func tlsConfig(withCert bool) *tls.Config {
-	pem, err := os.ReadFile(*flagCA)
+	pool, err := apiclient.Pool(*flagCA)
 	if err != nil {
 		log.Fatal(err)
 	}
-	pool := x509.NewCertPool()
-	pool.AppendCertsFromPEM(pem)
 	tc := &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}
 	if withCert {
 		c, err := tls.LoadX509KeyPair(*flagCert, *flagKey)
@@ -94,24 +92,12 @@ func tlsConfig(withCert bool) *tls.Config {
 	return tc
 }
 
-type tokenRT struct {
-	base  http.RoundTripper
-	token string
-}
-
-func (t tokenRT) RoundTrip(r *http.Request) (*http.Response, error) {
-	r = r.Clone(r.Context())
-	r.Header.Set("Authorization", "Bearer "+t.token)
-	return t.base.RoundTrip(r)
-}
-
 func apiClient() *http.Client {
-	b, err := os.ReadFile(*flagToken)
+	hc, err := apiclient.New(*flagCA, *flagToken)
 	if err != nil {
 		log.Fatal(err)
 	}
-	tr := &http.Transport{TLSClientConfig: tlsConfig(false), MaxIdleConnsPerHost: 64}
-	return &http.Client{Timeout: 30 * time.Second, Transport: tokenRT{tr, strings.TrimSpace(string(b))}}
+	return hc
 }
 
 // run calls op from clients goroutines for d and returns the rate.
