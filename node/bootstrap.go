@@ -60,6 +60,12 @@ func (n *Node) bootstrapExpect(ctx context.Context, mc registry.MemberConfig) (*
 			n.startSecured()
 			continue
 		case actionStart:
+			// Gossip the proposal before anything else: the founders still
+			// deciding wait for this one to agree, and the first founder
+			// creates the CA that this one is admitted with only once all
+			// agree. A node that saw the others agree on its first look
+			// has gossiped nothing yet.
+			n.gossipProposal(d.proposal)
 			if err := n.founderIdentity(ctx, d, deadline); err != nil {
 				return nil, err
 			}
@@ -67,13 +73,6 @@ func (n *Node) bootstrapExpect(ctx context.Context, mc registry.MemberConfig) (*
 			n.logger.Info("bootstrap: every expected node agrees; forming the cluster", "members", d.names, "proposal", d.proposal)
 			if err := n.dir.saveProposal(d.proposal); err != nil {
 				return nil, fmt.Errorf("--data-dir: record the bootstrap proposal: %w", err)
-			}
-			// Gossip the proposal before starting, so that the founders
-			// still deciding see this one agree.
-			p := d.proposal
-			n.bootstrapProposal.Store(&p)
-			if err := n.gossip.SetMeta(n.meta("")); err != nil {
-				n.logger.Warn("could not gossip the bootstrap proposal", "err", err)
 			}
 			return registry.BootstrapCluster(ctx, mc, d.initial, "herd-"+d.proposal)
 		case actionJoin:
@@ -84,12 +83,7 @@ func (n *Node) bootstrapExpect(ctx context.Context, mc registry.MemberConfig) (*
 			}
 			return nil, n.waitForVoters(ctx, deadline)
 		}
-		if p := d.proposal; n.proposal() != p {
-			n.bootstrapProposal.Store(&p)
-			if err := n.gossip.SetMeta(n.meta("")); err != nil {
-				n.logger.Warn("could not gossip the bootstrap proposal", "err", err)
-			}
-		}
+		n.gossipProposal(d.proposal)
 		if time.Since(lastLog) > 5*time.Second {
 			lastLog = time.Now()
 			n.logger.Info("bootstrap: waiting for the expected nodes", "expect", want, "reason", d.reason, "seen", d.names)
@@ -109,6 +103,17 @@ func (n *Node) bootstrapExpect(ctx context.Context, mc registry.MemberConfig) (*
 			}
 			return nil, ctx.Err()
 		}
+	}
+}
+
+// gossipProposal puts p in this node's gossip metadata if it is not there.
+func (n *Node) gossipProposal(p string) {
+	if n.proposal() == p {
+		return
+	}
+	n.bootstrapProposal.Store(&p)
+	if err := n.gossip.SetMeta(n.meta("")); err != nil {
+		n.logger.Warn("could not gossip the bootstrap proposal", "err", err)
 	}
 }
 
