@@ -19,14 +19,14 @@ import (
 
 // The front is the gateway's own HTTP/1.1 server. Nearly all gateway
 // traffic is GET and HEAD requests without a body from HTTP/1.1 clients;
-// for those, net/http's server and gin cost more CPU than everything else
+// for those, net/http's server costs more CPU than everything else
 // the gateway does (parsing into maps, a goroutine per request to notice
 // a client going away, a writer stack of three layers). The front reads
 // such requests itself into a plain *http.Request, runs the very handler
 // net/http would (serve), and writes the answer straight to the
 // connection.
 //
-// Anything else goes to net/http and gin, untouched: at the first request
+// Anything else goes to net/http, untouched: at the first request
 // on a connection that is not simple (another method, a body, an upgrade,
 // Expect, HTTP/1.0, an escaped or unusual path, a head over frontBufSize,
 // anything malformed or merely odd), the connection, with the bytes read

@@ -61,7 +61,7 @@ func seenOf(t *testing.T, res *http.Response) seen {
 	return s
 }
 
-// Requests the front does not serve itself reach net/http (and gin) with
+// Requests the front does not serve itself reach net/http with
 // every byte the front had read, and are answered as before; so are
 // malformed ones, with net/http's own errors.
 func TestFrontHandsOver(t *testing.T) {

@@ -12,8 +12,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/gin-gonic/gin"
 )
 
 // maxHeaderBytes bounds a client's request line and headers.
@@ -46,11 +44,10 @@ type Gateway struct {
 	proxy           *httputil.ReverseProxy
 	// rtrip and bufs are the proxy's transport and copy buffers, which
 	// forward shares.
-	rtrip  *retryTransport
-	bufs   *bufferPool
-	engine *gin.Engine
-	// front serves client connections; srv (gin) serves those it hands
-	// over (see front.go).
+	rtrip *retryTransport
+	bufs  *bufferPool
+	// front serves client connections; srv (net/http) serves those it
+	// hands over (see front.go). Both run serve, the one request path.
 	front *front
 	srv   *http.Server
 
@@ -70,9 +67,6 @@ type Gateway struct {
 // New builds a gateway that routes with cat and live and logs to logger (nil
 // discards). cfg is validated first; zero fields take their defaults. New
 // starts nothing: no goroutine runs until Serve.
-//
-// New puts gin in release mode. gin's mode is process-wide; release mode
-// only silences gin's debug printing, which no herd component wants.
 func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -106,14 +100,9 @@ func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway,
 		g.limiter = newLimiter(cfg.RateLimit, cfg.RateBurst)
 	}
 	g.proxy = g.newProxy()
-	engine, err := g.newEngine()
-	if err != nil {
-		return nil, err
-	}
-	g.engine = engine
 	g.baseCtx, g.cancelBase = context.WithCancel(context.Background())
 	g.srv = &http.Server{
-		Handler:           engine,
+		Handler:           http.HandlerFunc(g.serve),
 		ReadHeaderTimeout: cfg.ReadHeaderTimeout,
 		IdleTimeout:       cfg.IdleTimeout,
 		MaxHeaderBytes:    maxHeaderBytes,
@@ -126,32 +115,10 @@ func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway,
 	return g, nil
 }
 
-// newEngine builds the gin engine: every method on /<service> and
-// /<service>/*, and the same handler for anything else (methods gin does not
-// enumerate, "/"), which it answers 404 when the path names no service.
-func (g *Gateway) newEngine() (*gin.Engine, error) {
-	gin.SetMode(gin.ReleaseMode)
-	e := gin.New()
-	// The gateway never redirects: a redirect built from the request
-	// (X-Forwarded-Prefix included) is an open redirect.
-	e.RedirectTrailingSlash = false
-	e.RedirectFixedPath = false
-	e.HandleMethodNotAllowed = false
-	// Inbound forwarding headers are not trusted yet.
-	e.ForwardedByClientIP = false
-	if err := e.SetTrustedProxies(nil); err != nil {
-		return nil, fmt.Errorf("gateway: gin trusted proxies: %w", err)
-	}
-	h := g.serveGin
-	e.Any("/:service", h)
-	e.Any("/:service/*rest", h)
-	e.NoRoute(h)
-	return e, nil
-}
-
-// Handler returns the gateway's http.Handler (the gin engine), for callers
-// that run their own server. Shutdown does not drain requests served that way.
-func (g *Gateway) Handler() http.Handler { return g.engine }
+// Handler returns the gateway's http.Handler (serve, the path every request
+// takes), for callers that run their own server. Shutdown does not drain
+// requests served that way.
+func (g *Gateway) Handler() http.Handler { return http.HandlerFunc(g.serve) }
 
 // Serve answers requests on ln, which the caller has bound, until Shutdown.
 // It closes ln when it returns. It returns nil after Shutdown (including when

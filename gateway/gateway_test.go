@@ -33,7 +33,7 @@ func TestRouting(t *testing.T) {
 		{http.MethodGet, "/alpha/x", "alpha-1", "/x", "node-a"},
 		{http.MethodGet, "/beta/y", "beta-1", "/y", "node-b"},
 		{http.MethodDelete, "/beta/y", "beta-1", "/y", "node-b"},
-		{"PROPFIND", "/alpha/dav", "alpha-1", "/dav", "node-a"}, // a method gin does not enumerate
+		{"PROPFIND", "/alpha/dav", "alpha-1", "/dav", "node-a"}, // a method net/http does not name
 		{http.MethodGet, "/alpha", "alpha-1", "/", "node-a"},
 	}
 	for _, tt := range tests {

@@ -60,6 +60,11 @@ type route struct {
 	debug bool
 	// start is when the gateway received the request.
 	start time.Time
+	// newID: the gateway made the request ID (the client sent none it
+	// could keep), and sends it upstream.
+	newID bool
+	// opts are the balancing options of the first pick.
+	opts pickOpts
 	// headerTimeout is the service's own response-header timeout (meta
 	// herd.response-header-timeout), 0 for the gateway's.
 	headerTimeout time.Duration
