@@ -126,8 +126,7 @@ func (t *retryTransport) roundTrip(req *http.Request, rt *route, first *firstAtt
 			return resp, err
 		}
 		if resp != nil {
-			_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
-			resp.Body.Close()
+			discard(resp)
 		}
 		rt.st.retries.Add(1)
 		rt.retarget(next)
@@ -482,138 +481,186 @@ func (t *retryTransport) send(req *http.Request, rt *route, tried []string, firs
 		resp, err := t.once(req, rt.st, rt.hostport)
 		return resp, tried, err
 	}
-	results := make(chan attemptResult, 1+maxRetries)
-	var attBuf [1 + maxRetries]attempt
-	atts := attBuf[:0]
-	pending := 0
-	launch := func(r *http.Request, inst *api.Instance, hostport string, first *firstAttempt) {
-		// Detached from the request's context (but cancelled with it
-		// until detach), so that a loser may outlive the request.
-		parent := r.Context()
-		ctx, cancelCtx := context.WithCancel(context.WithoutCancel(parent))
-		// Shutdown cancels attempts that outlived their request.
-		unlink := context.AfterFunc(t.g.baseCtx, cancelCtx)
-		cancel := func() { unlink(); cancelCtx() }
-		id := len(atts)
-		sent := time.Now()
-		if first != nil {
-			sent = first.sent
-		}
-		atts = append(atts, attempt{inst: inst, hostport: hostport, sent: sent, ctx: ctx, cancel: cancel,
-			detach: context.AfterFunc(parent, cancel)})
-		pending++
-		t.background.Add(1)
-		go func() {
-			defer t.background.Done()
-			var resp *http.Response
-			var err error
-			if first != nil {
-				resp, err = first.wait(ctx)
-			} else {
-				resp, err = t.once(r.WithContext(ctx), rt.st, hostport)
-			}
-			results <- attemptResult{id: id, resp: resp, err: err}
-		}()
-	}
-	tokens := 0 // hedges share the retry budget
-	capped := false
-	defer func() { t.retriesInflight.Add(int64(-tokens)) }()
-	// hedge asks one more instance, if one is left and allowed.
-	hedge := func(free bool) bool {
-		if len(tried) > maxRetries {
-			return false
-		}
-		next := chooseExcept(selHedge, rt.st, t.g.live, rt.insts, tried, pickOpts{})
-		if next == nil {
-			return false
-		}
-		if !free {
-			if !rt.st.takeHedge() {
-				if !capped { // once per request, however often the timer asks
-					capped = true
-					rt.st.hedgesCapped.Add(1)
-				}
-				return false
-			}
-			if !t.takeRetry() {
-				rt.st.refundHedge()
-				return false
-			}
-			tokens++
-		}
-		rt.st.hedges.Add(1)
-		hp := rt.st.hostport(next)
-		tried = append(tried, hp)
-		launch(rt.outboundTo(req, next), next, hp, nil)
-		return true
-	}
-	launch(req, rt.inst, rt.hostport, first)
+	// On send's stack (no slice in h points into h, which would move it
+	// to the heap): nothing keeps h once send returns.
+	h := hedged{t: t, req: req, rt: rt, delay: delay, results: make(chan attemptResult, 1+maxRetries)}
+	h.ntried = copy(h.tried[:], tried)
+	// Hedges share the retry budget.
+	defer func() { t.retriesInflight.Add(int64(-h.tokens)) }()
+	resp, err := h.run(first)
+	return resp, append(tried[:0], h.tried[:h.ntried]...), err
+}
+
+// hedged is the state of one hedged request (see send): its attempts, out
+// at once, and what it took from the budget.
+type hedged struct {
+	t       *retryTransport
+	req     *http.Request
+	rt      *route
+	tried   [1 + maxRetries]string // every instance asked, as in roundTrip
+	ntried  int
+	delay   time.Duration
+	results chan attemptResult
+	atts    [1 + maxRetries]attempt
+	natts   int
+	pending int           // attempts whose outcome has not come back
+	tokens  int           // retry tokens held by hedges
+	capped  bool          // the hedge cap refused one (counted once)
+	last    attemptResult // the latest failure
+}
+
+// run launches the first attempt (or takes over first) and waits for a
+// winner, hedging each time everything out has been silent for a delay.
+func (h *hedged) run(first *firstAttempt) (*http.Response, error) {
+	h.launch(h.req, h.rt.inst, h.rt.hostport, first)
 	// A first attempt handed over has been out for a while already.
-	timer := time.NewTimer(delay - time.Since(atts[0].sent))
+	timer := time.NewTimer(h.delay - time.Since(h.atts[0].sent))
 	defer timer.Stop()
-	var last attemptResult
-	for pending > 0 {
+	for h.pending > 0 {
 		select {
-		case r := <-results:
-			pending--
-			a := &atts[r.id]
-			a.done = true
-			if r.err == nil && pending > 0 && retryableStatus(r.resp.StatusCode) {
-				// A quick 502/503/504 must not beat an attempt that may
-				// still succeed.
-				t.g.report(rt, a.hostport, true)
-				_, _ = io.Copy(io.Discard, io.LimitReader(r.resp.Body, 64<<10))
-				r.resp.Body.Close()
-				a.cancel()
-				last = attemptResult{id: r.id, err: errHedgeLost}
-				continue
+		case r := <-h.results:
+			if resp := h.outcome(r); resp != nil {
+				return resp, nil
 			}
-			if r.err == nil {
-				if pending > 0 {
-					t.settleLosers(rt, atts, r.id, pending, results, delay)
-				}
-				if a.inst != rt.inst {
-					rt.retarget(a.inst)
-				}
-				r.resp.Body = &cancelOnClose{ReadCloser: r.resp.Body, cancel: a.cancel}
-				return r.resp, tried, nil
-			}
-			a.cancel()
-			if pending > 0 {
-				if verdict(req, r.err) {
-					// Reported here: the caller sees only the final outcome.
-					t.g.report(rt, a.hostport, true)
-				}
-				// Whatever is still out may be hung: ask another now. A
-				// failure that reached no upstream costs no budget.
-				hedge(notSent(r.err))
-			}
-			last = r
 		case <-timer.C:
-			// Everything still out has been silent for a whole delay:
-			// ask one more instance, or try again after another delay
+			// Ask one more instance, or try again after another delay
 			// (the budget may have room by then).
-			hedge(false)
-			timer.Reset(delay)
-		case <-req.Context().Done():
-			for i := range atts {
-				atts[i].cancel()
+			h.hedge(false)
+			timer.Reset(h.delay)
+		case <-h.req.Context().Done():
+			for i := range h.natts {
+				h.atts[i].cancel()
 			}
-			t.closeAnswers(results, pending)
-			return nil, tried, req.Context().Err()
+			h.t.closeAnswers(h.results, h.pending)
+			return nil, h.req.Context().Err()
 		}
 	}
-	if a := atts[last.id]; a.inst != rt.inst {
-		rt.retarget(a.inst)
+	if a := h.atts[h.last.id]; a.inst != h.rt.inst {
+		h.rt.retarget(a.inst)
 	}
-	return nil, tried, last.err
+	return nil, h.last.err
+}
+
+// outcome takes one attempt's outcome and returns the winning answer, or
+// nil when the request goes on waiting (or has no attempt left).
+func (h *hedged) outcome(r attemptResult) *http.Response {
+	h.pending--
+	a := &h.atts[r.id]
+	a.done = true
+	rt := h.rt
+	switch {
+	case r.err == nil && h.pending > 0 && retryableStatus(r.resp.StatusCode):
+		// A quick 502/503/504 must not beat an attempt that may still
+		// succeed.
+		h.t.g.report(rt, a.hostport, true)
+		discard(r.resp)
+		a.cancel()
+		h.last = attemptResult{id: r.id, err: errHedgeLost}
+		return nil
+	case r.err == nil:
+		if h.pending > 0 {
+			h.t.settleLosers(rt, h.atts[:h.natts], r.id, h.pending, h.results, h.delay)
+		}
+		if a.inst != rt.inst {
+			rt.retarget(a.inst)
+		}
+		r.resp.Body = &cancelOnClose{ReadCloser: r.resp.Body, cancel: a.cancel}
+		return r.resp
+	}
+	a.cancel()
+	if h.pending > 0 {
+		if verdict(h.req, r.err) {
+			// Reported here: the caller sees only the final outcome.
+			h.t.g.report(rt, a.hostport, true)
+		}
+		// Whatever is still out may be hung: ask another now. A failure
+		// that reached no upstream costs no budget.
+		h.hedge(notSent(r.err))
+	}
+	h.last = r
+	return nil
+}
+
+// hedge asks one more instance, if one is left and allowed: free hedges
+// (after a failure that reached no upstream) take nothing from the cap or
+// the budget.
+func (h *hedged) hedge(free bool) {
+	rt := h.rt
+	if h.ntried > maxRetries {
+		return
+	}
+	next := chooseExcept(selHedge, rt.st, h.t.g.live, rt.insts, h.tried[:h.ntried], pickOpts{})
+	if next == nil {
+		return
+	}
+	if !free {
+		if !rt.st.takeHedge() {
+			if !h.capped { // once per request, however often the timer asks
+				h.capped = true
+				rt.st.hedgesCapped.Add(1)
+			}
+			return
+		}
+		if !h.t.takeRetry() {
+			rt.st.refundHedge()
+			return
+		}
+		h.tokens++
+	}
+	rt.st.hedges.Add(1)
+	hp := rt.st.hostport(next)
+	h.tried[h.ntried] = hp
+	h.ntried++
+	h.launch(rt.outboundTo(h.req, next), next, hp, nil)
+}
+
+// launch sends r to inst (or takes over first) in a goroutine of its own,
+// whose outcome comes back on results. The attempt's context is detached
+// from the request's (but cancelled with it until detach), so that a loser
+// may outlive the request to be judged.
+func (h *hedged) launch(r *http.Request, inst *api.Instance, hostport string, first *firstAttempt) {
+	t := h.t
+	parent := r.Context()
+	ctx, cancelCtx := context.WithCancel(context.WithoutCancel(parent))
+	// Shutdown cancels attempts that outlived their request.
+	unlink := context.AfterFunc(t.g.baseCtx, cancelCtx)
+	cancel := func() { unlink(); cancelCtx() }
+	id := h.natts
+	sent := time.Now()
+	if first != nil {
+		sent = first.sent
+	}
+	h.atts[id] = attempt{inst: inst, hostport: hostport, sent: sent, ctx: ctx, cancel: cancel,
+		detach: context.AfterFunc(parent, cancel)}
+	h.natts++
+	h.pending++
+	st, results := h.rt.st, h.results
+	t.background.Add(1)
+	go func() {
+		defer t.background.Done()
+		var resp *http.Response
+		var err error
+		if first != nil {
+			resp, err = first.wait(ctx)
+		} else {
+			resp, err = t.once(r.WithContext(ctx), st, hostport)
+		}
+		results <- attemptResult{id: id, resp: resp, err: err}
+	}()
+}
+
+// discard reads what is left of an answer nobody will see (a little of
+// it: enough for the connection to be reused) and closes it.
+func discard(resp *http.Response) {
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
 }
 
 // settleLosers lets the attempts still out when attempt won did answer
 // for a while, in the background, and reports each as a success or a
 // failure (see slowStrikeFactor) before closing it.
 func (t *retryTransport) settleLosers(rt *route, atts []attempt, won, pending int, results <-chan attemptResult, delay time.Duration) {
-	losers := append([]attempt(nil), atts...) // atts is on send's stack
+	losers := append([]attempt(nil), atts...) // atts is the request's
 	st, service, n := rt.st, rt.inst.Service, len(rt.insts)
 	grace := max(slowStrikeFactor*delay, minSlowStrike)
 	var deadline time.Time
@@ -642,8 +689,7 @@ func (t *retryTransport) settleLosers(rt *route, atts []attempt, won, pending in
 				failed := r.err != nil
 				if r.resp != nil {
 					failed = retryableStatus(r.resp.StatusCode)
-					_, _ = io.Copy(io.Discard, io.LimitReader(r.resp.Body, 64<<10))
-					r.resp.Body.Close()
+					discard(r.resp)
 				}
 				a.cancel()
 				if a.held && !a.struck && (r.err == nil || a.ctx.Err() == nil) {
