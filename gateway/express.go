@@ -46,31 +46,56 @@ func (g *Gateway) express(fw *frontWriter, r *http.Request, rt *route) {
 	t := g.rtrip
 	t.inflight.Add(1)
 	defer t.inflight.Add(-1)
-	fc := fw.fc
-	st := rt.st
+	mark := rt.st.begin(rt.hostport, rt.start)
+	w := g.expressWait(fw.fc, r, rt)
+	pc, n, err := g.expressSend(&w, r, rt)
+	var a expressAnswer
+	if err == nil && n > 0 {
+		head, _ := pc.br.Peek(n)
+		a = parseAnswerHead(head, r.Method == http.MethodHead)
+	}
+	if err != nil || !a.ok {
+		g.expressHandOver(fw, r, rt, pc, mark, w.hard, err)
+		return
+	}
+	// The answer is plain: the express path serves it. (A client found
+	// gone meanwhile still aborts pc, through fc.upstream.)
+	mark.end(true)
+	g.report(rt, rt.hostport, false)
+	rt.st.countAnswer(r.Method, a.status)
+	g.expressAnswer(fw, pc, n, &a, rt, &w)
+}
+
+// expressWait is the wait for the answer to r's first attempt: the client
+// watch after watchClientAfter, the hedge when it is due, and the header
+// timeout (the service's own, or the gateway's).
+func (g *Gateway) expressWait(fc *frontConn, r *http.Request, rt *route) expressWait {
 	headerTimeout := g.cfg.ResponseHeaderTimeout
 	if rt.headerTimeout > 0 {
 		headerTimeout = rt.headerTimeout
 	}
-	hedge := t.hedgeAfter(r, rt, nil)
-	h := st.healthOf(rt.hostport)
-	h.inflight.Add(1)
+	hedge := g.rtrip.hedgeAfter(r, rt, nil)
 	start := rt.start
 	hard := start.Add(headerTimeout)
 	soft := hard
 	if hedge > 0 && hedge < headerTimeout {
 		soft = start.Add(hedge)
 	}
-	w := &expressWait{fc: fc, watchAt: start.Add(watchClientAfter), soft: soft, hard: hard}
+	return expressWait{fc: fc, watchAt: start.Add(watchClientAfter), soft: soft, hard: hard}
+}
 
-	var pc *upConn
-	var n int
-	var err error
+// expressSend writes r's head to a connection to the route's instance and
+// waits for the answer's head in its buffer (n its length, 0 when the
+// express path cannot read it), or for the hedge to be due (pc with n 0).
+// A request that failed on a reused connection the upstream had closed is
+// sent once more on a new one. err: the attempt failed, pc is nil.
+func (g *Gateway) expressSend(w *expressWait, r *http.Request, rt *route) (pc *upConn, n int, err error) {
+	fc := w.fc
 	for try := 0; ; try++ {
 		var reused bool
 		pc, reused, err = g.lean.get(rt, rt.hostport, rt.inst.TLS)
 		if err != nil {
-			break
+			return nil, 0, err
 		}
 		fc.upstream.Store(pc)
 		// The write has its own deadline, the header timeout's: the read's
@@ -85,44 +110,36 @@ func (g *Gateway) express(fw *frontWriter, r *http.Request, rt *route) {
 				n, err = w.head(pc)
 			}
 		}
-		if err == nil || soft.Before(hard) && isTimeout(err) && pc.br.Buffered() == 0 && fc.ctx.Err() == nil &&
-			time.Now().Before(hard) {
-			break // answered, or the hedge is due
+		if err == nil || w.hedgeDue(err, pc) {
+			return pc, n, nil // answered, or the hedge is due
 		}
 		fc.upstream.Store(nil)
 		_ = pc.Close()
-		pc = nil
 		if fc.ctx.Err() != nil {
-			err = fc.ctx.Err()
-			break
+			return nil, 0, fc.ctx.Err()
 		}
 		if !reused || try > 0 || !closedByPeer(err) {
-			break
+			return nil, 0, err
 		}
 		// The upstream had closed its idle end: once more, on a new one.
 	}
-	var a expressAnswer
-	if err == nil && n > 0 {
-		head, _ := pc.br.Peek(n)
-		a = parseAnswerHead(head, r.Method == http.MethodHead)
-	}
-	if err != nil || !a.ok {
-		g.expressHandOver(fw, r, rt, pc, start, hard, err)
-		return
-	}
+}
 
-	// The answer is plain: the express path serves it. (A client found
-	// gone meanwhile still aborts pc, through fc.upstream.)
-	h.inflight.Add(-1)
-	d := time.Since(start)
-	h.observe(d, start.UnixNano())
-	st.latency.observe(d)
-	g.report(rt, rt.hostport, false)
-	st.countAnswer(r.Method, a.status)
+// hedgeDue reports whether err, waiting on pc, is the hedge delay passing
+// with nothing of the answer in (the header timeout not yet).
+func (w *expressWait) hedgeDue(err error, pc *upConn) bool {
+	return w.soft.Before(w.hard) && isTimeout(err) && pc.br.Buffered() == 0 && w.fc.ctx.Err() == nil &&
+		time.Now().Before(w.hard)
+}
 
+// expressAnswer serves a plain answer, whose head (n bytes) is in pc's
+// buffer: the rewritten head, then the body in its own framing; then pc
+// goes back to its pool, or is closed.
+func (g *Gateway) expressAnswer(fw *frontWriter, pc *upConn, n int, a *expressAnswer, rt *route, w *expressWait) {
+	fc := fw.fc
 	head, _ := pc.br.Peek(n)
 	fw.raw = true
-	writeAnswerHead(fc.bw, head, &a, rt, fw.closeAfter)
+	writeAnswerHead(fc.bw, head, a, rt, fw.closeAfter)
 	_, _ = pc.br.Discard(n)
 	if a.cl > 0 && int64(pc.br.Buffered()) < a.cl || a.chunked {
 		// The body streams: no deadline on it. (Unless the watch found
@@ -135,20 +152,15 @@ func (g *Gateway) express(fw *frontWriter, r *http.Request, rt *route) {
 			return
 		}
 	}
-	upOK, clientOK := copyAnswerBody(fc.bw, pc.br, &a, w.watch)
+	upOK, clientOK := copyAnswerBody(fc.bw, pc.br, a, w.watch)
 	// No abort may reach pc once it is back in the pool.
 	fc.watch.stop(fc)
 	fc.upstream.Store(nil)
-	if !clientOK {
-		fw.failed = true
-	}
-	if !upOK {
+	if !clientOK || !upOK {
 		// Cut short: the client must not take it for the whole answer.
 		fw.failed = true
-		_ = pc.Close()
-		return
 	}
-	if !a.keep || pc.br.Buffered() > 0 || fc.ctx.Err() != nil {
+	if !upOK || !a.keep || pc.br.Buffered() > 0 || fc.ctx.Err() != nil {
 		_ = pc.Close()
 		return
 	}
@@ -160,21 +172,14 @@ func stopped() bool { return true }
 // expressHandOver gives the first attempt, in whatever state, to the
 // general path and answers with what that comes to. err is the attempt's
 // error (pc is then nil), or nil with the answer's head (or the hedge
-// delay passed) on pc.
-func (g *Gateway) expressHandOver(fw *frontWriter, r *http.Request, rt *route, pc *upConn, start, hard time.Time, err error) {
+// delay passed) on pc. mark counts the attempt in flight since the
+// request came in.
+func (g *Gateway) expressHandOver(fw *frontWriter, r *http.Request, rt *route, pc *upConn, mark attemptMark, hard time.Time, err error) {
 	fw.fc.upstream.Store(nil)
-	fw.fc.watch.arm(fw.fc, max(0, time.Until(start.Add(watchClientAfter))))
-	st, h := rt.st, rt.st.healthOf(rt.hostport)
+	fw.fc.watch.arm(fw.fc, max(0, time.Until(rt.start.Add(watchClientAfter))))
 	out := rt.outboundRequest(r)
 	wait := func(ctx context.Context) (resp *http.Response, rerr error) {
-		defer func() {
-			h.inflight.Add(-1)
-			if rerr == nil {
-				d := time.Since(start)
-				h.observe(d, start.UnixNano())
-				st.latency.observe(d)
-			}
-		}()
+		defer func() { mark.end(rerr == nil) }()
 		if pc == nil {
 			return nil, err
 		}
@@ -193,7 +198,7 @@ func (g *Gateway) expressHandOver(fw *frontWriter, r *http.Request, rt *route, p
 		}
 		return resp, rerr
 	}
-	res, rerr := g.rtrip.roundTrip(out, rt, &firstAttempt{sent: start, wait: wait})
+	res, rerr := g.rtrip.roundTrip(out, rt, &firstAttempt{sent: rt.start, wait: wait})
 	g.writeResponse(fw, out, res, rerr)
 }
 

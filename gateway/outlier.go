@@ -89,6 +89,34 @@ func (st *serviceState) healthIfAny(hostport string) *health {
 	return (*m)[hostport]
 }
 
+// begin counts an attempt to the instance at hostport, sent at sent, as in
+// flight. Every attempt, on every path, goes through begin and the end it
+// returns, once: in-flight counts (saturation, least-requests) and latency
+// estimates (peak EWMA, the hedge delay's p95) are kept here only.
+func (st *serviceState) begin(hostport string, sent time.Time) attemptMark {
+	h := st.healthOf(hostport)
+	h.inflight.Add(1)
+	return attemptMark{st: st, h: h, sent: sent}
+}
+
+// attemptMark is an attempt counted in flight by begin.
+type attemptMark struct {
+	st   *serviceState
+	h    *health
+	sent time.Time
+}
+
+// end counts the attempt out; answered: its answer's head came back, and
+// the time it took feeds the instance's and the service's latency.
+func (m attemptMark) end(answered bool) {
+	m.h.inflight.Add(-1)
+	if answered {
+		d := time.Since(m.sent)
+		m.h.observe(d, m.sent.UnixNano())
+		m.st.latency.observe(d)
+	}
+}
+
 // healthOf returns the record of the instance at hostport, creating it.
 // Copy-on-write like hostport: concurrent first reports may each store a
 // map and lose the other's new entry, which only costs one record.

@@ -338,9 +338,7 @@ func (b *clientBody) failure() error {
 // once sends req to the instance at hostport, keeping its in-flight count
 // and latency estimate.
 func (t *retryTransport) once(req *http.Request, st *serviceState, hostport string) (*http.Response, error) {
-	h := st.healthOf(hostport)
-	h.inflight.Add(1)
-	start := time.Now()
+	mark := st.begin(hostport, time.Now())
 	var resp *http.Response
 	var err error
 	if rt := routeFrom(req.Context()); rt != nil && rt.headerTimeout > 0 {
@@ -348,12 +346,7 @@ func (t *retryTransport) once(req *http.Request, st *serviceState, hostport stri
 	} else {
 		resp, err = t.base.RoundTrip(req)
 	}
-	h.inflight.Add(-1)
-	if err == nil {
-		d := time.Since(start)
-		h.observe(d, start.UnixNano())
-		st.latency.observe(d)
-	}
+	mark.end(err == nil)
 	return resp, err
 }
 
