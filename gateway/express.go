@@ -289,11 +289,9 @@ func (w *expressWait) watch() {
 func (w *expressWait) head(pc *upConn) (int, error) {
 	for {
 		buf, _ := pc.br.Peek(pc.br.Buffered())
-		if i := bytes.Index(buf, crlfcrlf); i >= 0 {
-			return i + len(crlfcrlf), nil
-		}
-		if bytes.Contains(buf, lflf) || pc.br.Buffered() >= pc.br.Size() {
-			return 0, nil
+		n, more := wire.HeadLen(buf, pc.br.Buffered() >= pc.br.Size())
+		if n > 0 || !more {
+			return n, nil
 		}
 		_, err := pc.br.Peek(pc.br.Buffered() + 1)
 		if err == nil {
@@ -344,7 +342,7 @@ type expressAnswer struct {
 func parseAnswerHead(head []byte, isHead bool) (a expressAnswer) {
 	a.cl = -1
 	a.keep = true
-	line, rest, ok := cutLine(head)
+	line, rest, ok := wire.CutLine(head)
 	if !ok || len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
 		return a
 	}
@@ -361,14 +359,14 @@ func parseAnswerHead(head []byte, isHead bool) (a expressAnswer) {
 	a.status = code
 	te := false
 	for {
-		line, rest, ok = cutLine(rest)
+		line, rest, ok = wire.CutLine(rest)
 		if !ok {
 			return a
 		}
 		if len(line) == 0 {
 			break
 		}
-		kb, v, ok := splitFieldBytes(line)
+		kb, v, ok := wire.SplitField(line)
 		if !ok {
 			return a
 		}
@@ -427,35 +425,6 @@ func parseAnswerHead(head []byte, isHead bool) (a expressAnswer) {
 	return a
 }
 
-// splitFieldBytes is splitField on bytes.
-func splitFieldBytes(b []byte) (k, v []byte, ok bool) {
-	i := bytes.IndexByte(b, ':')
-	if i <= 0 {
-		return nil, nil, false
-	}
-	for j := 0; j < i; j++ {
-		if !tokenByte[b[j]] {
-			return nil, nil, false
-		}
-	}
-	v = b[i+1:]
-	for j := 0; j < len(v); j++ {
-		if c := v[j]; (c < 0x20 && c != '\t') || c == 0x7f {
-			return nil, nil, false
-		}
-	}
-	return b[:i], bytes.Trim(v, " \t"), true
-}
-
-// cutLine cuts the first CRLF-terminated line off b.
-func cutLine(b []byte) (line, rest []byte, ok bool) {
-	i := bytes.IndexByte(b, '\n')
-	if i < 1 || b[i-1] != '\r' {
-		return nil, nil, false
-	}
-	return b[:i-1], b[i+1:], true
-}
-
 // writeAnswerHead writes the answer's head as the client gets it: the
 // status line, the upstream's fields but the hop-by-hop ones (those its
 // Connection header names too) and the gateway's own, then the gateway's
@@ -464,9 +433,9 @@ func cutLine(b []byte) (line, rest []byte, ok bool) {
 // in its own framing.
 func writeAnswerHead(bw *bufio.Writer, head []byte, a *expressAnswer, rt *route, closeAfter bool) {
 	bw.WriteString(statusLine(a.status))
-	_, rest, _ := cutLine(head)
+	_, rest, _ := wire.CutLine(head)
 	for {
-		line, r, _ := cutLine(rest)
+		line, r, _ := wire.CutLine(rest)
 		rest = r
 		if len(line) == 0 {
 			break
@@ -559,7 +528,7 @@ func copyChunked(bw *bufio.Writer, br *bufio.Reader, block func()) (upOK, client
 				return false, true
 			}
 		} else if len(line) > 0 {
-			if _, _, ok := splitFieldBytes(line); !ok {
+			if _, _, ok := wire.SplitField(line); !ok {
 				// Not a trailer field as net/http reads one (a bad name,
 				// a control character, a bare CR): never passed on.
 				return false, true

@@ -2,7 +2,6 @@ package gateway
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -312,7 +311,8 @@ func (fc *frontConn) serve() {
 func (fc *frontConn) readHead(armed bool) (int, error) {
 	for {
 		buf, _ := fc.br.Peek(fc.br.Buffered())
-		if i := bytes.Index(buf, crlfcrlf); i >= 0 {
+		n, more := wire.HeadLen(buf, fc.br.Buffered() >= frontBufSize)
+		if n > 0 {
 			if armed {
 				// Back to the idle deadline: the client watch reads
 				// under it while the request is served.
@@ -321,9 +321,9 @@ func (fc *frontConn) readHead(armed bool) (int, error) {
 					return 0, err
 				}
 			}
-			return i + len(crlfcrlf), nil
+			return n, nil
 		}
-		if bytes.Contains(buf, lflf) || fc.br.Buffered() >= frontBufSize {
+		if !more {
 			// Bare-LF line ends, or a head too large: net/http's.
 			return 0, nil
 		}
@@ -339,11 +339,6 @@ func (fc *frontConn) readHead(armed bool) (int, error) {
 		}
 	}
 }
-
-var (
-	crlfcrlf = []byte("\r\n\r\n")
-	lflf     = []byte("\n\n")
-)
 
 // handOff gives the connection, and whatever it has sent so far, to g.srv.
 func (fc *frontConn) handOff() bool {
@@ -363,7 +358,7 @@ func (fc *frontConn) parse(head []byte) *http.Request {
 	// One string holds the whole head: the method, target and every
 	// header key and value are substrings of it.
 	s := string(head[:len(head)-2]) // keep the last field's CRLF
-	line, rest, ok := cutCRLF(s)
+	line, rest, ok := wire.CutLine(s)
 	if !ok {
 		return nil
 	}
@@ -384,11 +379,11 @@ func (fc *frontConn) parse(head []byte) *http.Request {
 	closeAfter := false
 	for rest != "" {
 		var field string
-		field, rest, ok = cutCRLF(rest)
+		field, rest, ok = wire.CutLine(rest)
 		if !ok {
 			return nil
 		}
-		k, v, ok := splitField(field)
+		k, v, ok := wire.SplitField(field)
 		if !ok {
 			return nil
 		}
@@ -444,21 +439,6 @@ func (fc *frontConn) parse(head []byte) *http.Request {
 	return req
 }
 
-func cutCRLF(s string) (line, rest string, ok bool) {
-	for i := 0; i+1 < len(s); i++ {
-		switch s[i] {
-		case '\r':
-			if s[i+1] != '\n' {
-				return "", "", false
-			}
-			return s[:i], s[i+2:], true
-		case '\n':
-			return "", "", false // bare LF
-		}
-	}
-	return "", "", false
-}
-
 func splitRequestLine(line string) (method, target, proto string, ok bool) {
 	i := indexByte(line, ' ')
 	if i <= 0 {
@@ -485,59 +465,20 @@ func simpleTarget(target string) bool {
 		c := target[i]
 		// The query is passed on as it came, escapes and all.
 		query = query || c == '?'
-		if !targetByte[c] && !(query && c == '%') {
+		if !pathByte[c] && !(query && (c == '%' || queryByte[c])) {
 			return false
 		}
 	}
 	return true
 }
 
-// targetByte: unreserved and sub-delims, ':', '@', '/', '?' (RFC 3986).
-var targetByte = alnumAnd("-._~!$&'()*+,;=:@/?")
+// pathByte: unreserved and sub-delims, ':', '@', '/', '?' (RFC 3986), but
+// the sub-delims net/url escapes in a path by default (! ' ( ) *): a path
+// with one keeps its RawPath in net/http, and is served there.
+var pathByte = wire.AlnumAnd("-._~$&+,;=:@/?")
 
-// tokenByte: the characters of a header field name (RFC 9110 token).
-var tokenByte = alnumAnd("!#$%&'*+-.^_`|~")
-
-// alnumAnd is a byte set of the ASCII letters and digits and extra.
-func alnumAnd(extra string) (t [256]bool) {
-	for c := 0; c < 256; c++ {
-		t[c] = 'a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9'
-	}
-	for i := 0; i < len(extra); i++ {
-		t[extra[i]] = true
-	}
-	return t
-}
-
-// splitField splits "Name: value" into the name and the value without
-// surrounding blanks. ok is false for anything net/http should judge: an
-// empty or invalid name, a space before the colon, obs-fold, control
-// characters in the value.
-func splitField(f string) (k, v string, ok bool) {
-	i := indexByte(f, ':')
-	if i <= 0 {
-		return "", "", false
-	}
-	k = f[:i]
-	for j := 0; j < len(k); j++ {
-		if !tokenByte[k[j]] {
-			return "", "", false
-		}
-	}
-	v = f[i+1:]
-	for j := 0; j < len(v); j++ {
-		if c := v[j]; (c < 0x20 && c != '\t') || c == 0x7f {
-			return "", "", false
-		}
-	}
-	for v != "" && (v[0] == ' ' || v[0] == '\t') {
-		v = v[1:]
-	}
-	for v != "" && (v[len(v)-1] == ' ' || v[len(v)-1] == '\t') {
-		v = v[:len(v)-1]
-	}
-	return k, v, true
-}
+// queryByte: what a query may hold beyond pathByte (its escapes aside).
+var queryByte = wire.AlnumAnd("!'()*")
 
 // canonicalKey is textproto.CanonicalMIMEHeaderKey for a valid token,
 // without an allocation when k is canonical already (nearly always).

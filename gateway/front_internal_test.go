@@ -14,6 +14,9 @@ import (
 	"golang.org/x/net/http/httpguts"
 )
 
+// crlfcrlf ends a head.
+var crlfcrlf = []byte("\r\n\r\n")
+
 func testConn() *frontConn {
 	fc := &frontConn{remote: "127.0.0.1:4321"}
 	fc.template = (&http.Request{Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Body: http.NoBody,

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/herdcluster/herd/gateway/internal/wire"
 )
 
 // frontWriter is the http.ResponseWriter (and Flusher) of a request served
@@ -164,7 +166,7 @@ func (w *frontWriter) commit(final bool) error {
 		case "Content-Length", "Transfer-Encoding", "Connection", "Keep-Alive":
 			continue
 		}
-		if strings.HasPrefix(k, http.TrailerPrefix) || !validFieldName(k) {
+		if strings.HasPrefix(k, http.TrailerPrefix) || !wire.ValidFieldName(k) {
 			continue
 		}
 		for _, v := range vv {
@@ -253,7 +255,7 @@ func (w *frontWriter) writeTrailers() {
 	for _, list := range h["Trailer"] {
 		for k := range strings.SplitSeq(list, ",") {
 			k = http.CanonicalHeaderKey(strings.TrimSpace(k))
-			if !validFieldName(k) {
+			if !wire.ValidFieldName(k) {
 				continue
 			}
 			for _, v := range h[k] {
@@ -262,24 +264,12 @@ func (w *frontWriter) writeTrailers() {
 		}
 	}
 	for k, vv := range h {
-		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok && validFieldName(name) {
+		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok && wire.ValidFieldName(name) {
 			for _, v := range vv {
 				writeField(w.fc.bw, name, v)
 			}
 		}
 	}
-}
-
-func validFieldName(k string) bool {
-	if k == "" {
-		return false
-	}
-	for i := 0; i < len(k); i++ {
-		if !tokenByte[k[i]] {
-			return false
-		}
-	}
-	return true
 }
 
 // statusLines holds "HTTP/1.1 <code> <text>\r\n" for every code.
