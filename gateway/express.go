@@ -343,17 +343,11 @@ func parseAnswerHead(head []byte, isHead bool) (a expressAnswer) {
 	a.cl = -1
 	a.keep = true
 	line, rest, ok := wire.CutLine(head)
-	if !ok || len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
+	if !ok {
 		return a
 	}
-	code := 0
-	for _, c := range line[9:12] {
-		if c < '0' || c > '9' {
-			return a
-		}
-		code = code*10 + int(c-'0')
-	}
-	if code < 200 || retryableStatus(code) {
+	code := plainStatus(line)
+	if code == 0 {
 		return a
 	}
 	a.status = code
@@ -366,63 +360,106 @@ func parseAnswerHead(head []byte, isHead bool) (a expressAnswer) {
 		if len(line) == 0 {
 			break
 		}
-		kb, v, ok := wire.SplitField(line)
-		if !ok {
+		if !a.field(line, &te) {
 			return a
 		}
-		k := string(kb) // on the stack: it does not escape
-		switch {
-		case len(k) < 4 || len(k) > 17:
-			// None of the fields below: skip the comparisons.
-		case wire.EqualFold(k, "Content-Length"):
-			if a.cl >= 0 || len(v) == 0 || len(v) > 18 {
-				return a
-			}
-			n := int64(0)
-			for i := 0; i < len(v); i++ {
-				if v[i] < '0' || v[i] > '9' {
-					return a
-				}
-				n = n*10 + int64(v[i]-'0')
-			}
-			a.cl = n
-		case wire.EqualFold(k, "Transfer-Encoding"):
-			if te || !wire.EqualFold(string(v), "chunked") {
-				return a
-			}
-			te = true
-		case wire.EqualFold(k, "Connection"):
-			if a.nc == len(a.conn) {
-				return a
-			}
-			a.conn[a.nc] = string(v)
-			a.nc++
-			if wire.HasToken(a.conn[a.nc-1], "close") {
-				a.keep = false
-			}
-		case wire.EqualFold(k, "Date"):
-			a.hasDate = true
-		case wire.EqualFold(k, "Location"), wire.EqualFold(k, "Content-Location"), wire.EqualFold(k, "Refresh"):
-			return a // rewritten into the route: the general path's (modifyResponse)
-		}
 	}
-	bodyless := isHead || code == http.StatusNoContent || code == http.StatusNotModified
+	a.ok = a.framed(te, isHead || code == http.StatusNoContent || code == http.StatusNotModified, isHead)
+	return a
+}
+
+// plainStatus is the code of an HTTP/1.1 status line with a final code
+// other than 502, 503 and 504, or 0.
+func plainStatus(line []byte) int {
+	if len(line) < 12 || string(line[:9]) != "HTTP/1.1 " || (len(line) > 12 && line[12] != ' ') {
+		return 0
+	}
+	code := 0
+	for _, c := range line[9:12] {
+		if c < '0' || c > '9' {
+			return 0
+		}
+		code = code*10 + int(c-'0')
+	}
+	if code < 200 || retryableStatus(code) {
+		return 0
+	}
+	return code
+}
+
+// field takes one field line of the answer's head into a, and te (a
+// Transfer-Encoding: chunked seen); false: the answer is not plain.
+func (a *expressAnswer) field(line []byte, te *bool) bool {
+	kb, v, ok := wire.SplitField(line)
+	if !ok {
+		return false
+	}
+	k := string(kb) // on the stack: it does not escape
+	switch {
+	case len(k) < 4 || len(k) > 17:
+		// None of the fields below: skip the comparisons.
+	case wire.EqualFold(k, "Content-Length"):
+		n, ok := contentLength(v)
+		if a.cl >= 0 || !ok {
+			return false
+		}
+		a.cl = n
+	case wire.EqualFold(k, "Transfer-Encoding"):
+		if *te || !wire.EqualFold(string(v), "chunked") {
+			return false
+		}
+		*te = true
+	case wire.EqualFold(k, "Connection"):
+		if a.nc == len(a.conn) {
+			return false
+		}
+		a.conn[a.nc] = string(v)
+		a.nc++
+		if wire.HasToken(a.conn[a.nc-1], "close") {
+			a.keep = false
+		}
+	case wire.EqualFold(k, "Date"):
+		a.hasDate = true
+	case wire.EqualFold(k, "Location"), wire.EqualFold(k, "Content-Location"), wire.EqualFold(k, "Refresh"):
+		return false // rewritten into the route: the general path's (modifyResponse)
+	}
+	return true
+}
+
+// contentLength parses a Content-Length value: decimal digits only, as
+// net/http reads them (strconv would take a sign).
+func contentLength(v []byte) (int64, bool) {
+	if len(v) == 0 || len(v) > 18 {
+		return 0, false
+	}
+	n := int64(0)
+	for _, c := range v {
+		if c < '0' || c > '9' {
+			return 0, false
+		}
+		n = n*10 + int64(c-'0')
+	}
+	return n, true
+}
+
+// framed settles how the answer's body is framed, from its fields: one
+// Content-Length, or chunked alone, or no body at all (bodyless: HEAD,
+// 204, 304); false for anything else (both, or neither: the end of the
+// connection).
+func (a *expressAnswer) framed(te, bodyless, isHead bool) bool {
 	switch {
 	case te && a.cl >= 0:
-		return a // both: a smuggling attempt, or a broken upstream
+		return false // both: a smuggling attempt, or a broken upstream
 	case bodyless:
 		a.cl = 0
 		a.chunked = false
-		if te && !isHead {
-			return a // a 204 or 304 with a body: not plain
-		}
+		return !te || isHead // a 204 or 304 with a body: not plain
 	case te:
 		a.chunked = true
 	case a.cl < 0:
-		return a // delimited by the end of the connection
+		return false // delimited by the end of the connection
 	}
-	a.ok = true
-	return a
+	return true
 }
 
 // writeAnswerHead writes the answer's head as the client gets it: the

@@ -243,21 +243,7 @@ func (fc *frontConn) abort() {
 
 func (fc *frontConn) serve() {
 	handedOff := false
-	defer func() {
-		if err := recover(); err != nil && err != http.ErrAbortHandler {
-			buf := make([]byte, 64<<10)
-			buf = buf[:runtime.Stack(buf, false)]
-			fc.f.g.log.Error("gateway: panic serving a request", "remote", fc.remote, "panic", fmt.Sprint(err), "stack", string(buf))
-		}
-		fc.watch.stop(fc)
-		fc.cancel()
-		fc.f.mu.Lock()
-		delete(fc.f.conns, fc)
-		fc.f.mu.Unlock()
-		if !handedOff {
-			fc.abort()
-		}
-	}()
+	defer func() { fc.close(recover(), handedOff) }()
 	g := fc.f.g
 	// A new connection has ReadHeaderTimeout from its accept to send its
 	// first request head, as net/http gives it: a connection that sends
@@ -267,29 +253,10 @@ func (fc *frontConn) serve() {
 		return
 	}
 	for {
-		fc.state.Store(connIdle)
-		if fc.f.closing.Load() {
-			return
-		}
-		if now := time.Now(); !first && fc.idleUntil.Sub(now) < g.cfg.IdleTimeout-time.Second {
-			fc.idleUntil = now.Add(g.cfg.IdleTimeout)
-			if err := fc.c.SetReadDeadline(fc.idleUntil); err != nil {
-				return
-			}
-		}
-		if _, err := fc.br.Peek(1); err != nil {
-			return
-		}
-		fc.state.Store(connActive)
-		n, err := fc.readHead(first)
+		req, n, ok := fc.next(first)
 		first = false
-		if err != nil {
+		if !ok {
 			return
-		}
-		var req *http.Request
-		if n > 0 {
-			head, _ := fc.br.Peek(n)
-			req = fc.parse(head)
 		}
 		if req == nil {
 			handedOff = fc.handOff()
@@ -302,6 +269,56 @@ func (fc *frontConn) serve() {
 		if !fc.w.finish() || fc.w.closeAfter || fc.ctx.Err() != nil {
 			return
 		}
+	}
+}
+
+// next waits for the connection's next request head (first: its first)
+// and reads it: req, with its head's length n, when the front serves it;
+// nil when net/http is to. ok is false when the connection is done: the
+// client closed it or stayed idle too long, or the gateway is closing.
+func (fc *frontConn) next(first bool) (req *http.Request, n int, ok bool) {
+	fc.state.Store(connIdle)
+	if fc.f.closing.Load() {
+		return nil, 0, false
+	}
+	idle := fc.f.g.cfg.IdleTimeout
+	if now := time.Now(); !first && fc.idleUntil.Sub(now) < idle-time.Second {
+		fc.idleUntil = now.Add(idle)
+		if err := fc.c.SetReadDeadline(fc.idleUntil); err != nil {
+			return nil, 0, false
+		}
+	}
+	if _, err := fc.br.Peek(1); err != nil {
+		return nil, 0, false
+	}
+	fc.state.Store(connActive)
+	n, err := fc.readHead(first)
+	if err != nil {
+		return nil, 0, false
+	}
+	if n > 0 {
+		head, _ := fc.br.Peek(n)
+		req = fc.parse(head)
+	}
+	return req, n, true
+}
+
+// close ends the connection's service: it logs a handler's panic (p, not
+// http.ErrAbortHandler, which only breaks the connection), and closes the
+// connection unless net/http has it now.
+func (fc *frontConn) close(p any, handedOff bool) {
+	if p != nil && p != http.ErrAbortHandler {
+		buf := make([]byte, 64<<10)
+		buf = buf[:runtime.Stack(buf, false)]
+		fc.f.g.log.Error("gateway: panic serving a request", "remote", fc.remote, "panic", fmt.Sprint(p), "stack", string(buf))
+	}
+	fc.watch.stop(fc)
+	fc.cancel()
+	fc.f.mu.Lock()
+	delete(fc.f.conns, fc)
+	fc.f.mu.Unlock()
+	if !handedOff {
+		fc.abort()
 	}
 }
 
@@ -366,57 +383,8 @@ func (fc *frontConn) parse(head []byte) *http.Request {
 	if !ok || proto != "HTTP/1.1" || (method != http.MethodGet && method != http.MethodHead) || !simpleTarget(target) {
 		return nil
 	}
-	n := 0
-	for i := 0; i < len(rest); i++ {
-		if rest[i] == '\n' {
-			n++
-		}
-	}
-	h := make(http.Header, n)
-	vals := make([]string, n)
-	var host string
-	hosts := 0
-	closeAfter := false
-	for rest != "" {
-		var field string
-		field, rest, ok = wire.CutLine(rest)
-		if !ok {
-			return nil
-		}
-		k, v, ok := wire.SplitField(field)
-		if !ok {
-			return nil
-		}
-		k = canonicalKey(k)
-		switch k {
-		case "Host":
-			// As net/http does: Host is the request's, not a header.
-			hosts++
-			host = v
-			continue
-		case "Content-Length":
-			if v != "0" {
-				return nil
-			}
-		case "Transfer-Encoding", "Upgrade", "Expect", "Http2-Settings", "Content-Encoding":
-			return nil
-		case "Connection":
-			if wire.HasToken(v, "close") {
-				closeAfter = true
-			}
-			if wire.HasToken(v, "upgrade") {
-				return nil
-			}
-		}
-		if old, dup := h[k]; dup {
-			h[k] = append(old, v)
-			continue
-		}
-		vals[0] = v
-		h[k] = vals[:1:1]
-		vals = vals[1:]
-	}
-	if hosts != 1 || !validHost(host) {
+	var f frontFields
+	if !f.parse(rest) || f.hosts != 1 || !validHost(f.host) {
 		return nil
 	}
 	u := &url.URL{Path: target}
@@ -432,11 +400,71 @@ func (fc *frontConn) parse(head []byte) *http.Request {
 	*req = *fc.template
 	req.Method = method
 	req.URL = u
-	req.Header = h
-	req.Host = host
+	req.Header = f.h
+	req.Host = f.host
 	req.RequestURI = target
-	req.Close = closeAfter
+	req.Close = f.closeAfter
 	return req
+}
+
+// frontFields are the fields of a request head the front serves.
+type frontFields struct {
+	h          http.Header
+	host       string
+	hosts      int // Host fields seen
+	closeAfter bool
+}
+
+// parse reads the field lines (each ending in CRLF) into f; false: the
+// front does not serve the request (a field net/http should judge, a
+// body, an upgrade, Expect, a coding it would have to handle).
+func (f *frontFields) parse(rest string) bool {
+	n := 0
+	for i := 0; i < len(rest); i++ {
+		if rest[i] == '\n' {
+			n++
+		}
+	}
+	f.h = make(http.Header, n)
+	vals := make([]string, n)
+	for rest != "" {
+		field, r, ok := wire.CutLine(rest)
+		if !ok {
+			return false
+		}
+		rest = r
+		k, v, ok := wire.SplitField(field)
+		if !ok {
+			return false
+		}
+		k = canonicalKey(k)
+		switch k {
+		case "Host":
+			// As net/http does: Host is the request's, not a header.
+			f.hosts++
+			f.host = v
+			continue
+		case "Content-Length":
+			if v != "0" {
+				return false
+			}
+		case "Transfer-Encoding", "Upgrade", "Expect", "Http2-Settings", "Content-Encoding":
+			return false
+		case "Connection":
+			f.closeAfter = f.closeAfter || wire.HasToken(v, "close")
+			if wire.HasToken(v, "upgrade") {
+				return false
+			}
+		}
+		if old, dup := f.h[k]; dup {
+			f.h[k] = append(old, v)
+			continue
+		}
+		vals[0] = v
+		f.h[k] = vals[:1:1]
+		vals = vals[1:]
+	}
+	return true
 }
 
 func splitRequestLine(line string) (method, target, proto string, ok bool) {
