@@ -11,14 +11,14 @@ import (
 	"github.com/herdcluster/herd/gateway/internal/wire"
 )
 
-// forward proxies a request without a body that may be sent again (see
-// leanInbound), which is nearly all gateway traffic, doing what
-// httputil.ReverseProxy does for it with less copying: the outbound header
+// forward proxies r to the route's instance: every request takes it. A
+// request the front read that the express path can take (express.go) goes
+// there first; every other request, or attempt the express path hands
+// over, is sent by the retrying transport (retry.go) over the upstream
+// client (upstream.go) and answered by writeResponse. The outbound header
 // shares the inbound's values instead of cloning them, the forwarding
-// headers point into the route, and the answer's header values move to the
-// client's header map as they are. Everything else (bodies, upgrades) goes
-// through g.proxy. Both end in the same retrying transport, modifyResponse
-// and proxyError.
+// fields point into the route, and the answer's header values move to
+// the client's header map as they are.
 func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, rt *route) {
 	if fw, ok := w.(*frontWriter); ok {
 		if g.expressable(r, rt) {
@@ -32,7 +32,10 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, rt *route) {
 	g.writeResponse(w, out, res, err)
 }
 
-// outboundRequest is the request forward sends upstream for r.
+// outboundRequest is the request forward sends upstream for r: its body
+// (buffered, or the client's streamed, see takeBody) and trailers as they
+// are, and for an upgrade its Connection and Upgrade fields, the only
+// hop-by-hop fields that go on.
 func (rt *route) outboundRequest(r *http.Request) *http.Request {
 	out := r.WithContext(rt)
 	rt.url = url.URL{Scheme: scheme(rt.inst), Host: rt.hostport, Path: rt.path, RawPath: rt.rawPath,
@@ -40,9 +43,16 @@ func (rt *route) outboundRequest(r *http.Request) *http.Request {
 	out.URL = &rt.url
 	out.Host = "" // the Host header follows the URL: the instance
 	out.RequestURI = ""
-	out.Body = nil
 	out.Close = false
+	out.TransferEncoding = nil // the upstream client frames the body itself
+	if !hasBody(r) {
+		out.Body, out.ContentLength, out.GetBody = nil, 0, nil
+	}
 	out.Header = rt.outboundHeader(r)
+	if rt.upgrade {
+		out.Header["Connection"] = valueUpgrade
+		out.Header["Upgrade"] = r.Header["Upgrade"]
+	}
 	return out
 }
 
@@ -53,6 +63,11 @@ func (g *Gateway) writeResponse(w http.ResponseWriter, out *http.Request, res *h
 		return
 	}
 	if res.StatusCode == http.StatusSwitchingProtocols {
+		if rt := routeFrom(out.Context()); rt.upgrade {
+			_ = g.modifyResponse(res)
+			g.tunnel(w, out, res)
+			return
+		}
 		res.Body.Close()
 		g.proxyError(w, out, errUnaskedUpgrade)
 		return
@@ -99,20 +114,6 @@ func (g *Gateway) writeResponse(w http.ResponseWriter, out *http.Request, res *h
 // errUnaskedUpgrade: the upstream switched protocols though nobody asked.
 var errUnaskedUpgrade = errors.New("upstream switched protocols without an upgrade request")
 
-// leanInbound reports whether r goes through forward: no body, nothing to
-// upgrade, and a method that may be sent again.
-func leanInbound(r *http.Request, rt *route) bool {
-	if rt.upgrade || rt.body != nil || r.ContentLength != 0 || len(r.TransferEncoding) > 0 ||
-		(r.Body != nil && r.Body != http.NoBody) {
-		return false
-	}
-	switch r.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodDelete, http.MethodPut:
-		return true
-	}
-	return false
-}
-
 // Shared single-value header slices. Header maps may hold them: nothing
 // writes into a header value slice in place (Set replaces it, Add appends
 // past its capacity).
@@ -121,6 +122,7 @@ var (
 	valueTrailers = []string{"trailers"}
 	valueHTTP     = []string{"http"}
 	valueHTTPS    = []string{"https"}
+	valueUpgrade  = []string{"Upgrade"}
 )
 
 // outboundHeader is the header sent upstream for r: r's own without the
@@ -159,7 +161,7 @@ func (rt *route) outboundHeader(r *http.Request) http.Header {
 }
 
 // The forwarding fields every path sends upstream (outboundHeader,
-// writeExpressRequest, rewrite): X-Forwarded-For, the chain a trusted proxy
+// writeExpressRequest): X-Forwarded-For, the chain a trusted proxy
 // sent and then the client's address; X-Forwarded-Host, the Host the client
 // asked for; X-Forwarded-Proto, how it reached the gateway. A client's own
 // forwarding fields are dropped (wire.IsForwarding) unless it is a trusted
@@ -211,8 +213,8 @@ func (g *Gateway) copyBody(w http.ResponseWriter, res *http.Response) error {
 	if res.ContentLength == -1 || isEventStream(res.Header["Content-Type"]) {
 		f, _ = w.(http.Flusher)
 	}
-	buf := g.bufs.Get()
-	defer g.bufs.Put(buf)
+	buf := copyBuffers.Get()
+	defer copyBuffers.Put(buf)
 	for {
 		n, rerr := res.Body.Read(buf)
 		if n > 0 {

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -35,17 +34,10 @@ type Gateway struct {
 	// rejectReasons.
 	rejected [len(rejectReasons)]atomic.Uint64
 
-	transport *http.Transport
-	// lean sends the simple requests itself and the rest through transport.
-	lean *leanTransport
-	// noHeaderTimeout is transport without a response-header timeout, for
-	// services that set their own (shares nothing else: its own pool).
-	noHeaderTimeout *http.Transport
-	proxy           *httputil.ReverseProxy
-	// rtrip and bufs are the proxy's transport and copy buffers, which
-	// forward shares.
+	// lean is the upstream client: one pool of connections for every
+	// request; rtrip sends through it, retrying and hedging.
+	lean  *leanTransport
 	rtrip *retryTransport
-	bufs  *bufferPool
 	// front serves client connections; srv (net/http) serves those it
 	// hands over (see front.go). Both run serve, the one request path.
 	front *front
@@ -92,14 +84,11 @@ func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway,
 		stopped: make(chan struct{}),
 	}
 	d := newUpstreamDialer(cfg)
-	g.transport = newTransport(cfg, d)
-	g.noHeaderTimeout = newTransport(cfg, d)
-	g.noHeaderTimeout.ResponseHeaderTimeout = 0
-	g.lean = newLeanTransport(cfg, d, g.transport)
+	g.lean = newLeanTransport(cfg, d)
+	g.rtrip = &retryTransport{g: g, base: g.lean}
 	if cfg.RateLimit > 0 {
 		g.limiter = newLimiter(cfg.RateLimit, cfg.RateBurst)
 	}
-	g.proxy = g.newProxy()
 	g.baseCtx, g.cancelBase = context.WithCancel(context.Background())
 	g.srv = &http.Server{
 		Handler:           http.HandlerFunc(g.serve),
@@ -186,8 +175,7 @@ func (g *Gateway) shutdown(ctx context.Context) error {
 		}
 		g.front.closeAll()
 	}
-	g.lean.CloseIdleConnections() // step 4, g.transport's too
-	g.noHeaderTimeout.CloseIdleConnections()
+	g.lean.CloseIdleConnections() // step 4
 	if err != nil {
 		return fmt.Errorf("gateway: shutdown: %w", err)
 	}

@@ -40,11 +40,7 @@ func (g *Gateway) serve(w http.ResponseWriter, r *http.Request) {
 		g.tunnels.add()
 		defer g.tunnels.done()
 	}
-	if leanInbound(r, rt) {
-		g.forward(w, r, rt)
-	} else {
-		g.proxy.ServeHTTP(w, r.WithContext(rt))
-	}
+	g.forward(w, r, rt)
 	if !rt.upgrade {
 		// The whole request, retries, hedges and the body included. A
 		// tunnel's lifetime is no request latency.

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httputil"
 	"net/url"
 	"strings"
 	"sync"
@@ -20,16 +18,14 @@ import (
 const (
 	upstreamIdleConnTimeout = 90 * time.Second
 	upstreamKeepAlive       = 30 * time.Second
-	// minMaxIdleConns is the floor of the transport's total idle pool; it
-	// is raised to MaxIdleConnsPerHost when that is larger.
-	minMaxIdleConns = 4096
-	copyBufferSize  = 32 << 10
+	copyBufferSize          = 32 << 10
 )
 
-// route is what the handler decided for one request. It travels to Rewrite,
-// ModifyResponse and the ErrorHandler as the request's context, so the one
-// shared ReverseProxy needs no per-request state of its own. route is itself
-// the context (its parent plus one value) to save an allocation per request.
+// route is the state of one request, from the handler's decision to the
+// answer: serve's steps fill it in, and it travels to the transports and
+// back to modifyResponse and proxyError as the outbound request's
+// context. route is itself the context (its parent plus one value) to save
+// an allocation per request.
 type route struct {
 	context.Context // the inbound request's context
 
@@ -101,11 +97,8 @@ func routeFrom(ctx context.Context) *route {
 	return rt
 }
 
-// bufferPool recycles the proxy's copy buffers (the stock proxy allocates
-// 32 KiB per response).
+// bufferPool recycles copy buffers (io.Copy allocates 32 KiB per copy).
 type bufferPool struct{ p sync.Pool }
-
-var _ httputil.BufferPool = (*bufferPool)(nil)
 
 // The pool holds array pointers, not slices: converting a slice back to an
 // array pointer in Put costs nothing, where boxing a slice would allocate.
@@ -122,71 +115,6 @@ func (bp *bufferPool) Put(b []byte) {
 		return
 	}
 	bp.p.Put((*[copyBufferSize]byte)(b[:copyBufferSize]))
-}
-
-// newTransport builds a transport for the upstream requests the lean
-// transport does not take, dialling with d.
-func newTransport(cfg Config, d *upstreamDialer) *http.Transport {
-	return &http.Transport{
-		// Proxy is nil on purpose: cluster traffic never goes through
-		// HTTP_PROXY from the environment.
-		DialContext:           d.dial,
-		DialTLSContext:        d.dialTLS,
-		MaxIdleConns:          max(minMaxIdleConns, cfg.MaxIdleConnsPerHost),
-		MaxIdleConnsPerHost:   cfg.MaxIdleConnsPerHost,
-		IdleConnTimeout:       upstreamIdleConnTimeout,
-		ResponseHeaderTimeout: cfg.ResponseHeaderTimeout,
-		ExpectContinueTimeout: time.Second,
-		// The client negotiates its own compression end to end; the
-		// gateway must not decompress and re-frame bodies.
-		DisableCompression: true,
-		ForceAttemptHTTP2:  false,
-	}
-}
-
-// newProxy builds the one reverse proxy shared by every request.
-func (g *Gateway) newProxy() *httputil.ReverseProxy {
-	g.rtrip = &retryTransport{g: g, base: g.lean}
-	g.bufs = newBufferPool()
-	return &httputil.ReverseProxy{
-		Rewrite:        rewrite,
-		Transport:      g.rtrip,
-		BufferPool:     g.bufs,
-		ModifyResponse: g.modifyResponse,
-		ErrorHandler:   g.proxyError,
-		ErrorLog:       slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
-	}
-}
-
-// rewrite points the outbound request at the instance the handler chose.
-// ReverseProxy has already stripped hop-by-hop headers and every inbound
-// Forwarded/X-Forwarded-* header (they are not trusted yet).
-func rewrite(pr *httputil.ProxyRequest) {
-	rt := routeFrom(pr.In.Context())
-	u := pr.Out.URL
-	u.Scheme = scheme(rt.inst)
-	u.Host = rt.hostport
-	u.Opaque = ""
-	u.User = nil
-	u.Path = rt.path
-	u.RawPath = rt.rawPath
-	// ReverseProxy drops query parameters Go cannot parse (";", bad
-	// escapes) to avoid a parser differential between a proxy that routes
-	// on parameters and its upstream. The gateway never looks at the query,
-	// so the upstream gets exactly what the client sent.
-	u.RawQuery = pr.In.URL.RawQuery
-	// The Host header follows the URL: the instance, not the gateway.
-	pr.Out.Host = ""
-	// The forwarding fields, as on every path (forward.go).
-	h := pr.Out.Header
-	if prior, ip, ok := rt.forwardedFor(pr.In); ok {
-		if len(prior) > 0 {
-			ip = strings.Join(prior, ", ") + ", " + ip
-		}
-		h["X-Forwarded-For"] = []string{ip}
-	}
-	h["X-Forwarded-Host"] = []string{pr.In.Host}
-	h["X-Forwarded-Proto"] = rt.forwardedProto()
 }
 
 // modifyResponse replaces what the upstream said about the gateway's own

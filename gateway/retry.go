@@ -142,14 +142,7 @@ func verdict(req *http.Request, err error) bool {
 	if err == nil {
 		return true
 	}
-	if req.Context().Err() != nil {
-		return false
-	}
-	var tooBig *http.MaxBytesError
-	if errors.As(err, &tooBig) || errors.Is(err, errClientBody) {
-		return false
-	}
-	return true
+	return req.Context().Err() == nil && !clientsFault(err)
 }
 
 // errClientBody marks a failure to read the client's request body.
@@ -291,8 +284,10 @@ func (rt *route) getBody() (io.ReadCloser, error) {
 // instance.
 type clientBody struct {
 	io.ReadCloser
-	rc      *http.ResponseController // nil once the body is done
+	rc      *http.ResponseController
 	timeout time.Duration
+	ended   atomic.Bool // EOF or an error: the deadlines are no longer the body's
+	aborted atomic.Bool // abortRead: a read error now is the gateway's doing
 	// err is the read error, marked, that ended the body (not EOF). A
 	// read error also makes net/http cancel the request's context, so the
 	// failure can look like the client leaving: this says it was not.
@@ -300,11 +295,12 @@ type clientBody struct {
 }
 
 func (b *clientBody) Read(p []byte) (int, error) {
-	if b.rc != nil {
-		_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	if b.ended.Load() {
+		return b.ReadCloser.Read(p)
 	}
+	_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
 	n, err := b.ReadCloser.Read(p)
-	if err == io.EOF && b.rc != nil {
+	if err == io.EOF {
 		// Done: net/http's own deadlines (and its read that watches for
 		// the client closing while the answer streams) take over. (After
 		// an error the deadline stays: net/http would otherwise wait for
@@ -312,9 +308,12 @@ func (b *clientBody) Read(p []byte) (int, error) {
 		_ = b.rc.SetReadDeadline(time.Time{})
 	}
 	if err != nil {
-		b.rc = nil
+		b.ended.Store(true)
 	}
 	if err != nil && err != io.EOF {
+		if b.aborted.Load() {
+			return n, errBodyAborted
+		}
 		var tooBig *http.MaxBytesError
 		if !errors.As(err, &tooBig) {
 			err = fmt.Errorf("%w: %w", errClientBody, err)
@@ -322,6 +321,26 @@ func (b *clientBody) Read(p []byte) (int, error) {
 		b.err.Store(&err)
 	}
 	return n, err
+}
+
+// errBodyAborted is a read of a client's body that abortRead failed.
+var errBodyAborted = errors.New("gateway: the request's body is no longer read")
+
+// abortRead fails a read of the body in progress, and those to come: the
+// request has ended (its context is done) and whoever reads the body is
+// to know it now.
+func (b *clientBody) abortRead() {
+	if !b.ended.Load() {
+		b.aborted.Store(true)
+		_ = b.rc.SetReadDeadline(aLongTimeAgo)
+	}
+}
+
+// clientsFault reports whether err is a failure of the client's body
+// (broken off, stalled, malformed, over the limit), not of the upstream.
+func clientsFault(err error) bool {
+	var tooBig *http.MaxBytesError
+	return errors.Is(err, errClientBody) || errors.As(err, &tooBig)
 }
 
 // failure is the error that ended the body, nil if none did (or b is nil).
@@ -339,13 +358,7 @@ func (b *clientBody) failure() error {
 // and latency estimate.
 func (t *retryTransport) once(req *http.Request, st *serviceState, hostport string) (*http.Response, error) {
 	mark := st.begin(hostport, time.Now())
-	var resp *http.Response
-	var err error
-	if rt := routeFrom(req.Context()); rt != nil && rt.headerTimeout > 0 {
-		resp, err = t.withHeaderTimeout(req, rt.headerTimeout)
-	} else {
-		resp, err = t.base.RoundTrip(req)
-	}
+	resp, err := t.base.RoundTrip(req)
 	mark.end(err == nil)
 	return resp, err
 }
@@ -741,42 +754,4 @@ func (c *cancelOnClose) Close() error {
 	err := c.ReadCloser.Close()
 	c.cancel()
 	return err
-}
-
-// errHeaderTimeout is a service's own response-header timeout passing.
-var errHeaderTimeout = &headerTimeoutError{}
-
-type headerTimeoutError struct{}
-
-func (*headerTimeoutError) Error() string {
-	return "timeout awaiting response headers (the service's own limit)"
-}
-func (*headerTimeoutError) Timeout() bool   { return true }
-func (*headerTimeoutError) Temporary() bool { return true }
-
-// withHeaderTimeout sends req through the transport without a header
-// timeout of its own, bounding the wait for headers by d (a service's
-// override of the gateway's timeout, longer or shorter). Once headers are
-// in, the body streams unbounded; its context is released on Close.
-func (t *retryTransport) withHeaderTimeout(req *http.Request, d time.Duration) (*http.Response, error) {
-	ctx, cancel := context.WithCancel(req.Context())
-	timer := time.AfterFunc(d, cancel)
-	resp, err := t.g.noHeaderTimeout.RoundTrip(req.WithContext(ctx))
-	if !timer.Stop() {
-		// The timer fired: whatever came back came too late.
-		if resp != nil {
-			resp.Body.Close()
-		}
-		cancel()
-		if req.Context().Err() != nil {
-			return nil, req.Context().Err()
-		}
-		return nil, errHeaderTimeout
-	}
-	if err != nil {
-		cancel()
-		return nil, err
-	}
-	resp.Body = &cancelOnClose{ReadCloser: resp.Body, cancel: cancel}
-	return resp, nil
 }

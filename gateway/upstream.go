@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -32,7 +33,6 @@ import (
 // had closed its idle end) is sent once more on a new connection: it is
 // idempotent and has no body, which is also what http.Transport does.
 type leanTransport struct {
-	fallback      *http.Transport
 	dialer        *upstreamDialer
 	headerTimeout time.Duration // 0: none
 	maxIdle       int           // idle connections kept per upstream address
@@ -49,11 +49,10 @@ type leanTransport struct {
 
 var _ http.RoundTripper = (*leanTransport)(nil)
 
-func newLeanTransport(cfg Config, d *upstreamDialer, fallback *http.Transport) *leanTransport {
+func newLeanTransport(cfg Config, d *upstreamDialer) *leanTransport {
 	return &leanTransport{
-		fallback:      fallback,
 		dialer:        d,
-		headerTimeout: fallback.ResponseHeaderTimeout,
+		headerTimeout: cfg.ResponseHeaderTimeout,
 		maxIdle:       cfg.MaxIdleConnsPerHost,
 		idleTimeout:   upstreamIdleConnTimeout,
 	}
@@ -86,6 +85,11 @@ type upConn struct {
 	peek    func(fd uintptr) bool
 	peeked  bool // peek's result: something arrived
 	peekBuf [1]byte
+	// writer writes the body of the request in progress, nil when it has
+	// none; mu hands the header deadline over between it and the reader.
+	writer *bodyWriter
+	mu     sync.Mutex
+	headOK bool // the answer's head is in: the writer arms no deadline
 }
 
 // newUpConn wraps a new connection to an upstream.
@@ -111,46 +115,71 @@ func newUpConn(c net.Conn, p *connPool) *upConn {
 	return pc
 }
 
-// lean reports whether req can take the lean path.
-func lean(req *http.Request) bool {
-	if req.URL.Scheme != "http" && req.URL.Scheme != "https" || req.ContentLength != 0 || len(req.TransferEncoding) > 0 ||
-		(req.Body != nil && req.Body != http.NoBody) {
-		return false
-	}
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodDelete, http.MethodPut:
-	default:
-		return false
-	}
-	_, upgrade := req.Header["Upgrade"]
-	return !upgrade
-}
-
 // RoundTrip sends req and returns the upstream's answer, whose body reads
-// straight from the connection.
+// straight from the connection. The header timeout is the route's (a
+// service's own, meta herd.response-header-timeout) or the transport's.
 func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
-	if !lean(req) {
-		return t.fallback.RoundTrip(req)
+	if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
+		return nil, fmt.Errorf("gateway: unsupported upstream scheme %q", req.URL.Scheme)
 	}
 	ctx := req.Context()
+	timeout := t.headerTimeout
+	if rt := routeFrom(ctx); rt != nil && rt.headerTimeout > 0 {
+		timeout = rt.headerTimeout
+	}
 	for attempt := 0; ; attempt++ {
 		pc, reused, err := t.get(ctx, req.URL.Host, req.URL.Scheme == "https")
 		if err != nil {
 			return nil, err
 		}
-		resp, answered, err := pc.roundTrip(ctx, req, t.headerTimeout)
+		resp, answered, err := pc.roundTrip(ctx, req, timeout)
 		if err == nil {
 			return resp, nil
 		}
 		pc.Close()
+		var body *bodyFailure
+		if errors.As(err, &body) {
+			return nil, body.err
+		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if reused && !answered && attempt == 0 && closedByPeer(err) {
-			continue // the upstream had closed its idle end
+		if reused && !answered && attempt == 0 && closedByPeer(err) && idempotent(req) {
+			// The upstream had closed its idle end as the request went
+			// out: once more, on a new connection, when the body can be
+			// sent again. (Not a request that may not be applied twice:
+			// an upstream that crashed on it looks the same. Closes found
+			// before sending, by stale, cost nothing.)
+			if again, ok := rewound(req); ok {
+				req = again
+				continue
+			}
 		}
 		return nil, err
 	}
+}
+
+// rewound is req with its body from the start (GetBody), ready to be sent
+// again; false when its body cannot be.
+func rewound(req *http.Request) (*http.Request, bool) {
+	if !hasBody(req) {
+		return req, true
+	}
+	if req.GetBody == nil {
+		return nil, false
+	}
+	body, err := req.GetBody()
+	if err != nil {
+		return nil, false
+	}
+	again := *req
+	again.Body = body
+	return &again, true
+}
+
+// hasBody reports whether req has a body to send.
+func hasBody(req *http.Request) bool {
+	return req.Body != nil && req.Body != http.NoBody && req.ContentLength != 0
 }
 
 // closedByPeer reports whether err says the other end closed the
@@ -167,28 +196,51 @@ var aLongTimeAgo = time.Unix(1, 0)
 
 // roundTrip writes req and reads the answer's header. answered says whether
 // any of the answer came back (if not, the request may not have reached the
-// upstream at all).
+// upstream at all). A body is written by a goroutine of its own (see
+// bodyWriter), while the answer is awaited: an upstream may answer before
+// it has read the whole body.
 func (pc *upConn) roundTrip(ctx context.Context, req *http.Request, headerTimeout time.Duration) (resp *http.Response, answered bool, err error) {
-	if headerTimeout > 0 {
+	body := hasBody(req)
+	var deadline time.Time
+	if headerTimeout > 0 && !body {
 		// Covers the write too: an upstream that does not read is as stuck
-		// as one that does not answer.
-		if err := pc.SetDeadline(time.Now().Add(headerTimeout)); err != nil {
-			return nil, false, err
-		}
+		// as one that does not answer. (With a body, the timeout runs from
+		// its end, as http.Transport's does: an upload may take long.)
+		deadline = time.Now().Add(headerTimeout)
 	}
-	stop := func() bool { return true }
+	if err := pc.SetDeadline(deadline); err != nil {
+		return nil, false, err
+	}
+	stop := stopped
 	if ctx.Done() != nil {
 		// The client going away aborts whatever the connection is doing;
 		// the connection is then closed, never reused.
 		stop = context.AfterFunc(ctx, func() { _ = pc.SetDeadline(aLongTimeAgo) })
 	}
 	writeRequest(pc.bw, req)
-	if err := pc.bw.Flush(); err != nil {
+	if body {
+		pc.writer = startBody(pc, req, headerTimeout)
+	} else if err := pc.bw.Flush(); err != nil {
 		stop()
 		return nil, false, err
 	}
-	return pc.awaitResponse(ctx, req, headerTimeout > 0, stop)
+	resp, answered, err = pc.awaitResponse(ctx, req, headerTimeout > 0, stop)
+	if err != nil && pc.writer != nil {
+		if ctx.Err() != nil {
+			pc.writer.wait()
+		}
+		if berr := pc.writer.readFailure(); berr != nil {
+			err = &bodyFailure{berr} // the client's body failed, not the upstream
+		}
+	}
+	return resp, answered, err
 }
+
+// bodyFailure is an exchange that failed because the client's body did.
+type bodyFailure struct{ err error }
+
+func (e *bodyFailure) Error() string { return e.err.Error() }
+func (e *bodyFailure) Unwrap() error { return e.err }
 
 // awaitResponse reads the answer to req, sent on pc, up to its header.
 // deadline says whether a header deadline is armed on pc, to be cleared
@@ -217,14 +269,10 @@ func (pc *upConn) awaitResponse(ctx context.Context, req *http.Request, deadline
 			}
 		}
 	}
-	if deadline && !buffered(resp, pc.br) {
-		// The body streams unbounded (SSE, downloads). (A body already
-		// read in full needs no more reads; the next request sets its own
-		// deadline.)
-		if err := pc.SetDeadline(time.Time{}); err != nil {
-			stop()
-			return nil, true, err
-		}
+	tunnel := resp.StatusCode == http.StatusSwitchingProtocols
+	if err := pc.headIn(deadline && (tunnel || !buffered(resp, pc.br))); err != nil {
+		stop()
+		return nil, true, err
 	}
 	if ctx.Err() != nil {
 		// Cancelled while the deadline was being cleared: the abort may
@@ -232,7 +280,16 @@ func (pc *upConn) awaitResponse(ctx context.Context, req *http.Request, deadline
 		stop()
 		return nil, true, ctx.Err()
 	}
-	keep := !resp.Close && !req.Close
+	if tunnel {
+		// The connection is the tunnel's now (tunnel.go), which watches
+		// the context itself.
+		stop()
+		resp.Body = &switched{pc: pc}
+		return resp, true, nil
+	}
+	// A connection that carried an upgrade request stays with it.
+	_, upgrade := req.Header["Upgrade"]
+	keep := !resp.Close && !req.Close && !upgrade
 	if resp.Body == http.NoBody {
 		pc.done(stop, keep)
 		return resp, true, nil
@@ -250,8 +307,8 @@ func buffered(resp *http.Response, br *bufio.Reader) bool {
 }
 
 // writeRequest writes req's request line and header to bw as
-// Request.Write would for a request without a body, minus its generality
-// (no sorting of the header, no transfer writer). Values are the inbound
+// Request.Write would, minus its generality (no sorting of the header);
+// the body, if any, is bodyWriter's. Values are the inbound
 // request's, which the server has validated; line breaks are still
 // replaced, as Request.Write does.
 func writeRequest(bw *bufio.Writer, req *http.Request) {
@@ -284,9 +341,7 @@ func writeRequest(bw *bufio.Writer, req *http.Request) {
 	if req.Close {
 		bw.WriteString("Connection: close\r\n")
 	}
-	if req.Method == http.MethodPut {
-		bw.WriteString("Content-Length: 0\r\n") // as Request.Write does
-	}
+	writeFraming(bw, req)
 	for k, vv := range req.Header {
 		switch k {
 		case "Host", "User-Agent", "Content-Length", "Transfer-Encoding", "Trailer":
@@ -307,6 +362,15 @@ func writeField(bw *bufio.Writer, k, v string) {
 	bw.WriteString(": ")
 	bw.WriteString(textproto.TrimString(v))
 	bw.WriteString("\r\n")
+}
+
+// Close closes the connection, and first fails the read of a client's
+// body that its writer may be waiting on: the exchange is over.
+func (pc *upConn) Close() error {
+	if w := pc.writer; w != nil {
+		w.abortBody()
+	}
+	return pc.Conn.Close()
 }
 
 // stale reports whether the idle connection received anything since its
@@ -330,6 +394,14 @@ func (pc *upConn) stale() bool {
 // done hands the connection back to its pool when its exchange finished
 // cleanly and may be followed by another, and closes it otherwise.
 func (pc *upConn) done(stop func() bool, keep bool) {
+	if w := pc.writer; w != nil && !w.finished() {
+		// The answer came before the whole body was written (or the
+		// write failed): the connection carries no more requests, and
+		// the client's body is read no further (Close).
+		keep = false
+	} else {
+		pc.writer = nil
+	}
 	// Bytes past the end of the answer mean the upstream and the gateway
 	// disagree on where it ended: the connection cannot carry another.
 	if !stop() || !keep || pc.pool.closed.Load() || pc.br.Buffered() > 0 {
@@ -411,6 +483,22 @@ func (b *leanBody) tryRelease() bool {
 }
 
 var errBodyClosed = errors.New("gateway: read on a closed upstream body")
+
+// switched is the connection of an answer 101, as its body: bytes both
+// ways (what the upstream sent past its head first), never reused.
+type switched struct{ pc *upConn }
+
+func (s *switched) Read(p []byte) (int, error)  { return s.pc.br.Read(p) }
+func (s *switched) Write(p []byte) (int, error) { return s.pc.Conn.Write(p) }
+func (s *switched) Close() error                { return s.pc.Close() }
+
+// CloseWrite half-closes the connection (TCP or TLS).
+func (s *switched) CloseWrite() error {
+	if cw, ok := s.pc.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.New("gateway: the upstream connection cannot be half-closed")
+}
 
 // get returns an idle connection to addr (with TLS when secure), or a new
 // one; reused says which.
@@ -546,5 +634,4 @@ func (t *leanTransport) CloseIdleConnections() {
 			}
 		}
 	}
-	t.fallback.CloseIdleConnections()
 }

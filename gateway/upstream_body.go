@@ -1,0 +1,221 @@
+package gateway
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httputil"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// bodyWriter writes a request's body to its upstream connection in a
+// goroutine of its own, while the caller reads the answer: an upstream may
+// answer (413, 401, a redirect) before it has read the whole body, and that
+// answer is the client's, not a broken pipe. The header timeout runs from
+// the body's end, as http.Transport's does: an upload may take as long as
+// the client takes to send it (each read is bounded by ClientBodyTimeout).
+//
+// A connection is reused only when its body was written whole before its
+// answer ended (upConn.done). When reading the client's body fails (it
+// broke off, stalled or is over the limit), the exchange is aborted and
+// that failure, not the connection's, is what the request fails with: it
+// is no fault of the instance.
+type bodyWriter struct {
+	pc      *upConn
+	body    io.Reader // the request's
+	ctx     context.Context
+	timeout time.Duration // the header timeout, armed once the body is out
+	done    chan struct{} // closed when the write ended; err is set then
+	err     error
+	readErr bool // err came from reading the client's body
+}
+
+// startBody starts writing req's body (its head is in pc's buffer).
+func startBody(pc *upConn, req *http.Request, timeout time.Duration) *bodyWriter {
+	w := &bodyWriter{pc: pc, body: req.Body, ctx: req.Context(), timeout: timeout, done: make(chan struct{})}
+	pc.mu.Lock()
+	pc.headOK = false
+	pc.mu.Unlock()
+	go w.run(req)
+	return w
+}
+
+func (w *bodyWriter) run(req *http.Request) {
+	src := &bodyReader{r: req.Body}
+	err := writeBody(w.pc.bw, req, src)
+	_ = req.Body.Close()
+	w.err, w.readErr = err, src.err != nil
+	close(w.done)
+	switch {
+	case w.readErr && clientsFault(err):
+		_ = w.pc.SetDeadline(aLongTimeAgo) // abort the wait for an answer
+	case err == nil:
+		w.armHeaderTimeout()
+	}
+}
+
+// armHeaderTimeout bounds the wait for the answer's head, unless it is in
+// already.
+func (w *bodyWriter) armHeaderTimeout() {
+	if w.timeout <= 0 {
+		return
+	}
+	pc := w.pc
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if pc.headOK {
+		return
+	}
+	_ = pc.SetReadDeadline(time.Now().Add(w.timeout))
+	if w.ctx.Err() != nil {
+		// The client went away meanwhile: its abort must stand.
+		_ = pc.SetDeadline(aLongTimeAgo)
+	}
+}
+
+// headIn records that the answer's head is in, and clears the deadline
+// when the answer's body streams (clear).
+func (pc *upConn) headIn(clear bool) error {
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	pc.headOK = true
+	if !clear && pc.writer == nil {
+		return nil
+	}
+	return pc.SetDeadline(time.Time{})
+}
+
+// wait waits for the write to end, failing a read of the client's body in
+// progress first: the exchange has failed with the request's context done,
+// and whether the body failed before is the difference between the
+// client's fault (400, 408, 413) and the client leaving.
+func (w *bodyWriter) wait() {
+	w.abortBody()
+	<-w.done
+}
+
+// abortBody fails a read of the client's body in progress (the exchange
+// is over, whatever the writer is waiting for).
+func (w *bodyWriter) abortBody() {
+	if a, ok := w.body.(interface{ abortRead() }); ok {
+		a.abortRead()
+	}
+}
+
+// readFailure is the client body's failure that ended the write, if the
+// write has ended so.
+func (w *bodyWriter) readFailure() error {
+	select {
+	case <-w.done:
+		if w.readErr && clientsFault(w.err) {
+			return w.err
+		}
+	default:
+	}
+	return nil
+}
+
+// finished reports whether the whole body was written.
+func (w *bodyWriter) finished() bool {
+	select {
+	case <-w.done:
+		return w.err == nil
+	default:
+		return false
+	}
+}
+
+// bodyReader records the client body's read failure (not its end).
+type bodyReader struct {
+	r   io.Reader
+	err error
+}
+
+func (b *bodyReader) Read(p []byte) (int, error) {
+	n, err := b.r.Read(p)
+	if err != nil && err != io.EOF {
+		b.err = err
+	}
+	return n, err
+}
+
+// writeBody writes req's body from src in the framing writeFraming
+// announced, then flushes.
+func writeBody(bw *bufio.Writer, req *http.Request, src *bodyReader) error {
+	buf := copyBuffers.Get()
+	defer copyBuffers.Put(buf)
+	if req.ContentLength > 0 {
+		n, err := io.CopyBuffer(writerOnly{bw}, io.LimitReader(src, req.ContentLength), buf)
+		if err == nil && n < req.ContentLength {
+			// The client sent less than it said.
+			src.err = fmt.Errorf("%w: %w", errClientBody, io.ErrUnexpectedEOF)
+			err = src.err
+		}
+		if err != nil {
+			return err
+		}
+		return bw.Flush()
+	}
+	cw := httputil.NewChunkedWriter(bw)
+	if _, err := io.CopyBuffer(writerOnly{cw}, src, buf); err != nil {
+		return err
+	}
+	if err := cw.Close(); err != nil { // the last chunk, "0\r\n"
+		return err
+	}
+	for _, k := range trailerKeys(req.Trailer) {
+		for _, v := range req.Trailer[k] {
+			writeField(bw, k, v)
+		}
+	}
+	bw.WriteString("\r\n")
+	return bw.Flush()
+}
+
+// writerOnly hides a writer's ReadFrom, so that copies use the pooled
+// buffer.
+type writerOnly struct{ io.Writer }
+
+// copyBuffers are the gateway's copy buffers, for bodies both ways.
+var copyBuffers = newBufferPool()
+
+// writeFraming writes the fields that frame req's body: its length, or
+// chunked (with the trailers it announces) when the length is unknown, or
+// Content-Length: 0 for a method that usually has a body, as
+// Request.Write does.
+func writeFraming(bw *bufio.Writer, req *http.Request) {
+	switch {
+	case !hasBody(req):
+		switch req.Method {
+		case http.MethodPost, http.MethodPut, http.MethodPatch:
+			bw.WriteString("Content-Length: 0\r\n")
+		}
+	case req.ContentLength > 0:
+		bw.WriteString("Content-Length: ")
+		bw.WriteString(strconv.FormatInt(req.ContentLength, 10))
+		bw.WriteString("\r\n")
+	default:
+		bw.WriteString("Transfer-Encoding: chunked\r\n")
+		if keys := trailerKeys(req.Trailer); len(keys) > 0 {
+			writeField(bw, "Trailer", strings.Join(keys, ", "))
+		}
+	}
+}
+
+// trailerKeys are the names of the trailers t announces, sorted.
+func trailerKeys(t http.Header) []string {
+	if len(t) == 0 {
+		return nil
+	}
+	keys := make([]string, 0, len(t))
+	for k := range t {
+		keys = append(keys, k)
+	}
+	slices.Sort(keys)
+	return keys
+}
