@@ -205,23 +205,12 @@ func (g *Gateway) expressHandOver(fw *frontWriter, r *http.Request, rt *route, p
 // writeExpressRequest writes the head of r as sent upstream: what
 // outboundHeader and writeRequest make of it on the general path.
 func writeExpressRequest(bw *bufio.Writer, r *http.Request, rt *route) {
-	bw.WriteString(r.Method)
-	bw.WriteByte(' ')
-	bw.WriteString(rt.path)
-	if r.URL.ForceQuery || r.URL.RawQuery != "" {
-		bw.WriteByte('?')
-		bw.WriteString(r.URL.RawQuery)
-	}
-	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	bw.WriteString(rt.hostport)
-	bw.WriteString("\r\n")
+	writeRequestLine(bw, r.Method, rt.path, r.URL.ForceQuery, r.URL.RawQuery, rt.hostport)
 	in := r.Header
 	conn := in["Connection"]
 	for k, vv := range in {
 		switch {
-		case k == "Host" || k == "Content-Length" || wire.IsHopByHop(k) || wire.IsForwarding(k):
-			continue
-		case len(conn) > 0 && wire.AnyHasToken(conn, k):
+		case k == "Host" || k == "Content-Length" || !sentUpstream(k, conn):
 			continue
 		case k == "User-Agent":
 			if len(vv) > 0 && vv[0] != "" {
@@ -522,137 +511,7 @@ func dropAnswerField(name []byte, a *expressAnswer) bool {
 // whole; clientOK: writing it did not fail.
 func copyAnswerBody(bw *bufio.Writer, br *bufio.Reader, a *expressAnswer, block func()) (upOK, clientOK bool) {
 	if a.chunked {
-		return copyChunked(bw, br, block)
+		return wire.CopyChunked(bw, br, block)
 	}
-	return copyN(bw, br, a.cl, block)
-}
-
-// copyN copies n bytes from br to bw, flushing bw before it waits for
-// more (see copyAnswerBody).
-func copyN(bw *bufio.Writer, br *bufio.Reader, n int64, block func()) (upOK, clientOK bool) {
-	for left := n; left > 0; {
-		if br.Buffered() == 0 {
-			block()
-			if bw.Flush() != nil {
-				return true, false
-			}
-			if _, err := br.Peek(1); err != nil {
-				return false, true
-			}
-		}
-		b, _ := br.Peek(int(min(left, int64(br.Buffered()))))
-		if _, err := bw.Write(b); err != nil {
-			return true, false
-		}
-		_, _ = br.Discard(len(b))
-		left -= int64(len(b))
-	}
-	return true, true
-}
-
-// copyChunked copies a chunked body as it is, chunk extensions and
-// trailers included, checking its framing.
-func copyChunked(bw *bufio.Writer, br *bufio.Reader, block func()) (upOK, clientOK bool) {
-	trailers := false
-	for {
-		line, ok, cok := readLine(bw, br, block)
-		if !ok || !cok {
-			return ok, cok
-		}
-		var size int64
-		if !trailers {
-			if size, ok = chunkSize(line); !ok {
-				return false, true
-			}
-		} else if len(line) > 0 {
-			if _, _, ok := wire.SplitField(line); !ok {
-				// Not a trailer field as net/http reads one (a bad name,
-				// a control character, a bare CR): never passed on.
-				return false, true
-			}
-		}
-		// Checked, the line goes on as it came, with its CRLF.
-		if _, err := bw.Write(line[:len(line)+2]); err != nil {
-			return true, false
-		}
-		_, _ = br.Discard(len(line) + 2)
-		if trailers {
-			if len(line) == 0 {
-				return true, true
-			}
-			continue
-		}
-		if size == 0 {
-			trailers = true
-			continue
-		}
-		if ok, cok := copyN(bw, br, size, block); !ok || !cok {
-			return ok, cok
-		}
-		if br.Buffered() < 2 {
-			block()
-			if bw.Flush() != nil {
-				return true, false
-			}
-		}
-		if crlf, err := br.Peek(2); err != nil || crlf[0] != '\r' || crlf[1] != '\n' {
-			return false, true
-		}
-		_, _ = br.Discard(2)
-		if _, err := bw.WriteString("\r\n"); err != nil {
-			return true, false
-		}
-	}
-}
-
-// readLine waits for a whole CRLF-terminated line (at most the reader's
-// buffer) at the head of br and returns it without its CRLF, unread: the
-// caller discards it with its CRLF. The slice is valid until br is read.
-func readLine(bw *bufio.Writer, br *bufio.Reader, block func()) (line []byte, upOK, clientOK bool) {
-	for {
-		buf, _ := br.Peek(br.Buffered())
-		if i := bytes.IndexByte(buf, '\n'); i >= 0 {
-			if i < 1 || buf[i-1] != '\r' {
-				return nil, false, true
-			}
-			return buf[:i-1], true, true
-		}
-		if br.Buffered() >= br.Size() {
-			return nil, false, true
-		}
-		block()
-		if bw.Flush() != nil {
-			return nil, true, false
-		}
-		if _, err := br.Peek(br.Buffered() + 1); err != nil {
-			return nil, false, true
-		}
-	}
-}
-
-// chunkSize parses a chunk-size line (extensions allowed): hex digits
-// only, as net/http reads them (strconv would take a sign, "+5").
-func chunkSize(line []byte) (int64, bool) {
-	if i := bytes.IndexByte(line, ';'); i >= 0 {
-		line = line[:i]
-	}
-	line = bytes.TrimRight(line, " \t")
-	if len(line) == 0 || len(line) > 15 {
-		return 0, false
-	}
-	var n int64
-	for _, c := range line {
-		switch {
-		case '0' <= c && c <= '9':
-			c -= '0'
-		case 'a' <= c && c <= 'f':
-			c -= 'a' - 10
-		case 'A' <= c && c <= 'F':
-			c -= 'A' - 10
-		default:
-			return 0, false
-		}
-		n = n<<4 | int64(c)
-	}
-	return n, true
+	return wire.CopyN(bw, br, a.cl, block)
 }

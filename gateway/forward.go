@@ -135,10 +135,9 @@ func (rt *route) outboundHeader(r *http.Request) http.Header {
 	h := make(http.Header, len(in)+4)
 	conn := in["Connection"]
 	for k, vv := range in {
-		if wire.IsHopByHop(k) || wire.IsForwarding(k) || (len(conn) > 0 && wire.AnyHasToken(conn, k)) {
-			continue
+		if sentUpstream(k, conn) {
+			h[k] = vv
 		}
-		h[k] = vv
 	}
 	// Tell the upstream trailers are welcome when the client said so.
 	if wire.AnyHasToken(in["Te"], "trailers") {
@@ -158,6 +157,14 @@ func (rt *route) outboundHeader(r *http.Request) http.Header {
 	h["X-Forwarded-Host"] = rt.forwarded[1:2:2]
 	h["X-Forwarded-Proto"] = rt.forwardedProto()
 	return h
+}
+
+// sentUpstream reports whether the client's field k goes upstream (on
+// every path: outboundHeader, writeExpressRequest): not a hop-by-hop
+// field, nor one that the Connection field values conn name, nor a
+// forwarding field, which the gateway sets itself.
+func sentUpstream(k string, conn []string) bool {
+	return !wire.IsHopByHop(k) && !wire.IsForwarding(k) && (len(conn) == 0 || !wire.AnyHasToken(conn, k))
 }
 
 // The forwarding fields every path sends upstream (outboundHeader,

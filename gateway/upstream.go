@@ -312,25 +312,15 @@ func buffered(resp *http.Response, br *bufio.Reader) bool {
 // request's, which the server has validated; line breaks are still
 // replaced, as Request.Write does.
 func writeRequest(bw *bufio.Writer, req *http.Request) {
-	bw.WriteString(req.Method)
-	bw.WriteByte(' ')
 	u := req.URL
-	if p := u.EscapedPath(); p != "" {
-		bw.WriteString(p)
-	} else {
-		bw.WriteByte('/')
+	path, host := u.EscapedPath(), req.Host
+	if path == "" {
+		path = "/"
 	}
-	if u.ForceQuery || u.RawQuery != "" {
-		bw.WriteByte('?')
-		bw.WriteString(u.RawQuery)
+	if host == "" {
+		host = u.Host
 	}
-	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	if req.Host != "" {
-		bw.WriteString(req.Host)
-	} else {
-		bw.WriteString(u.Host)
-	}
-	bw.WriteString("\r\n")
+	writeRequestLine(bw, req.Method, path, u.ForceQuery, u.RawQuery, host)
 	ua, hasUA := req.Header["User-Agent"]
 	switch {
 	case !hasUA:
@@ -351,6 +341,21 @@ func writeRequest(bw *bufio.Writer, req *http.Request) {
 			writeField(bw, k, v)
 		}
 	}
+	bw.WriteString("\r\n")
+}
+
+// writeRequestLine writes the request line and the Host field of a
+// request to an upstream (path escaped as it goes on the wire).
+func writeRequestLine(bw *bufio.Writer, method, path string, forceQuery bool, rawQuery, host string) {
+	bw.WriteString(method)
+	bw.WriteByte(' ')
+	bw.WriteString(path)
+	if forceQuery || rawQuery != "" {
+		bw.WriteByte('?')
+		bw.WriteString(rawQuery)
+	}
+	bw.WriteString(" HTTP/1.1\r\nHost: ")
+	bw.WriteString(host)
 	bw.WriteString("\r\n")
 }
 

@@ -1,9 +1,11 @@
-// Package wire holds the gateway's HTTP/1.1 field rules, each written
-// once: which fields are hop-by-hop, which forwarding fields a client may
-// not set, and how a comma-separated token list (Connection, TE) is
-// matched. Every path through the gateway (the front server's express
-// path, the lean forward path, the general one) uses these, so a rule
-// changes in one place.
+// Package wire holds the gateway's HTTP/1.1 rules, each written once:
+// which fields are hop-by-hop, which forwarding fields a client may not
+// set, how a comma-separated token list (Connection, TE) is matched
+// (wire.go); how a head is found, cut into lines and split into fields
+// (head.go); how a body in its own framing is copied (body.go). Every path
+// through the gateway (the front's request heads, the express path's
+// answers, the upstream client's requests) uses these, so a rule changes
+// in one place.
 //
 // Matching is ASCII-only and case-insensitive, as RFC 9110 defines tokens:
 // a Unicode fold (strings.EqualFold) would take "\u212Aeep-Alive" (a Kelvin
