@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/herdcluster/herd/gateway/internal/upstream"
 	"github.com/herdcluster/herd/gateway/internal/wire"
 )
 
@@ -51,7 +52,7 @@ func (g *Gateway) express(fw *frontWriter, r *http.Request, rt *route) {
 	pc, n, err := g.expressSend(&w, r, rt)
 	var a expressAnswer
 	if err == nil && n > 0 {
-		head, _ := pc.br.Peek(n)
+		head, _ := pc.R.Peek(n)
 		a = parseAnswerHead(head, r.Method == http.MethodHead)
 	}
 	if err != nil || !a.ok {
@@ -59,7 +60,7 @@ func (g *Gateway) express(fw *frontWriter, r *http.Request, rt *route) {
 		return
 	}
 	// The answer is plain: the express path serves it. (A client found
-	// gone meanwhile still aborts pc, through fc.upstream.)
+	// gone meanwhile still aborts pc, through fc.waitOn.)
 	mark.end(true)
 	g.report(rt, rt.hostport, false)
 	rt.st.countAnswer(r.Method, a.status)
@@ -89,15 +90,15 @@ func (g *Gateway) expressWait(fc *frontConn, r *http.Request, rt *route) express
 // express path cannot read it), or for the hedge to be due (pc with n 0).
 // A request that failed on a reused connection the upstream had closed is
 // sent once more on a new one. err: the attempt failed, pc is nil.
-func (g *Gateway) expressSend(w *expressWait, r *http.Request, rt *route) (pc *upConn, n int, err error) {
+func (g *Gateway) expressSend(w *expressWait, r *http.Request, rt *route) (pc *upstream.Conn, n int, err error) {
 	fc := w.fc
 	for try := 0; ; try++ {
 		var reused bool
-		pc, reused, err = g.lean.get(rt, rt.hostport, rt.inst.TLS)
+		pc, reused, err = g.lean.Get(rt, rt.hostport, rt.inst.TLS)
 		if err != nil {
 			return nil, 0, err
 		}
-		fc.upstream.Store(pc)
+		fc.waitOn(pc)
 		// The write has its own deadline, the header timeout's: the read's
 		// (the client watch's or the hedge's, 50 ms in) may already be
 		// past when the dial was slow, and must not fail the write.
@@ -105,20 +106,20 @@ func (g *Gateway) expressSend(w *expressWait, r *http.Request, rt *route) (pc *u
 			err = pc.SetReadDeadline(w.next())
 		}
 		if err == nil {
-			writeExpressRequest(pc.bw, r, rt)
-			if err = pc.bw.Flush(); err == nil {
+			writeExpressRequest(pc.W, r, rt)
+			if err = pc.W.Flush(); err == nil {
 				n, err = w.head(pc)
 			}
 		}
 		if err == nil || w.hedgeDue(err, pc) {
 			return pc, n, nil // answered, or the hedge is due
 		}
-		fc.upstream.Store(nil)
+		fc.waitOn(nil)
 		_ = pc.Close()
 		if fc.ctx.Err() != nil {
 			return nil, 0, fc.ctx.Err()
 		}
-		if !reused || try > 0 || !closedByPeer(err) {
+		if !reused || try > 0 || !upstream.ClosedByPeer(err) {
 			return nil, 0, err
 		}
 		// The upstream had closed its idle end: once more, on a new one.
@@ -127,55 +128,53 @@ func (g *Gateway) expressSend(w *expressWait, r *http.Request, rt *route) (pc *u
 
 // hedgeDue reports whether err, waiting on pc, is the hedge delay passing
 // with nothing of the answer in (the header timeout not yet).
-func (w *expressWait) hedgeDue(err error, pc *upConn) bool {
-	return w.soft.Before(w.hard) && isTimeout(err) && pc.br.Buffered() == 0 && w.fc.ctx.Err() == nil &&
+func (w *expressWait) hedgeDue(err error, pc *upstream.Conn) bool {
+	return w.soft.Before(w.hard) && isTimeout(err) && pc.R.Buffered() == 0 && w.fc.ctx.Err() == nil &&
 		time.Now().Before(w.hard)
 }
 
 // expressAnswer serves a plain answer, whose head (n bytes) is in pc's
 // buffer: the rewritten head, then the body in its own framing; then pc
 // goes back to its pool, or is closed.
-func (g *Gateway) expressAnswer(fw *frontWriter, pc *upConn, n int, a *expressAnswer, rt *route, w *expressWait) {
+func (g *Gateway) expressAnswer(fw *frontWriter, pc *upstream.Conn, n int, a *expressAnswer, rt *route, w *expressWait) {
 	fc := fw.fc
-	head, _ := pc.br.Peek(n)
+	head, _ := pc.R.Peek(n)
 	fw.raw = true
 	writeAnswerHead(fc.bw, head, a, rt, fw.closeAfter)
-	_, _ = pc.br.Discard(n)
-	if a.cl > 0 && int64(pc.br.Buffered()) < a.cl || a.chunked {
+	_, _ = pc.R.Discard(n)
+	if a.cl > 0 && int64(pc.R.Buffered()) < a.cl || a.chunked {
 		// The body streams: no deadline on it. (Unless the watch found
 		// the client gone: its abort may have come just before.)
 		if err := pc.SetDeadline(time.Time{}); err != nil || fc.ctx.Err() != nil {
 			fc.watch.stop(fc)
-			fc.upstream.Store(nil)
+			fc.waitOn(nil)
 			_ = pc.Close()
 			fw.failed = true
 			return
 		}
 	}
-	upOK, clientOK := copyAnswerBody(fc.bw, pc.br, a, w.watch)
+	upOK, clientOK := copyAnswerBody(fc.bw, pc.R, a, w.watch)
 	// No abort may reach pc once it is back in the pool.
 	fc.watch.stop(fc)
-	fc.upstream.Store(nil)
+	fc.waitOn(nil)
 	if !clientOK || !upOK {
 		// Cut short: the client must not take it for the whole answer.
 		fw.failed = true
 	}
-	if !upOK || !a.keep || pc.br.Buffered() > 0 || fc.ctx.Err() != nil {
+	if !upOK || !a.keep || pc.R.Buffered() > 0 || fc.ctx.Err() != nil {
 		_ = pc.Close()
 		return
 	}
-	pc.done(stopped, true)
+	pc.Release(upstream.Stopped, true)
 }
-
-func stopped() bool { return true }
 
 // expressHandOver gives the first attempt, in whatever state, to the
 // general path and answers with what that comes to. err is the attempt's
 // error (pc is then nil), or nil with the answer's head (or the hedge
 // delay passed) on pc. mark counts the attempt in flight since the
 // request came in.
-func (g *Gateway) expressHandOver(fw *frontWriter, r *http.Request, rt *route, pc *upConn, mark attemptMark, hard time.Time, err error) {
-	fw.fc.upstream.Store(nil)
+func (g *Gateway) expressHandOver(fw *frontWriter, r *http.Request, rt *route, pc *upstream.Conn, mark attemptMark, hard time.Time, err error) {
+	fw.fc.waitOn(nil)
 	fw.fc.watch.arm(fw.fc, max(0, time.Until(rt.start.Add(watchClientAfter))))
 	out := rt.outboundRequest(r)
 	wait := func(ctx context.Context) (resp *http.Response, rerr error) {
@@ -183,7 +182,7 @@ func (g *Gateway) expressHandOver(fw *frontWriter, r *http.Request, rt *route, p
 		if pc == nil {
 			return nil, err
 		}
-		stop := stopped
+		stop := upstream.Stopped
 		if ctx.Done() != nil {
 			stop = context.AfterFunc(ctx, func() { _ = pc.SetDeadline(aLongTimeAgo) })
 		}
@@ -192,7 +191,7 @@ func (g *Gateway) expressHandOver(fw *frontWriter, r *http.Request, rt *route, p
 			_ = pc.Close()
 			return nil, derr
 		}
-		resp, _, rerr = pc.awaitResponse(ctx, out, true, stop)
+		resp, _, rerr = pc.AwaitResponse(ctx, out, true, stop)
 		if rerr != nil {
 			_ = pc.Close()
 		}
@@ -205,7 +204,7 @@ func (g *Gateway) expressHandOver(fw *frontWriter, r *http.Request, rt *route, p
 // writeExpressRequest writes the head of r as sent upstream: what
 // outboundHeader and writeRequest make of it on the general path.
 func writeExpressRequest(bw *bufio.Writer, r *http.Request, rt *route) {
-	writeRequestLine(bw, r.Method, rt.path, r.URL.ForceQuery, r.URL.RawQuery, rt.hostport)
+	wire.WriteRequestLine(bw, r.Method, rt.path, r.URL.ForceQuery, r.URL.RawQuery, rt.hostport)
 	in := r.Header
 	conn := in["Connection"]
 	for k, vv := range in {
@@ -214,12 +213,12 @@ func writeExpressRequest(bw *bufio.Writer, r *http.Request, rt *route) {
 			continue
 		case k == "User-Agent":
 			if len(vv) > 0 && vv[0] != "" {
-				writeField(bw, k, vv[0])
+				wire.WriteField(bw, k, vv[0])
 			}
 			continue
 		}
 		for _, v := range vv {
-			writeField(bw, k, v)
+			wire.WriteField(bw, k, v)
 		}
 	}
 	if wire.AnyHasToken(in["Te"], "trailers") {
@@ -234,7 +233,7 @@ func writeExpressRequest(bw *bufio.Writer, r *http.Request, rt *route) {
 		bw.WriteString(ip)
 		bw.WriteString("\r\n")
 	}
-	writeField(bw, "X-Forwarded-Host", r.Host)
+	wire.WriteField(bw, "X-Forwarded-Host", r.Host)
 	bw.WriteString("X-Forwarded-Proto: ")
 	bw.WriteString(rt.forwardedProto()[0])
 	bw.WriteString("\r\n\r\n")
@@ -275,14 +274,14 @@ func (w *expressWait) watch() {
 // its length, or 0 when it does not fit or has bare LF line ends
 // (http.ReadResponse's to read). A timeout error with nothing read means
 // the hedge is due (or the header timeout passed).
-func (w *expressWait) head(pc *upConn) (int, error) {
+func (w *expressWait) head(pc *upstream.Conn) (int, error) {
 	for {
-		buf, _ := pc.br.Peek(pc.br.Buffered())
-		n, more := wire.HeadLen(buf, pc.br.Buffered() >= pc.br.Size())
+		buf, _ := pc.R.Peek(pc.R.Buffered())
+		n, more := wire.HeadLen(buf, pc.R.Buffered() >= pc.R.Size())
 		if n > 0 || !more {
 			return n, nil
 		}
-		_, err := pc.br.Peek(pc.br.Buffered() + 1)
+		_, err := pc.R.Peek(pc.R.Buffered() + 1)
 		if err == nil {
 			continue
 		}
@@ -293,7 +292,7 @@ func (w *expressWait) head(pc *upConn) (int, error) {
 		if !w.watching && !now.Before(w.watchAt) {
 			w.watch()
 		}
-		if pc.br.Buffered() > 0 {
+		if pc.R.Buffered() > 0 {
 			w.hedgeCancelled = true // answering
 		}
 		if !w.hedgeCancelled && !now.Before(w.soft) || !now.Before(w.hard) {

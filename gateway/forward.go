@@ -8,6 +8,8 @@ import (
 	"net/url"
 	"strings"
 
+	"github.com/herdcluster/herd/api"
+	"github.com/herdcluster/herd/gateway/internal/upstream"
 	"github.com/herdcluster/herd/gateway/internal/wire"
 )
 
@@ -45,7 +47,7 @@ func (rt *route) outboundRequest(r *http.Request) *http.Request {
 	out.RequestURI = ""
 	out.Close = false
 	out.TransferEncoding = nil // the upstream client frames the body itself
-	if !hasBody(r) {
+	if !upstream.HasBody(r) {
 		out.Body, out.ContentLength, out.GetBody = nil, 0, nil
 	}
 	out.Header = rt.outboundHeader(r)
@@ -220,8 +222,8 @@ func (g *Gateway) copyBody(w http.ResponseWriter, res *http.Response) error {
 	if res.ContentLength == -1 || isEventStream(res.Header["Content-Type"]) {
 		f, _ = w.(http.Flusher)
 	}
-	buf := copyBuffers.Get()
-	defer copyBuffers.Put(buf)
+	buf := upstream.Buffers.Get()
+	defer upstream.Buffers.Put(buf)
 	for {
 		n, rerr := res.Body.Read(buf)
 		if n > 0 {
@@ -254,4 +256,12 @@ func isEventStream(ct []string) bool {
 	}
 	rest := strings.TrimSpace(v[len(want):])
 	return rest == "" || rest[0] == ';'
+}
+
+// scheme is the URL scheme of requests to inst.
+func scheme(inst *api.Instance) string {
+	if inst.TLS {
+		return "https"
+	}
+	return "http"
 }

@@ -229,9 +229,11 @@ type frontConn struct {
 	idleUntil time.Time
 	watch     clientWatch
 	closed    atomic.Bool
-	// upstream is the connection the express path waits on, which a
-	// client found gone aborts.
-	upstream atomic.Pointer[upConn]
+	// waiting is what the request being served waits on (the express
+	// path's upstream connection: the front names no upstream type),
+	// which a client found gone aborts.
+	waitMu  sync.Mutex
+	waiting deadliner
 }
 
 // abort closes the connection from another goroutine.
@@ -634,10 +636,28 @@ func (w *clientWatch) run(fc *frontConn) {
 		return // stop's doing, or a request longer than the idle timeout
 	}
 	fc.cancel() // the client is gone
-	if pc := fc.upstream.Load(); pc != nil {
-		_ = pc.SetDeadline(aLongTimeAgo)
+	fc.waitMu.Lock()
+	if d := fc.waiting; d != nil {
+		_ = d.SetDeadline(aLongTimeAgo)
 	}
+	fc.waitMu.Unlock()
 }
+
+// deadliner is a connection whose blocked reads and writes a deadline can
+// end.
+type deadliner interface{ SetDeadline(time.Time) error }
+
+// waitOn records what the request being served waits on (nil: nothing),
+// for the client watch to abort if the client goes away.
+func (fc *frontConn) waitOn(d deadliner) {
+	fc.waitMu.Lock()
+	fc.waiting = d
+	fc.waitMu.Unlock()
+}
+
+// aLongTimeAgo is a deadline in the past: it fails blocked reads and writes
+// at once.
+var aLongTimeAgo = time.Unix(1, 0)
 
 // stop ends the watch; a read in progress is cut short and waited for.
 func (w *clientWatch) stop(fc *frontConn) {

@@ -170,7 +170,7 @@ func (w *frontWriter) commit(final bool) error {
 			continue
 		}
 		for _, v := range vv {
-			writeField(bw, k, v)
+			wire.WriteField(bw, k, v)
 		}
 	}
 	if _, ok := h["Date"]; !ok {
@@ -259,14 +259,14 @@ func (w *frontWriter) writeTrailers() {
 				continue
 			}
 			for _, v := range h[k] {
-				writeField(w.fc.bw, k, v)
+				wire.WriteField(w.fc.bw, k, v)
 			}
 		}
 	}
 	for k, vv := range h {
 		if name, ok := strings.CutPrefix(k, http.TrailerPrefix); ok && wire.ValidFieldName(name) {
 			for _, v := range vv {
-				writeField(w.fc.bw, name, v)
+				wire.WriteField(w.fc.bw, name, v)
 			}
 		}
 	}

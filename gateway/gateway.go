@@ -11,6 +11,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/herdcluster/herd/gateway/internal/upstream"
 )
 
 // maxHeaderBytes bounds a client's request line and headers.
@@ -36,7 +38,7 @@ type Gateway struct {
 
 	// lean is the upstream client: one pool of connections for every
 	// request; rtrip sends through it, retrying and hedging.
-	lean  *leanTransport
+	lean  *upstream.Client
 	rtrip *retryTransport
 	// front serves client connections; srv (net/http) serves those it
 	// hands over (see front.go). Both run serve, the one request path.
@@ -83,8 +85,8 @@ func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway,
 		cors:    newCORSPolicy(cfg.CORSOrigins),
 		stopped: make(chan struct{}),
 	}
-	d := newUpstreamDialer(cfg)
-	g.lean = newLeanTransport(cfg, d)
+	g.lean = upstream.New(upstream.Config{DialTimeout: cfg.DialTimeout, HeaderTimeout: cfg.ResponseHeaderTimeout,
+		MaxIdlePerHost: cfg.MaxIdleConnsPerHost, TLS: cfg.UpstreamTLS})
 	g.rtrip = &retryTransport{g: g, base: g.lean}
 	if cfg.RateLimit > 0 {
 		g.limiter = newLimiter(cfg.RateLimit, cfg.RateBurst)

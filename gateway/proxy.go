@@ -8,17 +8,10 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/herdcluster/herd/api"
-)
-
-// Transport settings that are not worth a Config field.
-const (
-	upstreamIdleConnTimeout = 90 * time.Second
-	upstreamKeepAlive       = 30 * time.Second
-	copyBufferSize          = 32 << 10
+	"github.com/herdcluster/herd/gateway/internal/upstream"
 )
 
 // route is the state of one request, from the handler's decision to the
@@ -83,38 +76,23 @@ var _ context.Context = (*route)(nil)
 
 type routeKey struct{}
 
-// Value returns the route itself for routeKey and defers to the parent
+// Value returns the route itself for routeKey (and the upstream client's
+// HeaderTimeoutKey) and defers to the parent
 // otherwise, which keeps cancellation and deadlines the parent's.
 func (rt *route) Value(key any) any {
-	if key == (routeKey{}) {
+	if key == (routeKey{}) || key == (upstream.HeaderTimeoutKey{}) {
 		return rt
 	}
 	return rt.Context.Value(key)
 }
 
+// HeaderTimeout is the service's own response-header timeout, 0 for the
+// gateway's: what the upstream client asks for under HeaderTimeoutKey.
+func (rt *route) HeaderTimeout() time.Duration { return rt.headerTimeout }
+
 func routeFrom(ctx context.Context) *route {
 	rt, _ := ctx.Value(routeKey{}).(*route)
 	return rt
-}
-
-// bufferPool recycles copy buffers (io.Copy allocates 32 KiB per copy).
-type bufferPool struct{ p sync.Pool }
-
-// The pool holds array pointers, not slices: converting a slice back to an
-// array pointer in Put costs nothing, where boxing a slice would allocate.
-func newBufferPool() *bufferPool {
-	return &bufferPool{p: sync.Pool{New: func() any { return new([copyBufferSize]byte) }}}
-}
-
-// Get returns a 32 KiB buffer.
-func (bp *bufferPool) Get() []byte { return bp.p.Get().(*[copyBufferSize]byte)[:] }
-
-// Put recycles b. Buffers of another size are dropped.
-func (bp *bufferPool) Put(b []byte) {
-	if cap(b) != copyBufferSize {
-		return
-	}
-	bp.p.Put((*[copyBufferSize]byte)(b[:copyBufferSize]))
 }
 
 // modifyResponse replaces what the upstream said about the gateway's own

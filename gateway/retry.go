@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/herdcluster/herd/api"
+
+	"github.com/herdcluster/herd/gateway/internal/wire"
 )
 
 // Retries hide a failed instance from the client:
@@ -186,10 +188,10 @@ func (t *retryTransport) classify(req *http.Request, rt *route, resp *http.Respo
 		if !rt.replayable || rt.upgrade {
 			return true, false
 		}
-		return true, notSent(err) || idempotent(req)
+		return true, notSent(err) || wire.Idempotent(req)
 	}
 	if retryableStatus(resp.StatusCode) {
-		return true, rt.replayable && !rt.upgrade && idempotent(req)
+		return true, rt.replayable && !rt.upgrade && wire.Idempotent(req)
 	}
 	return false, false
 }
@@ -202,14 +204,6 @@ func notSent(err error) bool {
 		return true
 	}
 	return errors.Is(err, syscall.ECONNREFUSED)
-}
-
-func idempotent(req *http.Request) bool {
-	switch req.Method {
-	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodPut, http.MethodDelete:
-		return true
-	}
-	return req.Header.Get("Idempotency-Key") != ""
 }
 
 // sleepJitter waits between d/2 and d, or until ctx is done (false).
@@ -287,7 +281,7 @@ type clientBody struct {
 	rc      *http.ResponseController
 	timeout time.Duration
 	ended   atomic.Bool // EOF or an error: the deadlines are no longer the body's
-	aborted atomic.Bool // abortRead: a read error now is the gateway's doing
+	aborted atomic.Bool // AbortRead: a read error now is the gateway's doing
 	// err is the read error, marked, that ended the body (not EOF). A
 	// read error also makes net/http cancel the request's context, so the
 	// failure can look like the client leaving: this says it was not.
@@ -326,10 +320,10 @@ func (b *clientBody) Read(p []byte) (int, error) {
 // errBodyAborted is a read of a client's body that abortRead failed.
 var errBodyAborted = errors.New("gateway: the request's body is no longer read")
 
-// abortRead fails a read of the body in progress, and those to come: the
+// AbortRead fails a read of the body in progress, and those to come: the
 // request has ended (its context is done) and whoever reads the body is
 // to know it now.
-func (b *clientBody) abortRead() {
+func (b *clientBody) AbortRead() {
 	if !b.ended.Load() {
 		b.aborted.Store(true)
 		_ = b.rc.SetReadDeadline(aLongTimeAgo)
@@ -368,7 +362,7 @@ func (t *retryTransport) once(req *http.Request, st *serviceState, hostport stri
 // twice, no other instance is left, or hedging is off and the instance has
 // answered lately).
 func (t *retryTransport) hedgeAfter(req *http.Request, rt *route, tried []string) time.Duration {
-	if !rt.replayable || rt.upgrade || !idempotent(req) || len(rt.insts) < 2 || len(tried) > maxRetries {
+	if !rt.replayable || rt.upgrade || !wire.Idempotent(req) || len(rt.insts) < 2 || len(tried) > maxRetries {
 		return 0
 	}
 	delay := t.hedgeDelay(rt.st)

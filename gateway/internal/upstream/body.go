@@ -1,16 +1,19 @@
-package gateway
+package upstream
 
 import (
 	"bufio"
 	"context"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httputil"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/herdcluster/herd/gateway/internal/wire"
 )
 
 // bodyWriter writes a request's body to its upstream connection in a
@@ -21,22 +24,23 @@ import (
 // the client takes to send it (each read is bounded by ClientBodyTimeout).
 //
 // A connection is reused only when its body was written whole before its
-// answer ended (upConn.done). When reading the client's body fails (it
+// answer ended (Conn.done). When reading the client's body fails (it
 // broke off, stalled or is over the limit), the exchange is aborted and
 // that failure, not the connection's, is what the request fails with: it
 // is no fault of the instance.
 type bodyWriter struct {
-	pc      *upConn
+	pc      *Conn
 	body    io.Reader // the request's
 	ctx     context.Context
 	timeout time.Duration // the header timeout, armed once the body is out
 	done    chan struct{} // closed when the write ended; err is set then
 	err     error
-	readErr bool // err came from reading the client's body
+	readErr bool        // err came from reading the client's body
+	aborted atomic.Bool // abortBody: a read error now is the Client's doing
 }
 
 // startBody starts writing req's body (its head is in pc's buffer).
-func startBody(pc *upConn, req *http.Request, timeout time.Duration) *bodyWriter {
+func startBody(pc *Conn, req *http.Request, timeout time.Duration) *bodyWriter {
 	w := &bodyWriter{pc: pc, body: req.Body, ctx: req.Context(), timeout: timeout, done: make(chan struct{})}
 	pc.mu.Lock()
 	pc.headOK = false
@@ -47,13 +51,13 @@ func startBody(pc *upConn, req *http.Request, timeout time.Duration) *bodyWriter
 
 func (w *bodyWriter) run(req *http.Request) {
 	src := &bodyReader{r: req.Body}
-	err := writeBody(w.pc.bw, req, src)
+	err := writeBody(w.pc.W, req, src)
 	_ = req.Body.Close()
 	w.err, w.readErr = err, src.err != nil
 	close(w.done)
 	switch {
-	case w.readErr && clientsFault(err):
-		_ = w.pc.SetDeadline(aLongTimeAgo) // abort the wait for an answer
+	case w.readErr && !w.aborted.Load():
+		_ = w.pc.SetDeadline(Past) // abort the wait for an answer
 	case err == nil:
 		w.armHeaderTimeout()
 	}
@@ -74,13 +78,13 @@ func (w *bodyWriter) armHeaderTimeout() {
 	_ = pc.SetReadDeadline(time.Now().Add(w.timeout))
 	if w.ctx.Err() != nil {
 		// The client went away meanwhile: its abort must stand.
-		_ = pc.SetDeadline(aLongTimeAgo)
+		_ = pc.SetDeadline(Past)
 	}
 }
 
 // headIn records that the answer's head is in, and clears the deadline
 // when the answer's body streams (clear).
-func (pc *upConn) headIn(clear bool) error {
+func (pc *Conn) headIn(clear bool) error {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
 	pc.headOK = true
@@ -102,8 +106,9 @@ func (w *bodyWriter) wait() {
 // abortBody fails a read of the client's body in progress (the exchange
 // is over, whatever the writer is waiting for).
 func (w *bodyWriter) abortBody() {
-	if a, ok := w.body.(interface{ abortRead() }); ok {
-		a.abortRead()
+	w.aborted.Store(true)
+	if a, ok := w.body.(interface{ AbortRead() }); ok {
+		a.AbortRead()
 	}
 }
 
@@ -112,7 +117,7 @@ func (w *bodyWriter) abortBody() {
 func (w *bodyWriter) readFailure() error {
 	select {
 	case <-w.done:
-		if w.readErr && clientsFault(w.err) {
+		if w.readErr && !w.aborted.Load() {
 			return w.err
 		}
 	default:
@@ -147,13 +152,13 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 // writeBody writes req's body from src in the framing writeFraming
 // announced, then flushes.
 func writeBody(bw *bufio.Writer, req *http.Request, src *bodyReader) error {
-	buf := copyBuffers.Get()
-	defer copyBuffers.Put(buf)
+	buf := Buffers.Get()
+	defer Buffers.Put(buf)
 	if req.ContentLength > 0 {
 		n, err := io.CopyBuffer(writerOnly{bw}, io.LimitReader(src, req.ContentLength), buf)
 		if err == nil && n < req.ContentLength {
 			// The client sent less than it said.
-			src.err = fmt.Errorf("%w: %w", errClientBody, io.ErrUnexpectedEOF)
+			src.err = io.ErrUnexpectedEOF
 			err = src.err
 		}
 		if err != nil {
@@ -170,7 +175,7 @@ func writeBody(bw *bufio.Writer, req *http.Request, src *bodyReader) error {
 	}
 	for _, k := range trailerKeys(req.Trailer) {
 		for _, v := range req.Trailer[k] {
-			writeField(bw, k, v)
+			wire.WriteField(bw, k, v)
 		}
 	}
 	bw.WriteString("\r\n")
@@ -181,8 +186,31 @@ func writeBody(bw *bufio.Writer, req *http.Request, src *bodyReader) error {
 // buffer.
 type writerOnly struct{ io.Writer }
 
-// copyBuffers are the gateway's copy buffers, for bodies both ways.
-var copyBuffers = newBufferPool()
+// Buffers are the gateway's copy buffers, for bodies both ways.
+var Buffers = NewBufferPool()
+
+// copyBufferSize is the size of the copy buffers.
+const copyBufferSize = 32 << 10
+
+// BufferPool recycles copy buffers (io.Copy allocates 32 KiB per copy).
+type BufferPool struct{ p sync.Pool }
+
+// The pool holds array pointers, not slices: converting a slice back to an
+// array pointer in Put costs nothing, where boxing a slice would allocate.
+func NewBufferPool() *BufferPool {
+	return &BufferPool{p: sync.Pool{New: func() any { return new([copyBufferSize]byte) }}}
+}
+
+// Get returns a 32 KiB buffer.
+func (bp *BufferPool) Get() []byte { return bp.p.Get().(*[copyBufferSize]byte)[:] }
+
+// Put recycles b. Buffers of another size are dropped.
+func (bp *BufferPool) Put(b []byte) {
+	if cap(b) != copyBufferSize {
+		return
+	}
+	bp.p.Put((*[copyBufferSize]byte)(b[:copyBufferSize]))
+}
 
 // writeFraming writes the fields that frame req's body: its length, or
 // chunked (with the trailers it announces) when the length is unknown, or
@@ -190,7 +218,7 @@ var copyBuffers = newBufferPool()
 // Request.Write does.
 func writeFraming(bw *bufio.Writer, req *http.Request) {
 	switch {
-	case !hasBody(req):
+	case !HasBody(req):
 		switch req.Method {
 		case http.MethodPost, http.MethodPut, http.MethodPatch:
 			bw.WriteString("Content-Length: 0\r\n")
@@ -202,7 +230,7 @@ func writeFraming(bw *bufio.Writer, req *http.Request) {
 	default:
 		bw.WriteString("Transfer-Encoding: chunked\r\n")
 		if keys := trailerKeys(req.Trailer); len(keys) > 0 {
-			writeField(bw, "Trailer", strings.Join(keys, ", "))
+			wire.WriteField(bw, "Trailer", strings.Join(keys, ", "))
 		}
 	}
 }

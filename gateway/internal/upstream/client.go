@@ -1,4 +1,4 @@
-package gateway
+package upstream
 
 import (
 	"bufio"
@@ -11,29 +11,36 @@ import (
 	"net/http"
 	"net/http/httptrace"
 	"net/textproto"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/herdcluster/herd/gateway/internal/wire"
 )
 
-// leanTransport sends the requests that make up nearly all gateway traffic
-// (idempotent, no body, no upgrade) over its own pool of HTTP/1.1
-// connections, reading the answer in the calling goroutine. http.Transport
-// hands every request to a writer goroutine and every answer back from a
-// reader goroutine per connection; on a proxy that does little else, those
-// handoffs are a large share of the CPU per request. Every other request
-// goes to fallback, which also keeps its own connections.
+// Client is the gateway's one upstream client: it sends every request,
+// whatever its method, body or upgrade, over one pool of HTTP/1.1
+// connections per upstream address, reading the answer in the calling
+// goroutine. http.Transport hands every request to a writer goroutine and
+// every answer back from a reader goroutine per connection; on a proxy that
+// does little else, those handoffs are a large share of the CPU per
+// request. Here only a request body gets a goroutine (bodyWriter).
+//
+// One header timeout: the connection's deadline, the request's own
+// (HeaderTimeoutKey) or Config.HeaderTimeout, armed from the request's end.
+// One stale-connection rule: an idle connection that received anything is
+// closed when it is taken from the pool (Conn.stale), and an idempotent
+// request that fails on a reused connection before any byte of an answer
+// came back (the upstream closed its idle end as the request went out) is
+// sent once more on a new one, its body from GetBody.
 //
 // A connection is reused once its answer was read to the end without error,
-// the upstream did not ask to close it, and the request's context was not
-// cancelled meanwhile; otherwise it is closed. A request that fails on a
-// reused connection before any byte of an answer came back (the upstream
-// had closed its idle end) is sent once more on a new connection: it is
-// idempotent and has no body, which is also what http.Transport does.
-type leanTransport struct {
-	dialer        *upstreamDialer
+// its body (if any) was written whole, the upstream did not ask to close it,
+// and the request's context was not cancelled meanwhile; otherwise it is
+// closed.
+type Client struct {
+	dialer        *dialer
 	headerTimeout time.Duration // 0: none
 	maxIdle       int           // idle connections kept per upstream address
 	idleTimeout   time.Duration // an idle connection older than this is closed
@@ -47,15 +54,47 @@ type leanTransport struct {
 	closed atomic.Bool
 }
 
-var _ http.RoundTripper = (*leanTransport)(nil)
+var _ http.RoundTripper = (*Client)(nil)
 
-func newLeanTransport(cfg Config, d *upstreamDialer) *leanTransport {
-	return &leanTransport{
-		dialer:        d,
-		headerTimeout: cfg.ResponseHeaderTimeout,
-		maxIdle:       cfg.MaxIdleConnsPerHost,
-		idleTimeout:   upstreamIdleConnTimeout,
+// Config is what a Client is built with.
+type Config struct {
+	DialTimeout    time.Duration
+	HeaderTimeout  time.Duration // the default response-header timeout; 0: none
+	MaxIdlePerHost int           // idle connections kept per upstream address
+	// TLS is the client configuration for upstreams that serve TLS (the
+	// cluster CA, the node's certificate); nil: they cannot be reached.
+	TLS *tls.Config
+}
+
+// Timing that is not worth a Config field.
+const (
+	idleConnTimeout = 90 * time.Second
+	keepAlive       = 30 * time.Second
+)
+
+// New builds a Client; it starts nothing.
+func New(cfg Config) *Client {
+	return &Client{
+		dialer:        newDialer(cfg),
+		headerTimeout: cfg.HeaderTimeout,
+		maxIdle:       cfg.MaxIdlePerHost,
+		idleTimeout:   idleConnTimeout,
 	}
+}
+
+// HeaderTimeoutKey is the context key under which a request carries its
+// own response-header timeout: a value with a HeaderTimeout method (0 for
+// the Client's).
+type HeaderTimeoutKey struct{}
+
+// headerTimeout is req's response-header timeout.
+func (t *Client) timeoutOf(ctx context.Context) time.Duration {
+	if v, ok := ctx.Value(HeaderTimeoutKey{}).(interface{ HeaderTimeout() time.Duration }); ok {
+		if d := v.HeaderTimeout(); d > 0 {
+			return d
+		}
+	}
+	return t.headerTimeout
 }
 
 // poolKey names an upstream: its "address:port", and whether it is
@@ -67,16 +106,16 @@ type poolKey struct {
 
 // connPool holds idle connections to one upstream.
 type connPool struct {
-	idle   chan *upConn
+	idle   chan *Conn
 	used   atomic.Int64 // unix nanoseconds of the last get
 	closed *atomic.Bool // the transport's: keep no connection
 }
 
-// upConn is one upstream connection with its buffers.
-type upConn struct {
+// Conn is one upstream connection with its buffers.
+type Conn struct {
 	net.Conn
-	br        *bufio.Reader
-	bw        *bufio.Writer
+	R         *bufio.Reader // the answers, read through it
+	W         *bufio.Writer // the requests, written through it
 	pool      *connPool
 	idleSince atomic.Int64 // unix nanoseconds, set when it goes idle
 	// raw and peek look at the socket for stale (made once per
@@ -92,9 +131,9 @@ type upConn struct {
 	headOK bool // the answer's head is in: the writer arms no deadline
 }
 
-// newUpConn wraps a new connection to an upstream.
-func newUpConn(c net.Conn, p *connPool) *upConn {
-	pc := &upConn{Conn: c, br: bufio.NewReaderSize(c, 4<<10), bw: bufio.NewWriterSize(c, 4<<10), pool: p}
+// newConn wraps a new connection to an upstream.
+func newConn(c net.Conn, p *connPool) *Conn {
+	pc := &Conn{Conn: c, R: bufio.NewReaderSize(c, 4<<10), W: bufio.NewWriterSize(c, 4<<10), pool: p}
 	if tc, ok := c.(*tls.Conn); ok {
 		// Any TLS record arriving on an idle connection is one too many
 		// (Go's servers send their session tickets before any answer).
@@ -118,17 +157,14 @@ func newUpConn(c net.Conn, p *connPool) *upConn {
 // RoundTrip sends req and returns the upstream's answer, whose body reads
 // straight from the connection. The header timeout is the route's (a
 // service's own, meta herd.response-header-timeout) or the transport's.
-func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
+func (t *Client) RoundTrip(req *http.Request) (*http.Response, error) {
 	if req.URL.Scheme != "http" && req.URL.Scheme != "https" {
 		return nil, fmt.Errorf("gateway: unsupported upstream scheme %q", req.URL.Scheme)
 	}
 	ctx := req.Context()
-	timeout := t.headerTimeout
-	if rt := routeFrom(ctx); rt != nil && rt.headerTimeout > 0 {
-		timeout = rt.headerTimeout
-	}
+	timeout := t.timeoutOf(ctx)
 	for attempt := 0; ; attempt++ {
-		pc, reused, err := t.get(ctx, req.URL.Host, req.URL.Scheme == "https")
+		pc, reused, err := t.Get(ctx, req.URL.Host, req.URL.Scheme == "https")
 		if err != nil {
 			return nil, err
 		}
@@ -144,7 +180,7 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if reused && !answered && attempt == 0 && closedByPeer(err) && idempotent(req) {
+		if reused && !answered && attempt == 0 && ClosedByPeer(err) && wire.Idempotent(req) {
 			// The upstream had closed its idle end as the request went
 			// out: once more, on a new connection, when the body can be
 			// sent again. (Not a request that may not be applied twice:
@@ -162,7 +198,7 @@ func (t *leanTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 // rewound is req with its body from the start (GetBody), ready to be sent
 // again; false when its body cannot be.
 func rewound(req *http.Request) (*http.Request, bool) {
-	if !hasBody(req) {
+	if !HasBody(req) {
 		return req, true
 	}
 	if req.GetBody == nil {
@@ -177,30 +213,34 @@ func rewound(req *http.Request) (*http.Request, bool) {
 	return &again, true
 }
 
-// hasBody reports whether req has a body to send.
-func hasBody(req *http.Request) bool {
+// HasBody reports whether req has a body to send.
+func HasBody(req *http.Request) bool {
 	return req.Body != nil && req.Body != http.NoBody && req.ContentLength != 0
 }
 
-// closedByPeer reports whether err says the other end closed the
+// ClosedByPeer reports whether err says the other end closed the
 // connection (not a timeout: an upstream that does not answer on a reused
 // connection would not answer on a new one either).
-func closedByPeer(err error) bool {
+func ClosedByPeer(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
 		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
-// aLongTimeAgo is a deadline in the past: it fails blocked reads and writes
-// at once.
-var aLongTimeAgo = time.Unix(1, 0)
+// Stopped is the stop function of an exchange whose context cannot be
+// cancelled: it reports that nothing was undone.
+func Stopped() bool { return true }
+
+// Past is a deadline in the past: it fails blocked reads and writes at
+// once.
+var Past = time.Unix(1, 0)
 
 // roundTrip writes req and reads the answer's header. answered says whether
 // any of the answer came back (if not, the request may not have reached the
 // upstream at all). A body is written by a goroutine of its own (see
 // bodyWriter), while the answer is awaited: an upstream may answer before
 // it has read the whole body.
-func (pc *upConn) roundTrip(ctx context.Context, req *http.Request, headerTimeout time.Duration) (resp *http.Response, answered bool, err error) {
-	body := hasBody(req)
+func (pc *Conn) roundTrip(ctx context.Context, req *http.Request, headerTimeout time.Duration) (resp *http.Response, answered bool, err error) {
+	body := HasBody(req)
 	var deadline time.Time
 	if headerTimeout > 0 && !body {
 		// Covers the write too: an upstream that does not read is as stuck
@@ -211,20 +251,20 @@ func (pc *upConn) roundTrip(ctx context.Context, req *http.Request, headerTimeou
 	if err := pc.SetDeadline(deadline); err != nil {
 		return nil, false, err
 	}
-	stop := stopped
+	stop := Stopped
 	if ctx.Done() != nil {
 		// The client going away aborts whatever the connection is doing;
 		// the connection is then closed, never reused.
-		stop = context.AfterFunc(ctx, func() { _ = pc.SetDeadline(aLongTimeAgo) })
+		stop = context.AfterFunc(ctx, func() { _ = pc.SetDeadline(Past) })
 	}
-	writeRequest(pc.bw, req)
+	writeRequest(pc.W, req)
 	if body {
 		pc.writer = startBody(pc, req, headerTimeout)
-	} else if err := pc.bw.Flush(); err != nil {
+	} else if err := pc.W.Flush(); err != nil {
 		stop()
 		return nil, false, err
 	}
-	resp, answered, err = pc.awaitResponse(ctx, req, headerTimeout > 0, stop)
+	resp, answered, err = pc.AwaitResponse(ctx, req, headerTimeout > 0, stop)
 	if err != nil && pc.writer != nil {
 		if ctx.Err() != nil {
 			pc.writer.wait()
@@ -242,17 +282,17 @@ type bodyFailure struct{ err error }
 func (e *bodyFailure) Error() string { return e.err.Error() }
 func (e *bodyFailure) Unwrap() error { return e.err }
 
-// awaitResponse reads the answer to req, sent on pc, up to its header.
+// AwaitResponse reads the answer to req, sent on pc, up to its header.
 // deadline says whether a header deadline is armed on pc, to be cleared
 // once the header is in; stop undoes the abort on ctx (see roundTrip) and
 // reports whether it was in time. On success the answer's body owns pc.
-func (pc *upConn) awaitResponse(ctx context.Context, req *http.Request, deadline bool, stop func() bool) (resp *http.Response, answered bool, err error) {
+func (pc *Conn) AwaitResponse(ctx context.Context, req *http.Request, deadline bool, stop func() bool) (resp *http.Response, answered bool, err error) {
 	for {
-		if _, err := pc.br.Peek(1); err != nil {
+		if _, err := pc.R.Peek(1); err != nil {
 			stop()
 			return nil, false, err
 		}
-		resp, err = http.ReadResponse(pc.br, req)
+		resp, err = http.ReadResponse(pc.R, req)
 		if err != nil {
 			stop()
 			return nil, true, err
@@ -270,7 +310,7 @@ func (pc *upConn) awaitResponse(ctx context.Context, req *http.Request, deadline
 		}
 	}
 	tunnel := resp.StatusCode == http.StatusSwitchingProtocols
-	if err := pc.headIn(deadline && (tunnel || !buffered(resp, pc.br))); err != nil {
+	if err := pc.headIn(deadline && (tunnel || !buffered(resp, pc.R))); err != nil {
 		stop()
 		return nil, true, err
 	}
@@ -291,7 +331,7 @@ func (pc *upConn) awaitResponse(ctx context.Context, req *http.Request, deadline
 	_, upgrade := req.Header["Upgrade"]
 	keep := !resp.Close && !req.Close && !upgrade
 	if resp.Body == http.NoBody {
-		pc.done(stop, keep)
+		pc.Release(stop, keep)
 		return resp, true, nil
 	}
 	resp.Body = &leanBody{rc: resp.Body, pc: pc, stop: stop, keep: keep}
@@ -320,13 +360,13 @@ func writeRequest(bw *bufio.Writer, req *http.Request) {
 	if host == "" {
 		host = u.Host
 	}
-	writeRequestLine(bw, req.Method, path, u.ForceQuery, u.RawQuery, host)
+	wire.WriteRequestLine(bw, req.Method, path, u.ForceQuery, u.RawQuery, host)
 	ua, hasUA := req.Header["User-Agent"]
 	switch {
 	case !hasUA:
 		bw.WriteString("User-Agent: Go-http-client/1.1\r\n")
 	case len(ua) > 0 && ua[0] != "":
-		writeField(bw, "User-Agent", ua[0])
+		wire.WriteField(bw, "User-Agent", ua[0])
 	}
 	if req.Close {
 		bw.WriteString("Connection: close\r\n")
@@ -338,40 +378,15 @@ func writeRequest(bw *bufio.Writer, req *http.Request) {
 			continue
 		}
 		for _, v := range vv {
-			writeField(bw, k, v)
+			wire.WriteField(bw, k, v)
 		}
 	}
 	bw.WriteString("\r\n")
 }
 
-// writeRequestLine writes the request line and the Host field of a
-// request to an upstream (path escaped as it goes on the wire).
-func writeRequestLine(bw *bufio.Writer, method, path string, forceQuery bool, rawQuery, host string) {
-	bw.WriteString(method)
-	bw.WriteByte(' ')
-	bw.WriteString(path)
-	if forceQuery || rawQuery != "" {
-		bw.WriteByte('?')
-		bw.WriteString(rawQuery)
-	}
-	bw.WriteString(" HTTP/1.1\r\nHost: ")
-	bw.WriteString(host)
-	bw.WriteString("\r\n")
-}
-
-func writeField(bw *bufio.Writer, k, v string) {
-	if strings.ContainsAny(v, "\r\n") {
-		v = strings.NewReplacer("\r\n", " ", "\r", " ", "\n", " ").Replace(v)
-	}
-	bw.WriteString(k)
-	bw.WriteString(": ")
-	bw.WriteString(textproto.TrimString(v))
-	bw.WriteString("\r\n")
-}
-
 // Close closes the connection, and first fails the read of a client's
 // body that its writer may be waiting on: the exchange is over.
-func (pc *upConn) Close() error {
+func (pc *Conn) Close() error {
 	if w := pc.writer; w != nil {
 		w.abortBody()
 	}
@@ -383,8 +398,8 @@ func (pc *upConn) Close() error {
 // request would read as its answer: response-queue poisoning), or its
 // close. One non-blocking peek at the socket, no goroutine per idle
 // connection (http.Transport keeps a reader on each for this).
-func (pc *upConn) stale() bool {
-	if pc.br.Buffered() > 0 {
+func (pc *Conn) stale() bool {
+	if pc.R.Buffered() > 0 {
 		return true
 	}
 	if pc.raw == nil {
@@ -396,9 +411,9 @@ func (pc *upConn) stale() bool {
 	return pc.peeked
 }
 
-// done hands the connection back to its pool when its exchange finished
+// Release hands the connection back to its pool when its exchange finished
 // cleanly and may be followed by another, and closes it otherwise.
-func (pc *upConn) done(stop func() bool, keep bool) {
+func (pc *Conn) Release(stop func() bool, keep bool) {
 	if w := pc.writer; w != nil && !w.finished() {
 		// The answer came before the whole body was written (or the
 		// write failed): the connection carries no more requests, and
@@ -409,7 +424,7 @@ func (pc *upConn) done(stop func() bool, keep bool) {
 	}
 	// Bytes past the end of the answer mean the upstream and the gateway
 	// disagree on where it ended: the connection cannot carry another.
-	if !stop() || !keep || pc.pool.closed.Load() || pc.br.Buffered() > 0 {
+	if !stop() || !keep || pc.pool.closed.Load() || pc.R.Buffered() > 0 {
 		// stop false: the context was cancelled and the deadline is
 		// (or is about to be) in the past.
 		pc.Close()
@@ -423,13 +438,13 @@ func (pc *upConn) done(stop func() bool, keep bool) {
 	}
 }
 
-// leanBody is an answer's body read from an upConn. Reading it to the end
+// leanBody is an answer's body read from an Conn. Reading it to the end
 // releases the connection; closing it earlier closes the connection, since
 // the rest of the answer would have to be read first (a stream may never
 // end).
 type leanBody struct {
 	rc   io.ReadCloser
-	pc   *upConn
+	pc   *Conn
 	stop func() bool
 	keep bool
 
@@ -446,7 +461,7 @@ func (b *leanBody) Read(p []byte) (int, error) {
 	n, err := b.rc.Read(p)
 	if err == io.EOF {
 		b.released = true
-		b.pc.done(b.stop, b.keep)
+		b.pc.Release(b.stop, b.keep)
 	} else if err != nil {
 		b.released = true
 		b.stop()
@@ -477,7 +492,7 @@ func (b *leanBody) tryRelease() bool {
 		return true
 	}
 	// A Read is in progress: unblock it, then wait for it.
-	_ = b.pc.SetDeadline(aLongTimeAgo)
+	_ = b.pc.SetDeadline(Past)
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.released {
@@ -491,9 +506,9 @@ var errBodyClosed = errors.New("gateway: read on a closed upstream body")
 
 // switched is the connection of an answer 101, as its body: bytes both
 // ways (what the upstream sent past its head first), never reused.
-type switched struct{ pc *upConn }
+type switched struct{ pc *Conn }
 
-func (s *switched) Read(p []byte) (int, error)  { return s.pc.br.Read(p) }
+func (s *switched) Read(p []byte) (int, error)  { return s.pc.R.Read(p) }
 func (s *switched) Write(p []byte) (int, error) { return s.pc.Conn.Write(p) }
 func (s *switched) Close() error                { return s.pc.Close() }
 
@@ -505,9 +520,9 @@ func (s *switched) CloseWrite() error {
 	return errors.New("gateway: the upstream connection cannot be half-closed")
 }
 
-// get returns an idle connection to addr (with TLS when secure), or a new
+// Get returns an idle connection to addr (with TLS when secure), or a new
 // one; reused says which.
-func (t *leanTransport) get(ctx context.Context, addr string, secure bool) (pc *upConn, reused bool, err error) {
+func (t *Client) Get(ctx context.Context, addr string, secure bool) (pc *Conn, reused bool, err error) {
 	p := t.pool(poolKey{addr, secure})
 	now := time.Now().UnixNano()
 	if now-p.used.Load() > int64(time.Second) {
@@ -533,12 +548,12 @@ func (t *leanTransport) get(ctx context.Context, addr string, secure bool) (pc *
 	if err != nil {
 		return nil, false, err
 	}
-	return newUpConn(c, p), false, nil
+	return newConn(c, p), false, nil
 }
 
 // pool returns key's pool, creating it (and arming the sweep of idle
 // connections).
-func (t *leanTransport) pool(key poolKey) *connPool {
+func (t *Client) pool(key poolKey) *connPool {
 	if m := t.pools.Load(); m != nil {
 		if p, ok := (*m)[key]; ok {
 			return p
@@ -552,13 +567,17 @@ func (t *leanTransport) pool(key poolKey) *connPool {
 			return p
 		}
 	}
-	m := make(map[poolKey]*connPool, 1+lenOf(old))
+	n := 0
+	if old != nil {
+		n = len(*old)
+	}
+	m := make(map[poolKey]*connPool, 1+n)
 	if old != nil {
 		for k, v := range *old {
 			m[k] = v
 		}
 	}
-	p := &connPool{idle: make(chan *upConn, max(t.maxIdle, 1)), closed: &t.closed}
+	p := &connPool{idle: make(chan *Conn, max(t.maxIdle, 1)), closed: &t.closed}
 	p.used.Store(time.Now().UnixNano())
 	m[key] = p
 	t.pools.Store(&m)
@@ -574,7 +593,7 @@ func (t *leanTransport) pool(key poolKey) *connPool {
 // request still holding a connection of a forgotten pool puts it back
 // there, where nobody takes it: the pool and its connection are then
 // garbage, and the runtime closes such a connection's socket.
-func (t *leanTransport) sweepIdle() {
+func (t *Client) sweepIdle() {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	old := t.pools.Load()
@@ -586,7 +605,7 @@ func (t *leanTransport) sweepIdle() {
 	m := make(map[poolKey]*connPool, len(*old))
 	for key, p := range *old {
 		for range len(p.idle) {
-			var pc *upConn
+			var pc *Conn
 			select {
 			case pc = <-p.idle:
 			default:
@@ -618,7 +637,7 @@ func (t *leanTransport) sweepIdle() {
 
 // CloseIdleConnections closes every idle connection and keeps none from
 // now on (the gateway is shutting down).
-func (t *leanTransport) CloseIdleConnections() {
+func (t *Client) CloseIdleConnections() {
 	t.closed.Store(true)
 	t.mu.Lock()
 	if t.sweep != nil {

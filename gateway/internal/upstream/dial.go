@@ -1,4 +1,4 @@
-package gateway
+package upstream
 
 import (
 	"context"
@@ -7,17 +7,14 @@ import (
 	"fmt"
 	"net"
 	"time"
-
-	"github.com/herdcluster/herd/api"
 )
 
-// upstreamDialer opens every connection to an instance, for both upstream
-// pools: TCP, and for an instance that serves TLS (api.Instance.TLS, a
+// dialer opens every connection to an instance: TCP, and for an instance that serves TLS (api.Instance.TLS, a
 // node's service host under --internal-tls) TLS verified against the
 // cluster CA for the address dialled, presenting the node certificate.
-type upstreamDialer struct {
+type dialer struct {
 	tcp net.Dialer
-	// tls is Config.UpstreamTLS with a session cache, so a new connection
+	// tls is Config.TLS with a session cache, so a new connection
 	// to an instance already met resumes instead of a full handshake; nil
 	// on a node without a cluster certificate.
 	tls              *tls.Config
@@ -28,15 +25,15 @@ type upstreamDialer struct {
 // has no cluster certificate to present.
 var errNoUpstreamTLS = errors.New("the instance serves TLS and this gateway has no cluster certificate (is the node --insecure?)")
 
-func newUpstreamDialer(cfg Config) *upstreamDialer {
-	d := &upstreamDialer{
-		tcp: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: upstreamKeepAlive},
+func newDialer(cfg Config) *dialer {
+	d := &dialer{
+		tcp: net.Dialer{Timeout: cfg.DialTimeout, KeepAlive: keepAlive},
 		// A handshake is a round trip or two on the same LAN, like the
 		// connect, plus a signature: the same bound, at least a second.
 		handshakeTimeout: max(cfg.DialTimeout, time.Second),
 	}
-	if cfg.UpstreamTLS != nil {
-		d.tls = cfg.UpstreamTLS.Clone()
+	if cfg.TLS != nil {
+		d.tls = cfg.TLS.Clone()
 		if d.tls.ClientSessionCache == nil {
 			d.tls.ClientSessionCache = tls.NewLRUClientSessionCache(0)
 		}
@@ -45,13 +42,13 @@ func newUpstreamDialer(cfg Config) *upstreamDialer {
 }
 
 // dial opens a TCP connection to addr.
-func (d *upstreamDialer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
+func (d *dialer) dial(ctx context.Context, network, addr string) (net.Conn, error) {
 	return d.tcp.DialContext(ctx, network, addr)
 }
 
 // dialTLS opens a TCP connection to addr and completes a TLS handshake on
 // it, the server's certificate verified for addr's IP.
-func (d *upstreamDialer) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
+func (d *dialer) dialTLS(ctx context.Context, network, addr string) (net.Conn, error) {
 	if d.tls == nil {
 		return nil, errNoUpstreamTLS
 	}
@@ -73,12 +70,4 @@ func (d *upstreamDialer) dialTLS(ctx context.Context, network, addr string) (net
 		return nil, fmt.Errorf("tls handshake with %s: %w", addr, err)
 	}
 	return tc, nil
-}
-
-// scheme is the URL scheme of requests to inst.
-func scheme(inst *api.Instance) string {
-	if inst.TLS {
-		return "https"
-	}
-	return "http"
 }
