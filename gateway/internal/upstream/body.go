@@ -152,6 +152,14 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 // writeBody writes req's body from src in the framing writeFraming
 // announced, then flushes.
 func writeBody(bw *bufio.Writer, req *http.Request, src *bodyReader) error {
+	if req.GetBody == nil {
+		// A body still to come from the client: the head goes first, so
+		// that the upstream may answer it (401, 413) before any of it.
+		// (One in memory goes in the same writes as its head.)
+		if err := bw.Flush(); err != nil {
+			return err
+		}
+	}
 	buf := Buffers.Get()
 	defer Buffers.Put(buf)
 	if req.ContentLength > 0 {
