@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/url"
@@ -18,22 +19,24 @@ import (
 
 // The front is the gateway's own HTTP/1.1 server. Nearly all gateway
 // traffic is GET and HEAD requests without a body from HTTP/1.1 clients;
-// for those, net/http's server costs more CPU than everything else
-// the gateway does (parsing into maps, a goroutine per request to notice
-// a client going away, a writer stack of three layers). The front reads
-// such requests itself into a plain *http.Request, runs the very handler
-// net/http would (serve), and writes the answer straight to the
-// connection.
+// for those, net/http's server costs more CPU than everything else the
+// gateway does (parsing into maps, a goroutine per request to notice a
+// client going away, a writer stack of three layers). The front reads such
+// requests itself into a plain *http.Request, runs its handler (the one
+// net/http runs too: the gateway's serve), and writes the answer straight
+// to the connection. It names no upstream type: what a request waits on is
+// aborted, when its client goes away, through waitOn.
 //
-// Anything else goes to net/http, untouched: at the first request
-// on a connection that is not simple (another method, a body, an upgrade,
+// Anything else goes to net/http, untouched: at the first request on a
+// connection that is not simple (another method, a body, an upgrade,
 // Expect, HTTP/1.0, an escaped or unusual path, a head over frontBufSize,
 // anything malformed or merely odd), the connection, with the bytes read
-// so far, is handed to g.srv, which serves it for the rest of its life. The
-// front never answers a request it has not fully understood: whatever it
-// is unsure of, net/http decides, so malformed requests get net/http's
-// answers (400, 431, 505) and smuggling tricks (Transfer-Encoding, several
-// Content-Length values, bare LF, obs-fold) never reach the front's parser.
+// so far, is handed to the fallback net/http server, which serves it for
+// the rest of its life. The front never answers a request it has not fully
+// understood: whatever it is unsure of, net/http decides, so malformed
+// requests get net/http's answers (400, 431, 505) and smuggling tricks
+// (Transfer-Encoding, several Content-Length values, bare LF, obs-fold)
+// never reach the front's parser.
 const (
 	// frontBufSize is the read buffer of a client connection, and so the
 	// largest request head the front serves itself; larger heads (up to
@@ -56,8 +59,14 @@ const (
 
 // front accepts the gateway's client connections.
 type front struct {
-	g       *Gateway
-	handoff *connQueue // connections for g.srv
+	handler  http.Handler // serves every request the front reads
+	fallback *http.Server // serves the connections the front hands over
+	log      *slog.Logger
+	base     context.Context // the parent of every request's context
+	// readHeaderTimeout and idleTimeout are net/http's: the first
+	// request's head, and the wait for the next one.
+	readHeaderTimeout, idleTimeout time.Duration
+	handoff                        *connQueue // connections for fallback
 
 	mu    sync.Mutex
 	conns map[*frontConn]struct{}
@@ -65,11 +74,13 @@ type front struct {
 	// closing is set by Shutdown: no new connection, no more requests on
 	// idle ones, Connection: close on the answers still being written.
 	closing atomic.Bool
-	srvOnce sync.Once // starts g.srv on the handoff queue
+	srvOnce sync.Once // starts fallback on the handoff queue
 }
 
-func newFront(g *Gateway) *front {
-	return &front{g: g, handoff: newConnQueue(), conns: map[*frontConn]struct{}{}, lns: map[net.Listener]struct{}{}}
+func newFront(h http.Handler, fallback *http.Server, log *slog.Logger, base context.Context) *front {
+	return &front{handler: h, fallback: fallback, log: log, base: base,
+		readHeaderTimeout: fallback.ReadHeaderTimeout, idleTimeout: fallback.IdleTimeout,
+		handoff: newConnQueue(), conns: map[*frontConn]struct{}{}, lns: map[net.Listener]struct{}{}}
 }
 
 // serve accepts connections on ln until it fails or Shutdown closes it.
@@ -91,8 +102,8 @@ func (f *front) serve(ln net.Listener) error {
 	f.srvOnce.Do(func() {
 		f.handoff.addr = ln.Addr()
 		go func() {
-			if err := f.g.srv.Serve(f.handoff); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				f.g.log.Error("gateway: net/http server stopped", "err", err)
+			if err := f.fallback.Serve(f.handoff); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				f.log.Error("gateway: net/http server stopped", "err", err)
 			}
 		}()
 	})
@@ -108,7 +119,7 @@ func (f *front) serve(ln net.Listener) error {
 				// Out of file descriptors and the like: wait, as net/http
 				// does, instead of spinning or giving up.
 				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				f.g.log.Warn("gateway: accept failed; retrying", "err", err, "in", backoff)
+				f.log.Warn("gateway: accept failed; retrying", "err", err, "in", backoff)
 				time.Sleep(backoff)
 				continue
 			}
@@ -133,7 +144,7 @@ func (f *front) newConn(c net.Conn) *frontConn {
 	fc.cr.c = c
 	fc.br = bufio.NewReaderSize(&fc.cr, frontBufSize)
 	fc.bw = bufio.NewWriterSize(c, frontWriteBufSize)
-	fc.ctx, fc.cancel = context.WithCancel(f.g.baseCtx)
+	fc.ctx, fc.cancel = context.WithCancel(f.base)
 	fc.template = (&http.Request{Proto: "HTTP/1.1", ProtoMajor: 1, ProtoMinor: 1, Body: http.NoBody,
 		RemoteAddr: fc.remote}).WithContext(fc.ctx)
 	fc.w.fc = fc
@@ -158,7 +169,7 @@ func (f *front) close() {
 		_ = ln.Close()
 	}
 	f.mu.Unlock()
-	// The hand-off queue is g.srv's listener: its Shutdown closes it.
+	// The hand-off queue is the fallback server's listener: its Shutdown closes it.
 	f.closeIdle()
 }
 
@@ -246,12 +257,11 @@ func (fc *frontConn) abort() {
 func (fc *frontConn) serve() {
 	handedOff := false
 	defer func() { fc.close(recover(), handedOff) }()
-	g := fc.f.g
 	// A new connection has ReadHeaderTimeout from its accept to send its
 	// first request head, as net/http gives it: a connection that sends
 	// nothing is not kept for the idle timeout.
 	first := true
-	if err := fc.c.SetReadDeadline(time.Now().Add(g.cfg.ReadHeaderTimeout)); err != nil {
+	if err := fc.c.SetReadDeadline(time.Now().Add(fc.f.readHeaderTimeout)); err != nil {
 		return
 	}
 	for {
@@ -266,7 +276,7 @@ func (fc *frontConn) serve() {
 		}
 		_, _ = fc.br.Discard(n)
 		fc.w.reset(req)
-		g.serve(&fc.w, req)
+		fc.f.handler.ServeHTTP(&fc.w, req)
 		fc.watch.stop(fc)
 		if !fc.w.finish() || fc.w.closeAfter || fc.ctx.Err() != nil {
 			return
@@ -283,7 +293,7 @@ func (fc *frontConn) next(first bool) (req *http.Request, n int, ok bool) {
 	if fc.f.closing.Load() {
 		return nil, 0, false
 	}
-	idle := fc.f.g.cfg.IdleTimeout
+	idle := fc.f.idleTimeout
 	if now := time.Now(); !first && fc.idleUntil.Sub(now) < idle-time.Second {
 		fc.idleUntil = now.Add(idle)
 		if err := fc.c.SetReadDeadline(fc.idleUntil); err != nil {
@@ -312,7 +322,7 @@ func (fc *frontConn) close(p any, handedOff bool) {
 	if p != nil && p != http.ErrAbortHandler {
 		buf := make([]byte, 64<<10)
 		buf = buf[:runtime.Stack(buf, false)]
-		fc.f.g.log.Error("gateway: panic serving a request", "remote", fc.remote, "panic", fmt.Sprint(p), "stack", string(buf))
+		fc.f.log.Error("gateway: panic serving a request", "remote", fc.remote, "panic", fmt.Sprint(p), "stack", string(buf))
 	}
 	fc.watch.stop(fc)
 	fc.cancel()
@@ -335,7 +345,7 @@ func (fc *frontConn) readHead(armed bool) (int, error) {
 			if armed {
 				// Back to the idle deadline: the client watch reads
 				// under it while the request is served.
-				fc.idleUntil = time.Now().Add(fc.f.g.cfg.IdleTimeout)
+				fc.idleUntil = time.Now().Add(fc.f.idleTimeout)
 				if err := fc.c.SetReadDeadline(fc.idleUntil); err != nil {
 					return 0, err
 				}
@@ -349,7 +359,7 @@ func (fc *frontConn) readHead(armed bool) (int, error) {
 		if !armed {
 			armed = true
 			fc.idleUntil = time.Time{} // re-arm the idle deadline next time
-			if err := fc.c.SetReadDeadline(time.Now().Add(fc.f.g.cfg.ReadHeaderTimeout)); err != nil {
+			if err := fc.c.SetReadDeadline(time.Now().Add(fc.f.readHeaderTimeout)); err != nil {
 				return 0, err
 			}
 		}
@@ -359,7 +369,8 @@ func (fc *frontConn) readHead(armed bool) (int, error) {
 	}
 }
 
-// handOff gives the connection, and whatever it has sent so far, to g.srv.
+// handOff gives the connection, and whatever it has sent so far, to the
+// fallback server.
 func (fc *frontConn) handOff() bool {
 	n := fc.br.Buffered()
 	pre, _ := fc.br.Peek(n)

@@ -102,7 +102,7 @@ func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway,
 		ErrorLog:    slog.NewLogLogger(g.log.Handler(), slog.LevelWarn),
 		BaseContext: func(net.Listener) context.Context { return g.baseCtx },
 	}
-	g.front = newFront(g)
+	g.front = newFront(g.srv.Handler, g.srv, g.log, g.baseCtx)
 	return g, nil
 }
 

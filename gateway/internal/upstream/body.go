@@ -135,6 +135,28 @@ func (w *bodyWriter) finished() bool {
 	}
 }
 
+// finishedWithin reports whether the whole body was written, waiting up to
+// d for the writer to say so: an answer read to its end usually means the
+// upstream read the body first, and the writer is only a moment from done
+// (one that is still waiting on its client is not waited for long).
+func (w *bodyWriter) finishedWithin(d time.Duration) bool {
+	if w.finished() {
+		return true
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-w.done:
+		return w.err == nil
+	case <-t.C:
+		return false
+	}
+}
+
+// writerGrace is how long a connection whose answer ended waits for its
+// request's body writer to finish before it is closed instead of reused.
+const writerGrace = 20 * time.Millisecond
+
 // bodyReader records the client body's read failure (not its end).
 type bodyReader struct {
 	r   io.Reader

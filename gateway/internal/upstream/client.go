@@ -414,7 +414,7 @@ func (pc *Conn) stale() bool {
 // Release hands the connection back to its pool when its exchange finished
 // cleanly and may be followed by another, and closes it otherwise.
 func (pc *Conn) Release(stop func() bool, keep bool) {
-	if w := pc.writer; w != nil && !w.finished() {
+	if w := pc.writer; w != nil && !(keep && w.finishedWithin(writerGrace)) {
 		// The answer came before the whole body was written (or the
 		// write failed): the connection carries no more requests, and
 		// the client's body is read no further (Close).
