@@ -94,7 +94,7 @@ func (g *Gateway) expressSend(w *expressWait, r *http.Request, rt *route) (pc *u
 	fc := w.fc
 	for try := 0; ; try++ {
 		var reused bool
-		pc, reused, err = g.lean.Get(rt, rt.hostport, rt.inst.TLS)
+		pc, reused, err = g.client.Get(rt, rt.hostport, rt.inst.TLS)
 		if err != nil {
 			return nil, 0, err
 		}

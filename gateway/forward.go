@@ -17,7 +17,7 @@ import (
 // request the front read that the express path can take (express.go) goes
 // there first; every other request, or attempt the express path hands
 // over, is sent by the retrying transport (retry.go) over the upstream
-// client (upstream.go) and answered by writeResponse. The outbound header
+// client (gateway/internal/upstream) and answered by writeResponse. The outbound header
 // shares the inbound's values instead of cloning them, the forwarding
 // fields point into the route, and the answer's header values move to
 // the client's header map as they are.

@@ -68,8 +68,8 @@ func (w *frontWriter) WriteHeader(code int) {
 		panic(fmt.Sprintf("invalid WriteHeader code %v", code))
 	}
 	if code < 200 {
-		// Interim answers are not passed on (neither are they by the
-		// lean upstream path that feeds this writer).
+		// Interim answers are not passed on (the upstream client
+		// drops them too, unless a ClientTrace asks for them).
 		return
 	}
 	w.wroteHeader = true

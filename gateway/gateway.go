@@ -36,10 +36,10 @@ type Gateway struct {
 	// rejectReasons.
 	rejected [len(rejectReasons)]atomic.Uint64
 
-	// lean is the upstream client: one pool of connections for every
+	// client is the upstream client: one pool of connections for every
 	// request; rtrip sends through it, retrying and hedging.
-	lean  *upstream.Client
-	rtrip *retryTransport
+	client *upstream.Client
+	rtrip  *retryTransport
 	// front serves client connections; srv (net/http) serves those it
 	// hands over (see front.go). Both run serve, the one request path.
 	front *front
@@ -85,9 +85,9 @@ func New(cfg Config, cat Catalog, live Liveness, logger *slog.Logger) (*Gateway,
 		cors:    newCORSPolicy(cfg.CORSOrigins),
 		stopped: make(chan struct{}),
 	}
-	g.lean = upstream.New(upstream.Config{DialTimeout: cfg.DialTimeout, HeaderTimeout: cfg.ResponseHeaderTimeout,
+	g.client = upstream.New(upstream.Config{DialTimeout: cfg.DialTimeout, HeaderTimeout: cfg.ResponseHeaderTimeout,
 		MaxIdlePerHost: cfg.MaxIdleConnsPerHost, TLS: cfg.UpstreamTLS})
-	g.rtrip = &retryTransport{g: g, base: g.lean}
+	g.rtrip = &retryTransport{g: g, base: g.client}
 	if cfg.RateLimit > 0 {
 		g.limiter = newLimiter(cfg.RateLimit, cfg.RateBurst)
 	}
@@ -177,7 +177,7 @@ func (g *Gateway) shutdown(ctx context.Context) error {
 		}
 		g.front.closeAll()
 	}
-	g.lean.CloseIdleConnections() // step 4
+	g.client.CloseIdleConnections() // step 4
 	if err != nil {
 		return fmt.Errorf("gateway: shutdown: %w", err)
 	}

@@ -3,7 +3,9 @@ package upstream
 import (
 	"bufio"
 	"context"
+	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httputil"
 	"slices"
@@ -21,10 +23,11 @@ import (
 // answer (413, 401, a redirect) before it has read the whole body, and that
 // answer is the client's, not a broken pipe. The header timeout runs from
 // the body's end, as http.Transport's does: an upload may take as long as
-// the client takes to send it (each read is bounded by ClientBodyTimeout).
+// the client takes to send it (the gateway bounds each read of it), and
+// each write of it to the upstream has the header timeout to go through.
 //
-// A connection is reused only when its body was written whole before its
-// answer ended (Conn.done). When reading the client's body fails (it
+// A connection is reused only when its body was written whole by the time
+// its answer ended (Conn.Release). When reading the client's body fails (it
 // broke off, stalled or is over the limit), the exchange is aborted and
 // that failure, not the connection's, is what the request fails with: it
 // is no fault of the instance.
@@ -51,7 +54,7 @@ func startBody(pc *Conn, req *http.Request, timeout time.Duration) *bodyWriter {
 
 func (w *bodyWriter) run(req *http.Request) {
 	src := &bodyReader{r: req.Body}
-	err := writeBody(w.pc.W, req, src)
+	err := w.write(req, src)
 	_ = req.Body.Close()
 	w.err, w.readErr = err, src.err != nil
 	close(w.done)
@@ -60,7 +63,27 @@ func (w *bodyWriter) run(req *http.Request) {
 		_ = w.pc.SetDeadline(Past) // abort the wait for an answer
 	case err == nil:
 		w.armHeaderTimeout()
+	case isTimeout(err):
+		w.upstreamStuck()
 	}
+}
+
+// upstreamStuck ends the wait for an answer that has not begun when the
+// upstream stopped reading the body for a whole header timeout. (Any
+// other write error is the upstream closing or resetting the connection,
+// which its reader sees itself, after an early answer if one came.)
+func (w *bodyWriter) upstreamStuck() {
+	pc := w.pc
+	pc.mu.Lock()
+	defer pc.mu.Unlock()
+	if !pc.headOK {
+		_ = pc.SetReadDeadline(Past)
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
 }
 
 // armHeaderTimeout bounds the wait for the answer's head, unless it is in
@@ -171,21 +194,25 @@ func (b *bodyReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// writeBody writes req's body from src in the framing writeFraming
-// announced, then flushes.
-func writeBody(bw *bufio.Writer, req *http.Request, src *bodyReader) error {
+// write writes req's body from src in the framing writeFraming announced,
+// then flushes. Every write to the upstream has the header timeout to go
+// through (progress): an upstream that stops reading the body is as stuck
+// as one that does not answer.
+func (w *bodyWriter) write(req *http.Request, src *bodyReader) error {
+	bw := w.pc.W
+	out := progressWriter{w: bw, bw: w}
 	if req.GetBody == nil {
 		// A body still to come from the client: the head goes first, so
 		// that the upstream may answer it (401, 413) before any of it.
 		// (One in memory goes in the same writes as its head.)
-		if err := bw.Flush(); err != nil {
+		if err := w.flush(); err != nil {
 			return err
 		}
 	}
 	buf := Buffers.Get()
 	defer Buffers.Put(buf)
 	if req.ContentLength > 0 {
-		n, err := io.CopyBuffer(writerOnly{bw}, io.LimitReader(src, req.ContentLength), buf)
+		n, err := io.CopyBuffer(out, io.LimitReader(src, req.ContentLength), buf)
 		if err == nil && n < req.ContentLength {
 			// The client sent less than it said.
 			src.err = io.ErrUnexpectedEOF
@@ -194,9 +221,9 @@ func writeBody(bw *bufio.Writer, req *http.Request, src *bodyReader) error {
 		if err != nil {
 			return err
 		}
-		return bw.Flush()
+		return w.flush()
 	}
-	cw := httputil.NewChunkedWriter(bw)
+	cw := httputil.NewChunkedWriter(out)
 	if _, err := io.CopyBuffer(writerOnly{cw}, src, buf); err != nil {
 		return err
 	}
@@ -209,7 +236,38 @@ func writeBody(bw *bufio.Writer, req *http.Request, src *bodyReader) error {
 		}
 	}
 	bw.WriteString("\r\n")
-	return bw.Flush()
+	return w.flush()
+}
+
+// progress gives the next write to the upstream the header timeout;
+// false when the request's context is done (its abort must stand).
+func (w *bodyWriter) progress() bool {
+	if w.timeout > 0 {
+		_ = w.pc.SetWriteDeadline(time.Now().Add(w.timeout))
+	}
+	return w.ctx.Err() == nil
+}
+
+func (w *bodyWriter) flush() error {
+	if !w.progress() {
+		return w.ctx.Err()
+	}
+	return w.pc.W.Flush()
+}
+
+// progressWriter is the body's way to the upstream: each write with its
+// deadline (see bodyWriter.write). It hides bufio's ReadFrom, so that
+// copies use the pooled buffer.
+type progressWriter struct {
+	w  io.Writer
+	bw *bodyWriter
+}
+
+func (p progressWriter) Write(b []byte) (int, error) {
+	if !p.bw.progress() {
+		return 0, p.bw.ctx.Err()
+	}
+	return p.w.Write(b)
 }
 
 // writerOnly hides a writer's ReadFrom, so that copies use the pooled

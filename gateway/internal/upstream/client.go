@@ -300,8 +300,9 @@ func (pc *Conn) AwaitResponse(ctx context.Context, req *http.Request, deadline b
 		if resp.StatusCode >= 200 || resp.StatusCode == http.StatusSwitchingProtocols {
 			break
 		}
-		// 1xx: passed on to whoever asked (ReverseProxy forwards them to
-		// the client), then the real answer follows.
+		// 1xx: passed on to whoever asked (a ClientTrace's
+		// Got1xxResponse; the gateway does not), then the real answer
+		// follows.
 		if trace := httptrace.ContextClientTrace(ctx); trace != nil && trace.Got1xxResponse != nil {
 			if err := trace.Got1xxResponse(resp.StatusCode, textproto.MIMEHeader(resp.Header)); err != nil {
 				stop()
@@ -334,7 +335,7 @@ func (pc *Conn) AwaitResponse(ctx context.Context, req *http.Request, deadline b
 		pc.Release(stop, keep)
 		return resp, true, nil
 	}
-	resp.Body = &leanBody{rc: resp.Body, pc: pc, stop: stop, keep: keep}
+	resp.Body = &answerBody{rc: resp.Body, pc: pc, stop: stop, keep: keep}
 	return resp, true, nil
 }
 
@@ -438,11 +439,11 @@ func (pc *Conn) Release(stop func() bool, keep bool) {
 	}
 }
 
-// leanBody is an answer's body read from an Conn. Reading it to the end
+// answerBody is an answer's body read from a Conn. Reading it to the end
 // releases the connection; closing it earlier closes the connection, since
 // the rest of the answer would have to be read first (a stream may never
 // end).
-type leanBody struct {
+type answerBody struct {
 	rc   io.ReadCloser
 	pc   *Conn
 	stop func() bool
@@ -452,7 +453,7 @@ type leanBody struct {
 	released bool
 }
 
-func (b *leanBody) Read(p []byte) (int, error) {
+func (b *answerBody) Read(p []byte) (int, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.released {
@@ -470,7 +471,7 @@ func (b *leanBody) Read(p []byte) (int, error) {
 	return n, err
 }
 
-func (b *leanBody) Close() error {
+func (b *answerBody) Close() error {
 	// An unfinished body: fail a Read blocked in another goroutine before
 	// taking the lock it holds.
 	if !b.tryRelease() {
@@ -482,7 +483,7 @@ func (b *leanBody) Close() error {
 
 // tryRelease marks the body released, closing the connection first when a
 // Read may be blocked on it; it reports whether the body was still held.
-func (b *leanBody) tryRelease() bool {
+func (b *answerBody) tryRelease() bool {
 	if b.mu.TryLock() {
 		defer b.mu.Unlock()
 		if b.released {

@@ -93,10 +93,6 @@ func TestHeaderTimeoutPerRequest(t *testing.T) {
 	}
 }
 
-func isTimeout(err error) bool {
-	var ne net.Error
-	return errors.As(err, &ne) && ne.Timeout()
-}
 
 // abortable is a request body that never ends until AbortRead.
 type abortable struct{ stop chan struct{} }
@@ -139,5 +135,44 @@ func TestAnswerBeforeTheBodyEnds(t *testing.T) {
 	send(t, c, req)
 	if n := conns.Load(); n != 2 {
 		t.Fatalf("%d connections: the one whose body was cut short was reused", n)
+	}
+}
+
+// endless is a body that never ends (and is not in memory: no GetBody).
+type endless struct{}
+
+func (endless) Read(p []byte) (int, error) { return len(p), nil }
+
+// An upstream that takes the head and then stops reading the body is as
+// stuck as one that does not answer: the request fails after a header
+// timeout without progress, it does not hang.
+func TestUpstreamThatStopsReadingTheBody(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	release := make(chan struct{})
+	t.Cleanup(func() { close(release) })
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer c.Close()
+		var buf [4096]byte
+		_, _ = c.Read(buf[:]) // the head, and no more: the fault
+		<-release
+	}()
+	c := New(Config{DialTimeout: time.Second, HeaderTimeout: 200 * time.Millisecond, MaxIdlePerHost: 4})
+	t.Cleanup(c.CloseIdleConnections)
+	req, _ := http.NewRequest(http.MethodPost, "http://"+ln.Addr().String()+"/upload", io.NopCloser(endless{}))
+	start := time.Now()
+	_, err = c.RoundTrip(req)
+	if err == nil || !isTimeout(err) {
+		t.Fatalf("an upstream that stopped reading: %v, want a timeout", err)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("it took %s", d)
 	}
 }
