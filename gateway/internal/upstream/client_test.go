@@ -93,7 +93,6 @@ func TestHeaderTimeoutPerRequest(t *testing.T) {
 	}
 }
 
-
 // abortable is a request body that never ends until AbortRead.
 type abortable struct{ stop chan struct{} }
 
