@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bufio"
+	"bytes"
 	"crypto/rand"
 	"crypto/sha1"
 	"encoding/base64"
@@ -187,5 +188,68 @@ func TestHeaderLimit(t *testing.T) {
 		if res.StatusCode != tc.want {
 			t.Errorf("a %d-byte header: %d, want %d", tc.size, res.StatusCode, tc.want)
 		}
+	}
+}
+
+// A frame the client sends right behind its upgrade request, in the same
+// write, is carried to the instance once it has switched; an instance that
+// switches to another protocol than the one asked for is a 502, not a
+// tunnel.
+func TestTunnelCarriesEarlyBytesAndChecksTheProtocol(t *testing.T) {
+	backend := startWebSocketEcho(t)
+	wrong := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_, _ = io.WriteString(brw, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n")
+		_ = brw.Flush()
+		_, _ = io.Copy(io.Discard, conn) // until the gateway lets go
+	}))
+	t.Cleanup(wrong.Close)
+	cat := newCatalog()
+	cat.set("chat", instanceAt(backendAddr(backend), "chat", "chat-1", "node-c", ""))
+	cat.set("odd", instanceAt(backendAddr(wrong), "odd", "odd-1", "node-o", ""))
+	tg := startGateway(t, gateway.DefaultConfig(), cat, newLiveness())
+
+	handshake := func(path string, frame []byte) (net.Conn, *bufio.Reader, *http.Response) {
+		conn, err := net.Dial("tcp", tg.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { conn.Close() })
+		if err := conn.SetDeadline(time.Now().Add(10 * time.Second)); err != nil {
+			t.Fatal(err)
+		}
+		var head bytes.Buffer
+		fmt.Fprintf(&head, "GET %s HTTP/1.1\r\nHost: gw\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n", path)
+		head.Write(frame)
+		if _, err := conn.Write(head.Bytes()); err != nil { // one write: head and frame
+			t.Fatal(err)
+		}
+		br := bufio.NewReader(conn)
+		res, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return conn, br, res
+	}
+
+	var frame bytes.Buffer
+	if err := wsWrite(&frame, []byte("early"), true); err != nil {
+		t.Fatal(err)
+	}
+	_, br, res := handshake("/chat/room", frame.Bytes())
+	if res.StatusCode != http.StatusSwitchingProtocols {
+		t.Fatalf("handshake: %d", res.StatusCode)
+	}
+	if op, p, err := wsRead(br); err != nil || op != 0x1 || string(p) != "/room early" {
+		t.Fatalf("the frame sent with the handshake: op %x %q %v", op, p, err)
+	}
+
+	_, _, res = handshake("/odd/x", nil)
+	if res.StatusCode != http.StatusBadGateway {
+		t.Fatalf("an instance that switched to h2c when websocket was asked for: %d, want 502", res.StatusCode)
 	}
 }
