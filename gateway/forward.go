@@ -35,9 +35,9 @@ func (g *Gateway) forward(w http.ResponseWriter, r *http.Request, rt *route) {
 }
 
 // outboundRequest is the request forward sends upstream for r: its body
-// (buffered, or the client's streamed, see takeBody) and trailers as they
-// are, and for an upgrade its Connection and Upgrade fields, the only
-// hop-by-hop fields that go on.
+// (buffered, or the client's streamed: limitBody, bufferBody) and
+// trailers as they are, and for an upgrade its Connection and Upgrade
+// fields, the only hop-by-hop fields that go on.
 func (rt *route) outboundRequest(r *http.Request) *http.Request {
 	out := r.WithContext(rt)
 	rt.url = url.URL{Scheme: scheme(rt.inst), Host: rt.hostport, Path: rt.path, RawPath: rt.rawPath,

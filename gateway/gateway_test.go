@@ -119,9 +119,9 @@ func TestUpstreamPath(t *testing.T) {
 	}
 }
 
-// Forwarding and hop-by-hop headers are handled alike on both of the
-// gateway's paths: requests without a body (its own lean path) and with
-// one (httputil.ReverseProxy).
+// Forwarding and hop-by-hop headers are handled alike for requests with
+// and without a body (once the lean path and httputil.ReverseProxy, now
+// one path).
 func TestForwardingHeaders(t *testing.T) {
 	b := startBackend(t, "hdr")
 	cat := newCatalog()

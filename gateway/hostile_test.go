@@ -333,7 +333,7 @@ func TestStrayUpstreamBytesCloseTheConnection(t *testing.T) {
 		{"204", http.MethodGet, "HTTP/1.1 204 No Content\r\n\r\n"},
 		{"304", http.MethodGet, "HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n"},
 		{"Content-Length", http.MethodGet, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
-		{"Content-Length, lean forward path", http.MethodDelete, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
+		{"Content-Length, general path", http.MethodDelete, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var strays sync.WaitGroup
@@ -417,8 +417,8 @@ func TestUpstreamRedirectsRewrittenIntoTheRoute(t *testing.T) {
 		"/alias/elsewhere": {"Location", "https://login.example/echo/x"},
 		"/alias/relative":  {"Location", "next"},
 	} {
-		// GET: the express path hands these over; DELETE: the lean
-		// forward path; POST: httputil.ReverseProxy.
+		// GET: the express path hands these over; DELETE and POST: the
+		// general path, without and with a body.
 		for _, method := range []string{http.MethodGet, http.MethodDelete, http.MethodPost} {
 			req, _ := http.NewRequest(method, tg.url+path, strings.NewReader(map[string]string{"POST": "x"}[method]))
 			res, err := (&http.Client{Timeout: 5 * time.Second, CheckRedirect: func(*http.Request, []*http.Request) error {

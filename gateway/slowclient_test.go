@@ -129,8 +129,8 @@ func TestClientThatStopsReadingIsCutOff(t *testing.T) {
 	cat.set("svc", b.instance("svc", "n1", ""))
 	tg := startGateway(t, slowConfig(), cat, newLiveness())
 
-	// GET takes the front's express path, DELETE net/http and the lean
-	// forward path, POST httputil.ReverseProxy.
+	// GET takes the front's express path, DELETE net/http and the general
+	// path, POST the general path with a body.
 	for _, method := range []string{http.MethodGet, http.MethodDelete, http.MethodPost} {
 		c, _ := dialGateway(t, tg.addr)
 		// 64 MiB: far more than the socket buffers on both hops hold.

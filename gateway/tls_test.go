@@ -82,7 +82,7 @@ func TestGatewayTerminatesTLS(t *testing.T) {
 	}
 	hc := newClient()
 	// GET: the gateway's own server and the express path; DELETE: net/http
-	// and the lean forward path; POST with a body: httputil.ReverseProxy.
+	// and the general path; POST: the general path with a body.
 	for _, method := range []string{http.MethodGet, http.MethodDelete, http.MethodPost} {
 		req, _ := http.NewRequest(method, url+"/svc/x", strings.NewReader(strings.Repeat("b", map[string]int{"GET": 0, "POST": 10}[method])))
 		res, err := hc.Do(req)
@@ -172,9 +172,9 @@ func TestGatewayDialsTLSInstances(t *testing.T) {
 	cfg := gateway.DefaultConfig()
 	cfg.UpstreamTLS = &tls.Config{RootCAs: ca.Pool(), Certificates: []tls.Certificate{gwCert}, MinVersion: tls.VersionTLS12}
 	tg := startGateway(t, cfg, cat, live)
-	// GET: the express path; DELETE: the lean forward path; POST with a
-	// body: httputil.ReverseProxy over http.Transport. Twice each, so the
-	// second goes over a pooled connection.
+	// GET: the express path; DELETE: the general path; POST: the general
+	// path with a body. Twice each, so the second goes over a pooled
+	// connection.
 	for range 2 {
 		for _, method := range []string{http.MethodGet, http.MethodDelete, http.MethodPost} {
 			res, body := tg.do(t, method, "/svc/x?q=1", nil, strings.NewReader(strings.Repeat("b", map[string]int{"POST": 10}[method])))

@@ -161,7 +161,7 @@ func TestUpstreamConnectionClosedWithClient(t *testing.T) {
 	}
 }
 
-// What the lean path writes upstream: the request line with the query as
+// What the upstream client writes upstream: the request line with the query as
 // sent (an empty one too), and the client's User-Agent or none at all
 // (never Go's).
 func TestUpstreamRequestLine(t *testing.T) {
