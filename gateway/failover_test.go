@@ -13,6 +13,7 @@ import (
 
 	"github.com/herdcluster/herd/api"
 	"github.com/herdcluster/herd/gateway"
+	"github.com/herdcluster/herd/internal/testnet"
 )
 
 // hungAddr returns the address of a listener that accepts connections and
@@ -139,7 +140,7 @@ func TestRetriesOnNodeCrash(t *testing.T) {
 			cat, live := newCatalog(), newLiveness()
 			var insts []api.Instance
 			for i := range tt.dead {
-				insts = append(insts, instanceAt(closedAddr(t), "svc", "dead"+string(rune('0'+i)), "node-dead"+string(rune('0'+i)), ""))
+				insts = append(insts, instanceAt(testnet.Refusing(t), "svc", "dead"+string(rune('0'+i)), "node-dead"+string(rune('0'+i)), ""))
 			}
 			cat.set("svc", append(insts, good.instance("svc", "node-good", ""))...)
 			tg := startGateway(t, gateway.DefaultConfig(), cat, live)

@@ -16,6 +16,7 @@ import (
 
 	"github.com/herdcluster/herd/api"
 	"github.com/herdcluster/herd/gateway"
+	"github.com/herdcluster/herd/internal/testnet"
 )
 
 func TestRouting(t *testing.T) {
@@ -234,7 +235,7 @@ func TestRequestID(t *testing.T) {
 
 func TestErrors(t *testing.T) {
 	up := startBackend(t, "up")
-	down := closedAddr(t)
+	down := testnet.Refusing(t)
 	cat := newCatalog()
 	cat.set("up", up.instance("up", "node-up", "/up"))
 	cat.set("deadsvc",

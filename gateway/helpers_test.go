@@ -328,21 +328,6 @@ func waitForWithin(t testing.TB, limit time.Duration, what string, cond func() b
 	}
 }
 
-// closedAddr returns the address of a listener that has been closed, where
-// connections are refused.
-func closedAddr(t testing.TB) *net.TCPAddr {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatalf("listen: %v", err)
-	}
-	addr := ln.Addr().(*net.TCPAddr)
-	if err := ln.Close(); err != nil {
-		t.Fatalf("close: %v", err)
-	}
-	return addr
-}
-
 func backendAddr(srv *httptest.Server) *net.TCPAddr { return srv.Listener.Addr().(*net.TCPAddr) }
 
 // logBuffer collects log output safely from many goroutines.

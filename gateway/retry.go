@@ -292,7 +292,8 @@ func (b *clientBody) Read(p []byte) (int, error) {
 	if b.ended.Load() {
 		return b.ReadCloser.Read(p)
 	}
-	_ = b.rc.SetReadDeadline(time.Now().Add(b.timeout))
+	deadline := time.Now().Add(b.timeout)
+	_ = b.rc.SetReadDeadline(deadline)
 	n, err := b.ReadCloser.Read(p)
 	if err == io.EOF {
 		// Done: net/http's own deadlines (and its read that watches for
@@ -305,7 +306,11 @@ func (b *clientBody) Read(p []byte) (int, error) {
 		b.ended.Store(true)
 	}
 	if err != nil && err != io.EOF {
-		if b.aborted.Load() {
+		if b.aborted.Load() && !(isTimeout(err) && !time.Now().Before(deadline)) {
+			// (A read that outlived its own deadline is the client's
+			// stall, even if an abort came while it returned: the stall
+			// fails the read, net/http cancels the request's context for
+			// it, and the upstream client aborts the body for that.)
 			return n, errBodyAborted
 		}
 		var tooBig *http.MaxBytesError

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/herdcluster/herd/gateway"
+	"github.com/herdcluster/herd/internal/testnet"
 )
 
 // A request whose instance refuses the connection is retried on another
@@ -21,8 +22,8 @@ func TestRetryAfterRefusedConnection(t *testing.T) {
 	good := startBackend(t, "good")
 	cat, live := newCatalog(), newLiveness()
 	cat.set("svc",
-		instanceAt(closedAddr(t), "svc", "dead1", "node-dead1", ""),
-		instanceAt(closedAddr(t), "svc", "dead2", "node-dead2", ""),
+		instanceAt(testnet.Refusing(t), "svc", "dead1", "node-dead1", ""),
+		instanceAt(testnet.Refusing(t), "svc", "dead2", "node-dead2", ""),
 		good.instance("svc", "node-good", ""),
 	)
 	tg := startGateway(t, gateway.DefaultConfig(), cat, live)
@@ -85,7 +86,7 @@ func TestRetryOnlyIdempotentAndEject(t *testing.T) {
 // With one instance there is nothing to retry on: the failure is answered.
 func TestNoRetryWithoutAnotherInstance(t *testing.T) {
 	cat, live := newCatalog(), newLiveness()
-	cat.set("svc", instanceAt(closedAddr(t), "svc", "only", "node-only", ""))
+	cat.set("svc", instanceAt(testnet.Refusing(t), "svc", "only", "node-only", ""))
 	tg := startGateway(t, gateway.DefaultConfig(), cat, live)
 	res, body := tg.do(t, http.MethodGet, "/svc/", nil, nil)
 	if res.StatusCode != http.StatusBadGateway {

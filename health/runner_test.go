@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/herdcluster/herd/api"
+	"github.com/herdcluster/herd/internal/testnet"
 	"google.golang.org/grpc"
 	grpchealth "google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -180,12 +181,7 @@ func TestHTTPCheckRedirectTimeoutRefused(t *testing.T) {
 	}))
 	defer srv.Close()
 	defer close(release)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	closed := ln.Addr().String()
-	ln.Close()
+	closed := testnet.Refusing(t).String()
 	r, _ := newRunner(t)
 	addr := srv.Listener.Addr().String()
 	cases := []struct {

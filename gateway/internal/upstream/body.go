@@ -57,12 +57,20 @@ func (w *bodyWriter) run(req *http.Request) {
 	err := w.write(req, src)
 	_ = req.Body.Close()
 	w.err, w.readErr = err, src.err != nil
+	if err == nil {
+		// Before done is closed: from then on the connection may be back
+		// in its pool, carrying the next request, whose deadlines are not
+		// this one's.
+		w.armHeaderTimeout()
+		close(w.done)
+		return
+	}
+	// The write failed: the connection carries no other request (Release).
+	// done first, so that whoever the abort below wakes finds the failure.
 	close(w.done)
 	switch {
 	case w.readErr && !w.aborted.Load():
 		_ = w.pc.SetDeadline(Past) // abort the wait for an answer
-	case err == nil:
-		w.armHeaderTimeout()
 	case isTimeout(err):
 		w.upstreamStuck()
 	}

@@ -175,3 +175,33 @@ func TestUpstreamThatStopsReadingTheBody(t *testing.T) {
 		t.Fatalf("it took %s", d)
 	}
 }
+
+// A request's body writer does nothing to its connection once the
+// connection went back to the pool: the next request on it, whose context
+// lives on, is not failed by the last one's context ending (as every
+// request's does when its handler returns) right after its answer.
+func TestEndedRequestLeavesItsConnectionAlone(t *testing.T) {
+	srv, conns := startServer(t, func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.Copy(io.Discard, r.Body)
+		_, _ = io.WriteString(w, "ok")
+	})
+	c := New(Config{DialTimeout: time.Second, HeaderTimeout: 10 * time.Second, MaxIdlePerHost: 1})
+	t.Cleanup(c.CloseIdleConnections)
+	body := strings.Repeat("b", 1000)
+	for i := range 3000 {
+		ctx, cancel := context.WithCancel(context.Background())
+		req, _ := http.NewRequestWithContext(ctx, http.MethodPost, srv.URL+"/x", strings.NewReader(body))
+		req.GetBody = func() (io.ReadCloser, error) { return io.NopCloser(strings.NewReader(body)), nil }
+		res, err := c.RoundTrip(req)
+		if err != nil {
+			t.Fatalf("request %d: %v", i, err)
+		}
+		b, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		cancel()
+		if err != nil || string(b) != "ok" {
+			t.Fatalf("request %d: %q, %v", i, b, err)
+		}
+	}
+	t.Logf("3000 requests took %d connections", conns.Load())
+}
