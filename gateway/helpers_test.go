@@ -182,12 +182,24 @@ func instanceAt(addr *net.TCPAddr, service, id, node, path string) api.Instance 
 
 // pattern returns n deterministic bytes.
 func pattern(n int) []byte {
-	b := make([]byte, n)
-	for i := range b {
-		b[i] = byte(i*7 + i/251)
+	patternMu.Lock()
+	defer patternMu.Unlock()
+	if len(patternBuf) < n {
+		patternBuf = make([]byte, max(n, 4<<20))
+		for i := range patternBuf {
+			patternBuf[i] = byte(i*7 + i/251)
+		}
 	}
-	return b
+	return patternBuf[:n:n]
 }
+
+// The pattern is made once and shared, read only: tests that ask for many
+// large bodies at once would otherwise spend seconds of CPU making them
+// under -race, and starve what they measure.
+var (
+	patternMu  sync.Mutex
+	patternBuf []byte
+)
 
 // testGateway is a gateway serving on a real loopback listener.
 type testGateway struct {
